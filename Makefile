@@ -1,0 +1,13 @@
+PYTHON ?= python
+
+.PHONY: install test test-slow
+
+install:
+	$(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -e '.[ros,test]'
+
+test:
+	$(PYTHON) -m pytest
+
+test-slow:
+	$(PYTHON) -m pytest -m slow

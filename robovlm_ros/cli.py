@@ -1,0 +1,19 @@
+"""``robovlm-ros``: the package's command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import check
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="robovlm-ros", description="VLA policies for ROS 2 robots")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check.add_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""What trains: backbone freezing, last-N decoder layers, vision on/off, LoRA, gradient checkpointing.
+
+Rules (PolicyConfig fields):
+  * parts RoboVLM adds (action tokens, state encoder, resampler, image start/end, head) always train;
+  * the language model (embeddings, decoder, lm_head) trains unless ``freeze_backbone`` or ``lora``;
+  * ``train_text_last_n`` unfreezes the last N decoder layers of a frozen / LoRA language model;
+  * the vision encoder + projector train iff ``train_vision`` (and the backbone is not frozen);
+  * ``lora`` injects peft LoRA adapters into every linear layer of the language model and trains
+    only those (plus the rules above);
+  * ``gradient_checkpointing`` turns on transformers' non-reentrant checkpointing of each layer
+    (activations are recomputed in backward; only active in train mode).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+
+def _set(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def lora_target_modules(language_model: nn.Module) -> list[str]:
+    """Names (leaf) of all linear layers of the decoder, e.g. q_proj ... down_proj."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in language_model.named_modules() if isinstance(m, nn.Linear)})
+
+
+def inject_lora(language_model: nn.Module, lora: dict) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    cfg = LoraConfig(
+        r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 2 * int(lora.get("r", 16)))),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=lora.get("target_modules") or lora_target_modules(language_model),
+    )
+    inject_adapter_in_model(cfg, language_model)
+
+
+def apply_adaptation(model) -> None:
+    """Apply the config's freezing / LoRA / checkpointing to a freshly built RoboVLM (in place)."""
+    cfg, bb = model.config, model.backbone
+    if cfg.lora:
+        inject_lora(bb.language_model, cfg.lora)
+    frozen_lm = cfg.freeze_backbone or bool(cfg.lora)
+    _set(bb, not frozen_lm)
+    for vision in bb.vision_modules:
+        _set(vision, cfg.train_vision and not cfg.freeze_backbone)
+    if cfg.lora:
+        for name, p in bb.language_model.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+    if cfg.train_text_last_n:
+        for layer in bb.decoder_layers[-cfg.train_text_last_n:]:
+            _set(layer, True)
+    if cfg.gradient_checkpointing:
+        # non-reentrant: works when no decoder input requires grad (frozen embeddings)
+        bb.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

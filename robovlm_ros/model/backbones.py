@@ -1,0 +1,349 @@
+"""One adapter over Hugging Face image-text-to-text models.
+
+RoboVLM needs five things from a VLM, whatever its family:
+  * ``embed(input_ids)``            token embeddings            [N, L] -> [N, L, D]
+  * ``image_features(pixels)``      vision encoder + projector  [N, 3, S, S] -> [N, T, D]
+  * ``language_model(...)``         the decoder, fed ``inputs_embeds`` with explicit positions,
+                                    an attention mask and an optional KV cache
+  * ``lm_head``                     hidden -> vocabulary logits (discrete actions, VL loss)
+  * module groups for freezing      vision / decoder layers
+
+Every family is described by one ``FamilySpec`` (attribute paths plus a small image function); the
+rest of the code never branches on the family. No model file is patched: we call the public
+sub-modules of the current transformers classes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from transformers import AutoConfig, PretrainedConfig
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+# --- image feature functions: pixels [N, 3, S, S] (already normalised) -> [N, T, D] -------------
+
+def _pooled(output) -> torch.Tensor:
+    feats = output.pooler_output
+    return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+
+
+def _image_features_default(hf: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    return _pooled(hf.model.get_image_features(pixel_values=pixels))
+
+
+def _image_features_llava(hf: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    cfg = hf.config
+    out = hf.model.get_image_features(
+        pixel_values=pixels,
+        vision_feature_layer=cfg.vision_feature_layer,
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+    )
+    return _pooled(out)
+
+
+def _image_features_kosmos2(hf: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    return _pooled(hf.get_image_features(pixel_values=pixels))
+
+
+def _image_features_idefics(hf: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    # Called below get_image_features on purpose: that method drops images whose normalised pixels
+    # are all exactly 0 (its padding convention), which a uniform grey camera frame would trigger.
+    model = hf.model
+    patch = model.config.vision_config.patch_size
+    n, _, h, w = pixels.shape
+    patch_mask = torch.ones(n, h // patch, w // patch, dtype=torch.bool, device=pixels.device)
+    hidden = model.vision_model(pixel_values=pixels.to(model.dtype), patch_attention_mask=patch_mask).last_hidden_state
+    return model.connector(hidden)
+
+
+def _image_features_qwen2_vl(hf: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    # Qwen2-VL's vision tower takes flattened patches in its processor's layout:
+    # [N * t * gh * gw, C * tp * p * p] with patches ordered in 2x2 merge groups.
+    visual = hf.model.visual
+    vcfg = hf.config.vision_config
+    p, tp, m = vcfg.patch_size, vcfg.temporal_patch_size, vcfg.spatial_merge_size
+    n, c, h, w = pixels.shape
+    gh, gw = h // p, w // p
+    x = pixels.unsqueeze(1).expand(n, tp, c, h, w)  # a still image is repeated over the temporal patch
+    x = x.reshape(n, 1, tp, c, gh // m, m, p, gw // m, m, p)
+    x = x.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)  # n, t, gh/m, gw/m, m, m, c, tp, p, p
+    x = x.reshape(n * gh * gw, c * tp * p * p)
+    grid = torch.tensor([[1, gh, gw]] * n, device=pixels.device)
+    out = visual(x.to(visual.dtype), grid_thw=grid)
+    return out.pooler_output.reshape(n, (gh // m) * (gw // m), -1)
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Where the parts of one VLM family live inside its ``*ForConditionalGeneration`` class."""
+
+    model_type: str  # transformers config.model_type
+    class_name: str  # transformers class
+    language_model: str  # decoder that takes inputs_embeds
+    embed_tokens: str
+    lm_head: str
+    vision: tuple[str, ...]  # vision encoder + projector (what "train_vision" toggles)
+    image_features: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    position_offset: Callable[[PretrainedConfig], int] = lambda cfg: 0
+    # adjustments to the HF config before the model is built (both random-init and from disk)
+    fix_config: Callable[[PretrainedConfig], None] = lambda cfg: None
+    tiny: Callable[[int], dict] = field(default=lambda vocab: {})
+
+
+def _tiny_llama(vocab: int) -> dict:
+    return dict(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )
+
+
+def _tiny_paligemma(vocab: int) -> dict:
+    text = dict(
+        model_type="gemma", vocab_size=vocab, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+        max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    vision = dict(
+        model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, image_size=32, patch_size=8, projection_dim=64,
+    )
+    return dict(text_config=text, vision_config=vision, projection_dim=64, hidden_size=64,
+                image_token_id=vocab - 1, tie_word_embeddings=False)
+
+
+def _tiny_kosmos2(vocab: int) -> dict:
+    text = dict(vocab_size=vocab, embed_dim=64, layers=2, ffn_dim=128, attention_heads=4,
+                max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                scale_embedding=True, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=32, patch_size=8)
+    return dict(text_config=text, vision_config=vision, latent_query_num=16)
+
+
+def _tiny_llava(vocab: int) -> dict:
+    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
+                  projection_dim=32)
+    return dict(text_config=dict(model_type="llama", **_tiny_llama(vocab)), vision_config=vision,
+                image_token_id=vocab - 1, vision_feature_layer=-2,
+                vision_feature_select_strategy="default", projector_hidden_act="gelu",
+                tie_word_embeddings=False)
+
+
+def _tiny_qwen2_vl(vocab: int) -> dict:
+    text = dict(model_type="qwen2_vl_text", vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=2048, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                                                    mrope_section=[2, 3, 3]),
+                pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=8,
+                  spatial_merge_size=2, temporal_patch_size=2)
+    return dict(text_config=text, vision_config=vision, image_token_id=vocab - 1,
+                video_token_id=vocab - 2, vision_start_token_id=vocab - 3, vision_end_token_id=vocab - 4,
+                tie_word_embeddings=False)
+
+
+def _tiny_idefics(vocab: int) -> dict:
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=32, patch_size=8)
+    return dict(text_config=dict(model_type="llama", **_tiny_llama(vocab)), vision_config=vision,
+                scale_factor=2, image_token_id=vocab - 1, tie_word_embeddings=False)
+
+
+def _causal_gemma(cfg: PretrainedConfig) -> None:
+    # PaliGemma marks its Gemma decoder bidirectional (prefix-LM). RoboVLM needs a causal decoder: the
+    # `pre` history and KV-cached decoding rely on it, and with an all-ones mask the bidirectional
+    # flag would silently switch attention to full (non-causal) inside sdpa.
+    cfg.text_config.use_bidirectional_attention = False
+
+
+_DECODER_FAMILY = dict(language_model="model.language_model",
+                       embed_tokens="model.language_model.embed_tokens", lm_head="lm_head")
+
+FAMILIES: dict[str, FamilySpec] = {
+    "paligemma": FamilySpec(
+        "paligemma", "PaliGemmaForConditionalGeneration", **_DECODER_FAMILY,
+        vision=("model.vision_tower", "model.multi_modal_projector"),
+        image_features=_image_features_default, image_mean=HALF, image_std=HALF, tiny=_tiny_paligemma,
+        fix_config=_causal_gemma),
+    "kosmos2": FamilySpec(
+        "kosmos-2", "Kosmos2ForConditionalGeneration", language_model="text_model.model",
+        embed_tokens="text_model.model.embed_tokens", lm_head="text_model.lm_head",
+        vision=("vision_model", "image_to_text_projection"),
+        image_features=_image_features_kosmos2, image_mean=CLIP_MEAN, image_std=CLIP_STD,
+        # Kosmos-2 indexes a sinusoidal table whose first (padding_idx + 1) rows are reserved.
+        position_offset=lambda cfg: cfg.text_config.pad_token_id + 1, tiny=_tiny_kosmos2),
+    "llava": FamilySpec(
+        "llava", "LlavaForConditionalGeneration", **_DECODER_FAMILY,
+        vision=("model.vision_tower", "model.multi_modal_projector"),
+        image_features=_image_features_llava, image_mean=CLIP_MEAN, image_std=CLIP_STD, tiny=_tiny_llava),
+    "qwen2_vl": FamilySpec(
+        "qwen2_vl", "Qwen2VLForConditionalGeneration", **_DECODER_FAMILY, vision=("model.visual",),
+        image_features=_image_features_qwen2_vl, image_mean=CLIP_MEAN, image_std=CLIP_STD, tiny=_tiny_qwen2_vl),
+    "qwen2_5_vl": FamilySpec(
+        "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", **_DECODER_FAMILY, vision=("model.visual",),
+        image_features=_image_features_qwen2_vl, image_mean=CLIP_MEAN, image_std=CLIP_STD,
+        tiny=lambda vocab: {**_tiny_qwen2_vl(vocab), "text_config": {
+            **_tiny_qwen2_vl(vocab)["text_config"], "model_type": "qwen2_5_vl_text"},
+            "vision_config": dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64,
+                                  num_heads=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
+                                  window_size=32, fullatt_block_indexes=[1])}),
+    "idefics3": FamilySpec(
+        "idefics3", "Idefics3ForConditionalGeneration", language_model="model.text_model",
+        embed_tokens="model.text_model.embed_tokens", lm_head="lm_head",
+        vision=("model.vision_model", "model.connector"),
+        image_features=_image_features_idefics, image_mean=HALF, image_std=HALF, tiny=_tiny_idefics),
+    "smolvlm": FamilySpec(
+        "smolvlm", "SmolVLMForConditionalGeneration", language_model="model.text_model",
+        embed_tokens="model.text_model.embed_tokens", lm_head="lm_head",
+        vision=("model.vision_model", "model.connector"),
+        image_features=_image_features_idefics, image_mean=HALF, image_std=HALF, tiny=_tiny_idefics),
+}
+
+MODEL_TYPE_TO_FAMILY = {spec.model_type: name for name, spec in FAMILIES.items()}
+
+
+def family_spec(name: str) -> FamilySpec:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone family {name!r}; supported: {', '.join(sorted(FAMILIES))}") from None
+
+
+def tiny_backbone_config(family: str, vocab_size: int) -> dict:
+    """A few-hundred-kilobyte random-weight config of ``family`` (tests, experiments)."""
+    spec = family_spec(family)
+    return config_to_dict(AutoConfig.for_model(spec.model_type, **spec.tiny(vocab_size)))
+
+
+def config_to_dict(cfg: PretrainedConfig) -> dict:
+    """The full HF config as plain JSON data (what config.json stores, so it round-trips exactly)."""
+    return json.loads(cfg.to_json_string(use_diff=False))
+
+
+def _hf_class(spec: FamilySpec):
+    import transformers
+
+    return getattr(transformers, spec.class_name)
+
+
+def _image_size(cfg: PretrainedConfig) -> int:
+    vcfg = cfg.vision_config
+    size = getattr(vcfg, "image_size", None)
+    if size is None:  # Qwen2-VL has dynamic resolution; pick 8 merge groups a side by default
+        size = vcfg.patch_size * vcfg.spatial_merge_size * 8
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def preprocessor_defaults(path: str | None, spec: FamilySpec, cfg: PretrainedConfig) -> dict:
+    """Image size / mean / std: the local processor's values when a checkpoint dir has one."""
+    out = dict(image_size=_image_size(cfg), image_mean=list(spec.image_mean), image_std=list(spec.image_std))
+    if path:
+        pp = os.path.join(path, "preprocessor_config.json")
+        if os.path.exists(pp):
+            with open(pp) as f:
+                pc = json.load(f)
+            out["image_mean"] = list(pc.get("image_mean", out["image_mean"]))
+            out["image_std"] = list(pc.get("image_std", out["image_std"]))
+    return out
+
+
+class Backbone(nn.Module):
+    """A transformers VLM seen through ``FamilySpec``: embed / image_features / decoder / lm_head."""
+
+    def __init__(self, family: str, hf_model: nn.Module):
+        super().__init__()
+        self.family = family
+        self.spec = family_spec(family)
+        self.hf = hf_model
+        self.position_offset = self.spec.position_offset(hf_model.config)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, family: str, config: dict) -> "Backbone":
+        spec = family_spec(family)
+        cfg = AutoConfig.for_model(**{**config, "model_type": spec.model_type})
+        spec.fix_config(cfg)
+        return cls(family, _hf_class(spec)._from_config(cfg, dtype=torch.float32))
+
+    @classmethod
+    def from_pretrained(cls, family: str, path: str) -> "Backbone":
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"backbone_path {path!r} is not a directory")
+        spec = family_spec(family)
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+        if cfg.model_type != spec.model_type:
+            raise ValueError(f"{path!r} holds a {cfg.model_type!r} model, not a {family!r} backbone "
+                             f"(set backbone: {MODEL_TYPE_TO_FAMILY.get(cfg.model_type, '<unsupported>')})")
+        spec.fix_config(cfg)
+        model = _hf_class(spec).from_pretrained(path, config=cfg, local_files_only=True, dtype=torch.float32)
+        return cls(family, model)
+
+    # -- parts ----------------------------------------------------------------------------------
+    @property
+    def config(self) -> PretrainedConfig:
+        return self.hf.config
+
+    @property
+    def language_model(self) -> nn.Module:
+        return _get(self.hf, self.spec.language_model)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return _get(self.hf, self.spec.lm_head)
+
+    @property
+    def vision_modules(self) -> list[nn.Module]:
+        return [_get(self.hf, p) for p in self.spec.vision]
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.language_model.layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.embed_tokens.embedding_dim
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return _get(self.hf, self.spec.embed_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embed_tokens.num_embeddings
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [N, 3, S, S] normalised -> [N, T, D] in the language model's embedding space."""
+        return self.spec.image_features(self.hf, pixels)
+
+    def decode(self, inputs_embeds, attention_mask, position_ids, cache=None, use_cache=False):
+        """Run the decoder on embeddings; returns (last hidden state [N, L, D], cache)."""
+        out = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids + self.position_offset,
+            cache=cache,
+            use_cache=use_cache,
+        )
+        return out.last_hidden_state, out.cache

@@ -1,0 +1,111 @@
+"""PolicyConfig: everything needed to rebuild a RoboVLM, serialised as JSON in config.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from .backbones import FAMILIES, family_spec, tiny_backbone_config
+
+TINY_VOCAB = 640  # 260 byte-level text tokens + room for 256 action bins at the end
+
+
+@dataclass
+class PolicyConfig:
+    # --- backbone -------------------------------------------------------------------------------
+    backbone: str = "paligemma"          # family: paligemma, kosmos2, llava, qwen2_vl, qwen2_5_vl, idefics3, smolvlm
+    backbone_path: str | None = None     # local HF directory with weights + tokenizer (never downloaded)
+    backbone_config: dict | None = None  # HF config dict; filled when the model is built, so a checkpoint
+                                         # can be rebuilt without the original backbone directory
+    tiny_backbone: bool = False          # random-weight tiny backbone with the built-in byte tokenizer
+    # --- action space and time --------------------------------------------------------------
+    action_space: str = "continuous"     # continuous | discrete
+    arm_dim: int = 6                     # + 1 gripper
+    window_size: int = 8                 # history frames (RoboVLMs: 8, 16 with a wrist camera)
+    fwd_pred_next_n: int = 10            # action chunk length predicted per frame
+    history_type: str = "post"           # post: per-frame VLM, head fuses time; pre: frames interleaved
+    # --- inputs -------------------------------------------------------------------------------
+    use_hand_rgb: bool = True
+    use_state: bool = False
+    image_size: int | None = None        # default: the backbone's
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    max_text_len: int = 48
+    use_resampler: bool = False
+    resampler_latents: int = 16
+    resampler_depth: int = 2
+    use_image_start_end: bool = False
+    # --- continuous head ------------------------------------------------------------------------
+    latent_num: int = 1                  # learnable action tokens per frame
+    head: str = "lstm"                   # mlp | lstm | gpt
+    head_hidden: int = 256
+    head_layers: int = 2
+    arm_loss: str = "huber"              # huber (delta 1) | mse
+    gripper_loss_weight: float = 0.01
+    # --- discrete actions ------------------------------------------------------------------------
+    n_bins: int = 256
+    # --- normalisation ---------------------------------------------------------------------------
+    norm_mode: str = "clip"              # clip | quantile | none (see normalization.py)
+    clip_bound: float = 0.65
+    # --- multi-task -------------------------------------------------------------------------------
+    vl_loss_ratio: float = 1.0           # weight of the caption/VQA loss when data_source asks for it
+    # --- adaptation ---------------------------------------------------------------------------------
+    freeze_backbone: bool = False
+    train_text_last_n: int | None = None  # with freeze_backbone: unfreeze the last N decoder layers
+    train_vision: bool = True
+    lora: dict | None = None             # e.g. {"r": 16, "alpha": 32, "dropout": 0.05}
+    gradient_checkpointing: bool = False
+    extra: dict = field(default_factory=dict)  # free-form, kept through save/load
+
+    def __post_init__(self):
+        family_spec(self.backbone)
+        checks = {
+            "action_space": ("continuous", "discrete"), "history_type": ("post", "pre"),
+            "head": ("mlp", "lstm", "gpt"), "arm_loss": ("huber", "mse"),
+            "norm_mode": ("clip", "quantile", "none"),
+        }
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"PolicyConfig.{name} must be one of {allowed}, not {getattr(self, name)!r}")
+        for name in ("window_size", "fwd_pred_next_n", "latent_num", "max_text_len", "n_bins"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PolicyConfig.{name} must be >= 1")
+        if not self.tiny_backbone and not self.backbone_path and self.backbone_config is None:
+            raise ValueError("PolicyConfig needs backbone_path (a local model directory) or PolicyConfig.tiny(...)")
+
+    @property
+    def action_dim(self) -> int:
+        return self.arm_dim + 1
+
+    @classmethod
+    def tiny(cls, backbone: str = "paligemma", **overrides) -> "PolicyConfig":
+        """A tiny random-weight policy of ``backbone``'s family: for tests and experiments."""
+        base = dict(
+            backbone=backbone, tiny_backbone=True, backbone_config=tiny_backbone_config(backbone, TINY_VOCAB),
+            window_size=4, fwd_pred_next_n=3, image_size=32, max_text_len=24, head_hidden=32,
+            head_layers=1, resampler_latents=4, resampler_depth=1,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    # --- JSON ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PolicyConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown PolicyConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PolicyConfig":
+        return cls.from_dict(json.loads(text))
+
+
+SUPPORTED_BACKBONES = tuple(FAMILIES)

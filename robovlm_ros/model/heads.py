@@ -1,0 +1,118 @@
+"""Action heads: VLM action-token features -> a chunk of future actions per frame.
+
+Input  ``features``        [B, W, latent_num, D]  hidden states at the learnable action tokens
+Output ``arm``             [B, W, chunk, arm_dim]  in (-1, 1), matching the normalised targets (tanh)
+       ``gripper_logits``  [B, W, chunk]           open/close logits for BCE-with-logits
+
+The three kinds differ only in how (and whether) they mix frames across the window:
+  * ``mlp``  no mixing: frame t sees frame t only
+  * ``lstm`` recurrent over W, causal by construction
+  * ``gpt``  small causal transformer over W with learned time positions
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+HEAD_KINDS = ("mlp", "lstm", "gpt")
+
+
+def pool_latents(features: torch.Tensor) -> torch.Tensor:
+    """[B, W, latent_num, D] -> [B, W, D]: max over the action tokens, as RoboVLMs does."""
+    return features.max(dim=2).values
+
+
+def _mlp(in_dim: int, hidden: int, layers: int, dropout: float) -> nn.Sequential:
+    """``layers`` x (Linear, ReLU, Dropout); output width ``hidden``."""
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods += [nn.Linear(in_dim if i == 0 else hidden, hidden), nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*mods)
+
+
+class ActionOutput(nn.Module):
+    """The one output layer every head ends with: [B, W, H] -> (arm, gripper_logits)."""
+
+    def __init__(self, in_dim: int, chunk: int, arm_dim: int):
+        super().__init__()
+        self.chunk, self.arm_dim = chunk, arm_dim
+        self.arm = nn.Linear(in_dim, chunk * arm_dim)
+        self.gripper = nn.Linear(in_dim, chunk)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, W, _ = h.shape
+        arm = torch.tanh(self.arm(h)).view(B, W, self.chunk, self.arm_dim)  # [B, W, chunk, arm_dim]
+        gripper = self.gripper(h).view(B, W, self.chunk)  # [B, W, chunk]
+        return arm, gripper
+
+
+class MLPHead(nn.Module):
+    """Per-frame MLP: no information crosses frames, so a frame's action ignores its history."""
+
+    def __init__(self, hidden_size, chunk, arm_dim, head_hidden, head_layers, dropout):
+        super().__init__()
+        self.mlp = _mlp(hidden_size, head_hidden, head_layers, dropout)
+        self.out = ActionOutput(head_hidden, chunk, arm_dim)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.out(self.mlp(pool_latents(features)))  # [B, W, D] -> [B, W, H] -> outputs
+
+
+class LSTMHead(nn.Module):
+    """LSTM over the window: frame t sees frames <= t, so it can use motion history."""
+
+    def __init__(self, hidden_size, chunk, arm_dim, head_hidden, head_layers, dropout):
+        super().__init__()
+        self.lstm = nn.LSTM(hidden_size, head_hidden, head_layers, batch_first=True,
+                            dropout=dropout if head_layers > 1 else 0.0)
+        self.mlp = _mlp(head_hidden, head_hidden, 1, dropout)
+        self.out = ActionOutput(head_hidden, chunk, arm_dim)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, _ = self.lstm(pool_latents(features))  # [B, W, D] -> [B, W, H]
+        return self.out(self.mlp(h))
+
+
+class GPTHead(nn.Module):
+    """Causal transformer over the window with learned time positions (frame t attends to <= t).
+
+    Accepts a partly filled window (W <= window_size): positions are taken from the start, so the
+    output for the first W frames does not depend on how many frames follow.
+    """
+
+    def __init__(self, hidden_size, window_size, chunk, arm_dim, head_hidden, head_layers, dropout):
+        super().__init__()
+        self.window_size = window_size
+        self.proj = nn.Linear(hidden_size, head_hidden)
+        self.pos = nn.Parameter(torch.randn(window_size, head_hidden) * 0.02)  # [window_size, H]
+        layer = nn.TransformerEncoderLayer(head_hidden, nhead=4, dim_feedforward=4 * head_hidden,
+                                           dropout=dropout, batch_first=True, norm_first=True)
+        # norm_first layers leave the residual stream un-normalised: one final LayerNorm.
+        self.blocks = nn.TransformerEncoder(layer, head_layers, norm=nn.LayerNorm(head_hidden),
+                                            enable_nested_tensor=False)
+        self.out = ActionOutput(head_hidden, chunk, arm_dim)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        W = features.shape[1]
+        if W > self.window_size:
+            raise ValueError(f"GPT head got a window of {W} frames, but window_size is {self.window_size}")
+        h = self.proj(pool_latents(features)) + self.pos[:W]  # [B, W, H]
+        mask = nn.Transformer.generate_square_subsequent_mask(W, device=h.device, dtype=h.dtype)
+        h = self.blocks(h, mask=mask, is_causal=True)  # [B, W, H]
+        return self.out(h)
+
+
+def build_head(kind: str, hidden_size: int, latent_num: int, window_size: int, chunk: int,
+               arm_dim: int = 6, head_hidden: int = 256, head_layers: int = 2,
+               dropout: float = 0.0) -> nn.Module:
+    """Build an action head; every head maps [B, W, latent_num, D] -> (arm, gripper_logits).
+
+    ``latent_num`` is pooled away (max), so it only documents the expected input.
+    """
+    if kind == "mlp":
+        return MLPHead(hidden_size, chunk, arm_dim, head_hidden, head_layers, dropout)
+    if kind == "lstm":
+        return LSTMHead(hidden_size, chunk, arm_dim, head_hidden, head_layers, dropout)
+    if kind == "gpt":
+        return GPTHead(hidden_size, window_size, chunk, arm_dim, head_hidden, head_layers, dropout)
+    raise ValueError(f"unknown action head kind {kind!r}; choose one of {', '.join(HEAD_KINDS)}")

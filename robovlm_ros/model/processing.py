@@ -1,0 +1,80 @@
+"""The one preprocessing path, used by the policy node (runtime) and by the training dataset.
+
+Images:  uint8 RGB [..., H, W, 3]  -> float [..., 3, S, S], resized (bilinear, antialiased) and
+         normalised with the backbone's mean/std.
+Text:    instruction strings -> input_ids / attention_mask [B, L], left padded, no special tokens
+         (RoboVLM adds BOS itself and places the text after the images).
+State:   [..., 7] joint values + gripper -> normalised arm + gripper +-1 (Normalizer).
+Actions: [..., 7] -> normalised (Normalizer).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import PolicyConfig
+from .normalization import Normalizer
+
+
+class PolicyProcessor:
+    def __init__(self, config: PolicyConfig, tokenizer, normalizer: Normalizer):
+        self.config, self.tokenizer, self.normalizer = config, tokenizer, normalizer
+        self.size = int(config.image_size)
+        self.mean = torch.tensor(config.image_mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(config.image_std, dtype=torch.float32).view(3, 1, 1)
+
+    def images(self, frames) -> torch.Tensor:
+        """uint8 RGB [..., H, W, 3] (numpy or torch) -> float32 [..., 3, S, S]."""
+        x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+        if x.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 RGB, got dtype {x.dtype}")
+        if x.ndim < 3 or x.shape[-1] != 3:
+            raise ValueError(f"images must be [..., H, W, 3] RGB, got shape {tuple(x.shape)}")
+        lead = x.shape[:-3]
+        x = x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2).float() / 255.0  # [N, 3, H, W]
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        x = (x - self.mean) / self.std
+        return x.reshape(*lead, 3, self.size, self.size)
+
+    def text(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(instructions, str):
+            instructions = [instructions]
+        enc = self.tokenizer(
+            list(instructions), add_special_tokens=False, padding="longest", truncation=True,
+            max_length=self.config.max_text_len, return_tensors="pt",
+        )
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if ids.shape[1] == 0:  # every instruction empty: keep one masked pad so shapes stay valid
+            ids = torch.full((len(instructions), 1), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+        return ids, mask
+
+    def state(self, state) -> torch.Tensor:
+        s = torch.as_tensor(np.asarray(state, dtype=np.float32))
+        if s.shape[-1] != self.config.action_dim:
+            raise ValueError(f"state must have {self.config.action_dim} values (arm + gripper), got {s.shape[-1]}")
+        if not torch.isfinite(s).all():
+            raise ValueError("state contains NaN or inf")
+        return self.normalizer.normalize_state(s)
+
+    def actions(self, actions) -> torch.Tensor:
+        return self.normalizer.normalize_action(torch.as_tensor(np.asarray(actions, dtype=np.float32)))
+
+    def observations(self, windows: Sequence[Sequence[Mapping]], instructions: Sequence[str]) -> dict:
+        """B windows of W observation dicts {"rgb", "hand_rgb"?, "state"} -> a model batch."""
+        if len(windows) != len(instructions):
+            raise ValueError("one instruction per window is needed")
+        if len({len(w) for w in windows}) != 1:
+            raise ValueError("all windows of a batch must have the same length")
+        batch = {"rgb": self.images(np.stack([[o["rgb"] for o in w] for w in windows]))}
+        if self.config.use_hand_rgb:
+            if any("hand_rgb" not in o or o["hand_rgb"] is None for w in windows for o in w):
+                raise ValueError("this policy uses the gripper camera: every observation needs 'hand_rgb'")
+            batch["hand_rgb"] = self.images(np.stack([[o["hand_rgb"] for o in w] for w in windows]))
+        batch["state"] = self.state(np.stack([[o["state"] for o in w] for w in windows]))
+        batch["input_ids"], batch["attention_mask"] = self.text(instructions)
+        return batch

@@ -1,0 +1,353 @@
+"""RoboVLM: a VLM backbone turned into a robot policy (after RoboVLMs' BaseRoboVLM).
+
+Token layout of one frame (the "frame segment", S_f tokens):
+
+    [img_start] image tokens [img_end]  ([img_start] hand image tokens [img_end])  text  [state]  actions
+
+``actions`` are ``latent_num`` learnable action tokens (continuous) or the frame's chunk of
+``fwd_pred_next_n * 7`` action-bin tokens (discrete, teacher forced while training).
+History:
+  * post: every frame is its own sequence ``[BOS] + segment``; the head fuses time.  [B*W, 1+S_f]
+  * pre:  one causal sequence ``[BOS] + segment_1 + ... + segment_W``;               [B, 1+W*S_f]
+          each frame's prediction is read at its own action tokens, so it sees only frames <= t.
+Text is left padded inside its slot (padding sits in the middle of the sequence); positions are
+recomputed from the attention mask so padding never shifts a token's position.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .action_tokenizer import ActionTokenizer
+from .adaptation import apply_adaptation
+from .backbones import Backbone, config_to_dict, family_spec, preprocessor_defaults
+from .config import PolicyConfig
+from .heads import build_head
+from .normalization import Normalizer
+from .processing import PolicyProcessor
+from .resampler import PerceiverResampler
+from .text_tokenizer import load_tokenizer, tiny_tokenizer
+
+IGNORE = -100
+VL_SOURCES = ("vl", "caption", "vqa")
+
+
+class RoboVLM(nn.Module):
+    def __init__(self, config: PolicyConfig, tokenizer=None, normalizer: Normalizer | None = None,
+                 *, load_backbone_weights: bool = True):
+        super().__init__()
+        if config.backbone_path and load_backbone_weights:
+            self.backbone = Backbone.from_pretrained(config.backbone, config.backbone_path)
+            config.backbone_config = config_to_dict(self.backbone.config)
+        elif config.backbone_config is not None:
+            self.backbone = Backbone.from_config(config.backbone, config.backbone_config)
+        else:
+            raise ValueError("PolicyConfig has neither backbone_path nor backbone_config")
+        if tokenizer is None:
+            tokenizer = tiny_tokenizer() if config.tiny_backbone else load_tokenizer(config.backbone_path)
+        pp = preprocessor_defaults(config.backbone_path, family_spec(config.backbone), self.backbone.config)
+        for key, value in pp.items():  # fill what the user left open, keep what they set
+            if getattr(config, key) is None:
+                setattr(config, key, value)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.normalizer = normalizer or Normalizer(mode=config.norm_mode, clip_bound=config.clip_bound)
+        self.processor = PolicyProcessor(config, tokenizer, self.normalizer)
+
+        d = self.backbone.hidden_size
+        if len(tokenizer) > self.backbone.vocab_size:
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the backbone embeds {self.backbone.vocab_size}")
+        self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
+        self.resampler = PerceiverResampler(d, config.resampler_latents, config.resampler_depth) if config.use_resampler else None
+        self.image_start_end = nn.Parameter(torch.randn(2, d) * 0.02) if config.use_image_start_end else None
+        if config.use_state:
+            # 6 arm dims -> Linear, gripper (+-1) -> Embedding, concatenated -> Linear: one state token
+            self.state_arm = nn.Linear(config.arm_dim, d)
+            self.state_gripper = nn.Embedding(2, d)
+            self.state_fuse = nn.Linear(2 * d, d)
+        if config.action_space == "continuous":
+            self.action_tokens = nn.Parameter(torch.randn(config.latent_num, d) * 0.02)
+            self.head = build_head(config.head, d, config.latent_num, config.window_size, config.fwd_pred_next_n,
+                                   arm_dim=config.arm_dim, head_hidden=config.head_hidden, head_layers=config.head_layers)
+        else:
+            special = set(tokenizer.all_special_ids) | {getattr(self.backbone.config, "image_token_id", -1)}
+            self.action_tokenizer = ActionTokenizer(self.backbone.vocab_size, special, config.n_bins)
+        apply_adaptation(self)
+
+    # ------------------------------------------------------------------------------------------
+    # sequence building
+    # ------------------------------------------------------------------------------------------
+    @property
+    def n_action_slots(self) -> int:
+        """Tokens of the action part of one frame segment."""
+        c = self.config
+        return c.latent_num if c.action_space == "continuous" else c.fwd_pred_next_n * c.action_dim
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[N, 3, S, S] -> [N, T, D] image tokens, resampled and wrapped in start/end tokens if enabled."""
+        feats = self.backbone.image_features(pixels)
+        if self.resampler is not None:
+            feats = self.resampler(feats)
+        if self.image_start_end is not None:
+            se = self.image_start_end.to(feats.dtype).unsqueeze(0).expand(feats.shape[0], -1, -1)
+            feats = torch.cat([se[:, :1], feats, se[:, 1:]], dim=1)
+        return feats
+
+    def encode_state(self, state: torch.Tensor) -> torch.Tensor:
+        """[N, 7] normalised state -> [N, 1, D] state token."""
+        arm = self.state_arm(state[:, : self.config.arm_dim])
+        grip = self.state_gripper((state[:, self.config.arm_dim] > 0).long())
+        return self.state_fuse(torch.cat([arm, grip], dim=-1)).unsqueeze(1)
+
+    def frame_segments(self, rgb, hand_rgb, input_ids, attention_mask, state, action_part):
+        """Embeddings and mask of N frame segments.
+
+        rgb/hand_rgb [N, 3, S, S]; input_ids/attention_mask [N, L]; state [N, 7] or None;
+        action_part [N, n_action_slots, D] or None (discrete prefix without its action tokens).
+        Returns embeds [N, S_f, D], mask [N, S_f].
+        """
+        parts = [self.encode_images(rgb)]
+        if self.config.use_hand_rgb:
+            if hand_rgb is None:
+                raise ValueError("this policy uses the gripper camera: batch needs 'hand_rgb'")
+            parts.append(self.encode_images(hand_rgb))
+        n_img = sum(p.shape[1] for p in parts)
+        parts.append(self.backbone.embed(input_ids))
+        if self.config.use_state:
+            if state is None:
+                raise ValueError("this policy uses the state token: batch needs 'state'")
+            parts.append(self.encode_state(state).to(parts[0].dtype))
+        if action_part is not None:
+            parts.append(action_part.to(parts[0].dtype))
+        embeds = torch.cat(parts, dim=1)
+        ones = attention_mask.new_ones(attention_mask.shape[0], n_img)
+        tail = attention_mask.new_ones(attention_mask.shape[0], embeds.shape[1] - n_img - attention_mask.shape[1])
+        return embeds, torch.cat([ones, attention_mask, tail], dim=1)
+
+    def bos(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.full((n, 1), self.bos_id, dtype=torch.long, device=device)
+        return self.backbone.embed(ids), torch.ones(n, 1, dtype=torch.long, device=device)
+
+    @staticmethod
+    def positions(mask: torch.Tensor, start: torch.Tensor | int = 0) -> torch.Tensor:
+        """Position of every token = number of real tokens before it (+ start for a cached prefix)."""
+        return (mask.cumsum(dim=1) - 1).clamp(min=0) + start
+
+    def _sequences(self, batch: dict, action_part: torch.Tensor | None):
+        """Assemble the VLM input for a batch.  action_part [B, W, n_action_slots, D] or None.
+
+        Returns embeds [N_seq, L_seq, D], mask [N_seq, L_seq] and a function mapping decoder output
+        [N_seq, L_seq, D] back to per-frame segments [B, W, S_f, D].
+        """
+        rgb = batch["rgb"]
+        b, w = rgb.shape[:2]
+        flat = lambda x: None if x is None else x.reshape(b * w, *x.shape[2:])  # noqa: E731
+        ids = batch["input_ids"].repeat_interleave(w, dim=0)  # [B*W, L] text repeated per frame
+        am = batch["attention_mask"].repeat_interleave(w, dim=0)
+        seg, seg_mask = self.frame_segments(flat(rgb), flat(batch.get("hand_rgb")), ids, am,
+                                            flat(batch.get("state")), flat(action_part))
+        s_f = seg.shape[1]
+        if self.config.history_type == "post":  # [B*W, 1 + S_f]
+            bos, bos_mask = self.bos(b * w, rgb.device)
+            embeds, mask = torch.cat([bos, seg], 1), torch.cat([bos_mask, seg_mask], 1)
+        else:  # [B, 1 + W*S_f]
+            bos, bos_mask = self.bos(b, rgb.device)
+            embeds = torch.cat([bos, seg.reshape(b, w * s_f, -1)], 1)
+            mask = torch.cat([bos_mask, seg_mask.reshape(b, w * s_f)], 1)
+        # both layouts are "BOS + frame segments in order", so one view recovers the frames
+        unflatten = lambda h: h[:, 1:].reshape(b, w, s_f, h.shape[-1])  # noqa: E731
+        return embeds, mask, unflatten
+
+    # ------------------------------------------------------------------------------------------
+    # continuous actions
+    # ------------------------------------------------------------------------------------------
+    def action_features(self, batch: dict) -> torch.Tensor:
+        """Hidden states at the action tokens of every frame: [B, W, latent_num, D]."""
+        b, w = batch["rgb"].shape[:2]
+        act = self.action_tokens.unsqueeze(0).unsqueeze(0).expand(b, w, -1, -1)
+        embeds, mask, unflatten = self._sequences(batch, act)
+        hidden, _ = self.backbone.decode(embeds, mask, self.positions(mask))
+        return unflatten(hidden)[:, :, -self.config.latent_num:]
+
+    def _continuous_loss(self, batch: dict) -> dict:
+        arm, grip_logits = self.head(self.action_features(batch))  # [B, W, chunk, 6], [B, W, chunk]
+        target = batch["actions"].to(arm.dtype)  # [B, W, chunk, 7] normalised
+        mask = batch.get("action_mask")
+        mask = torch.ones(target.shape[:-1], device=arm.device) if mask is None else mask.to(arm.dtype)
+        denom = mask.sum().clamp(min=1.0)
+        arm_target = target[..., : self.config.arm_dim]
+        if self.config.arm_loss == "huber":
+            arm_err = F.huber_loss(arm, arm_target, delta=1.0, reduction="none").mean(-1)
+        else:
+            arm_err = F.mse_loss(arm, arm_target, reduction="none").mean(-1)
+        grip_target = (target[..., self.config.arm_dim] > 0).to(arm.dtype)  # -1/1 -> 0/1
+        grip_err = F.binary_cross_entropy_with_logits(grip_logits, grip_target, reduction="none")
+        loss_arm = (arm_err * mask).sum() / denom
+        loss_gripper = (grip_err * mask).sum() / denom
+        acc = (((grip_logits > 0).to(arm.dtype) == grip_target).to(arm.dtype) * mask).sum() / denom
+        return {"loss_action": loss_arm + self.config.gripper_loss_weight * loss_gripper,
+                "loss_arm": loss_arm, "loss_gripper": loss_gripper, "acc_gripper": acc.detach()}
+
+    # ------------------------------------------------------------------------------------------
+    # discrete actions
+    # ------------------------------------------------------------------------------------------
+    def _discrete_loss(self, batch: dict) -> dict:
+        c = self.config
+        actions = batch["actions"]  # [B, W, chunk, 7] normalised
+        b, w = actions.shape[:2]
+        tokens = self.action_tokenizer.encode(actions).reshape(b, w, -1)  # [B, W, chunk*7]
+        embeds, mask, unflatten = self._sequences(batch, self.backbone.embed(tokens))
+        hidden, _ = self.backbone.decode(embeds, mask, self.positions(mask))
+        n = self.n_action_slots
+        # the token at slot k is predicted from the hidden state one position earlier
+        pred_hidden = unflatten(hidden)[:, :, -n - 1 : -1]  # [B, W, n, D]
+        logits = self.backbone.lm_head(pred_hidden).float()
+        labels = tokens.clone()
+        if batch.get("action_mask") is not None:
+            step_ok = batch["action_mask"].bool().repeat_interleave(c.action_dim, dim=-1)  # [B, W, n]
+            labels[~step_ok] = IGNORE
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+        valid = labels != IGNORE
+        acc = ((logits.argmax(-1) == labels) & valid).sum() / valid.sum().clamp(min=1)
+        return {"loss_action": loss, "acc_action": acc.detach()}
+
+    def _greedy_decode(self, embeds, mask, n_tokens: int, use_cache: bool = True) -> torch.Tensor:
+        """Greedy decoding of ``n_tokens`` action tokens after the prefix; argmax over action bins only.
+
+        embeds [N, L, D], mask [N, L] -> token ids [N, n_tokens].
+        """
+        allowed = self.action_tokenizer.token_ids.to(embeds.device)
+        out, cache = [], None
+        cur_embeds, cur_mask = embeds, mask
+        for _ in range(n_tokens):
+            if use_cache and cache is not None:  # feed only the newest token; the mask covers cache + token
+                pos = self.positions(cur_mask)[:, -1:]
+                hidden, cache = self.backbone.decode(cur_embeds[:, -1:], cur_mask, pos, cache=cache, use_cache=True)
+            else:
+                hidden, cache = self.backbone.decode(cur_embeds, cur_mask, self.positions(cur_mask), use_cache=use_cache)
+            logits = self.backbone.lm_head(hidden[:, -1])[:, allowed]  # [N, n_bins]
+            token = allowed[logits.argmax(-1)]  # [N]
+            out.append(token)
+            cur_embeds = torch.cat([cur_embeds, self.backbone.embed(token[:, None]).to(cur_embeds.dtype)], 1)
+            cur_mask = torch.cat([cur_mask, cur_mask.new_ones(cur_mask.shape[0], 1)], 1)
+        return torch.stack(out, dim=1)
+
+    @torch.no_grad()
+    def decode_actions(self, batch: dict, use_cache: bool = True) -> torch.Tensor:
+        """Discrete path: greedy chunk for the last frame of every window -> [B, chunk, 7] normalised.
+
+        ``pre`` history feeds earlier frames' action tokens: the batch's ``actions`` when given
+        (teacher forcing), else the tokens decoded for those frames, frame after frame.
+        """
+        c = self.config
+        b, w = batch["rgb"].shape[:2]
+        n = self.n_action_slots
+        if c.history_type == "post":  # frames are independent: decode the newest one only
+            last = {k: v[:, -1:] for k, v in batch.items() if k in ("rgb", "hand_rgb", "state")}
+            last.update(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            embeds, mask, _ = self._sequences(last, None)
+            tokens = self._greedy_decode(embeds, mask, n, use_cache)
+        else:
+            known = batch.get("actions")
+            history: list[torch.Tensor] = []  # [B, n] action tokens of the frames before t
+            placeholder = torch.zeros(b, n, dtype=torch.long, device=batch["rgb"].device)
+            for t in range(w):
+                if known is not None and t < w - 1:
+                    history.append(self.action_tokenizer.encode(known[:, t]).reshape(b, n))
+                    continue
+                part = {k: v[:, : t + 1] for k, v in batch.items() if k in ("rgb", "hand_rgb", "state")}
+                part.update(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                acts = torch.stack(history + [placeholder], 1)  # [B, t+1, n]
+                embeds, mask, _ = self._sequences(part, self.backbone.embed(acts))
+                # cut frame t's (placeholder) action tokens: the prefix ends where decoding starts
+                tokens = self._greedy_decode(embeds[:, :-n], mask[:, :-n], n, use_cache)
+                history.append(tokens)
+        values = self.action_tokenizer.decode(tokens).reshape(b, c.fwd_pred_next_n, c.action_dim)
+        return values
+
+    # ------------------------------------------------------------------------------------------
+    # vision-language co-training (captions / VQA)
+    # ------------------------------------------------------------------------------------------
+    def _vl_loss(self, batch: dict) -> torch.Tensor:
+        """Next-token loss on ``vl_labels`` for [BOS] image text sequences (vl_rgb [B, 3, S, S])."""
+        img = self.encode_images(batch["vl_rgb"])
+        b = img.shape[0]
+        bos, bos_mask = self.bos(b, img.device)
+        text = self.backbone.embed(batch["vl_input_ids"])
+        embeds = torch.cat([bos, img, text.to(img.dtype)], 1)
+        prefix = 1 + img.shape[1]
+        mask = torch.cat([bos_mask, bos_mask.new_ones(b, img.shape[1]), batch["vl_attention_mask"]], 1)
+        labels = torch.cat([torch.full((b, prefix), IGNORE, device=img.device, dtype=torch.long), batch["vl_labels"]], 1)
+        hidden, _ = self.backbone.decode(embeds, mask, self.positions(mask))
+        logits = self.backbone.lm_head(hidden[:, :-1]).float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE)
+
+    # ------------------------------------------------------------------------------------------
+    # public API
+    # ------------------------------------------------------------------------------------------
+    def forward(self, batch: dict) -> dict:
+        """Training step: returns ``loss`` and its parts (see RoboVLMs batch keys in DESIGN.md)."""
+        sources = batch.get("data_source", "action")
+        sources = {sources} if isinstance(sources, str) else set(sources)
+        out: dict = {}
+        total = None
+        if "action" in sources:
+            if "actions" not in batch:
+                raise ValueError("data_source 'action' needs 'actions' in the batch")
+            parts = self._continuous_loss(batch) if self.config.action_space == "continuous" else self._discrete_loss(batch)
+            out.update(parts)
+            total = parts["loss_action"]
+        if sources & set(VL_SOURCES):
+            missing = [k for k in ("vl_rgb", "vl_input_ids", "vl_attention_mask", "vl_labels") if k not in batch]
+            if missing:
+                raise ValueError(f"vision-language data_source needs {missing} in the batch")
+            out["loss_vl"] = self._vl_loss(batch)
+            weighted = self.config.vl_loss_ratio * out["loss_vl"]
+            total = weighted if total is None else total + weighted
+        if total is None:
+            raise ValueError(f"nothing to train on for data_source {sorted(sources)}")
+        out["loss"] = total
+        return out
+
+    @torch.no_grad()
+    def predict_normalized(self, batch: dict, use_cache: bool = True) -> torch.Tensor:
+        """Action chunk of the newest frame of each window, normalised: [B, chunk, 7], gripper +-1."""
+        if self.config.action_space == "continuous":
+            arm, grip = self.head(self.action_features(batch))
+            arm, grip = arm[:, -1], grip[:, -1]  # newest frame: [B, chunk, 6], [B, chunk]
+            grip = torch.where(grip > 0, 1.0, -1.0).to(arm.dtype)
+            return torch.cat([arm, grip.unsqueeze(-1)], dim=-1)
+        chunk = self.decode_actions(batch, use_cache=use_cache)
+        grip = torch.where(chunk[..., -1:] > 0, 1.0, -1.0).to(chunk.dtype)
+        return torch.cat([chunk[..., :-1], grip], dim=-1)
+
+    @torch.no_grad()
+    def predict(self, batch: dict) -> torch.Tensor:
+        """Batched inference on a preprocessed batch -> [B, chunk, 7] robot actions (unnormalised)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.normalizer.unnormalize_action(self.predict_normalized(batch).float())
+        finally:
+            self.train(was_training)
+
+    def predict_observations(self, windows, instructions) -> torch.Tensor:
+        """B windows of raw observations (DESIGN.md observation dicts) + B instructions -> [B, chunk, 7]."""
+        batch = self.processor.observations(windows, instructions)
+        device = next(self.parameters()).device
+        return self.predict({k: v.to(device) for k, v in batch.items()})
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str) -> None:
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, map_location: str | torch.device = "cpu") -> "RoboVLM":
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(cls, directory, map_location)

@@ -1,0 +1,73 @@
+"""Packaging for robovlm_ros (ament_python; also installable with plain pip)."""
+
+import os
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "robovlm_ros"
+
+
+def files(pattern):
+    """Files matching a glob; a missing folder just gives no files."""
+    return sorted(p for p in glob(pattern) if os.path.isfile(p))
+
+
+data_files = [
+    ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
+    ("share/" + PACKAGE, ["package.xml"]),
+]
+for target, pattern in [
+    ("share/%s/launch" % PACKAGE, "launch/*.launch.py"),
+    ("share/%s/config" % PACKAGE, "config/*.yaml"),
+    ("share/%s/config/train" % PACKAGE, "config/train/*"),
+]:
+    found = files(pattern)
+    if found:
+        data_files.append((target, found))
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description=(
+        "VLA policies (RoboVLMs-style vision-language-action models) for ROS 2: "
+        "policy node, rosbag-to-dataset conversion, training"
+    ),
+    license="Apache-2.0",
+    maintainer="robovlm_ros maintainers",
+    maintainer_email="maintainers@robovlm-ros.invalid",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=data_files,
+    python_requires=">=3.10",
+    install_requires=[
+        # torch is a range on purpose: CI installs torch==2.13.0 (CPU wheel) first.
+        "torch>=2.4,<3",
+        "transformers>=5.24,<6",
+        "peft>=0.17,<1",
+        "safetensors>=0.4,<1",
+        "einops>=0.8,<1",
+        "numpy>=1.26,<3",
+        "pyyaml>=6,<7",
+        "tokenizers>=0.22,<1",
+    ],
+    extras_require={
+        # PyPI wheels of ROS 2 Kilted, for machines without an apt ROS 2.
+        "ros": [
+            "ros-rclpy",
+            "ros-sensor-msgs",
+            "ros-std-msgs",
+            "ros-std-srvs",
+            "ros-geometry-msgs",
+            "ros-trajectory-msgs",
+            "ros-diagnostic-msgs",
+            "ros-rmw-fastrtps-cpp",
+        ],
+        "test": ["pytest>=8", "pytest-timeout"],
+    },
+    entry_points={
+        "console_scripts": [
+            "robovlm-ros = robovlm_ros.cli:main",
+        ],
+    },
+    zip_safe=False,
+)

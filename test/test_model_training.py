@@ -1,0 +1,129 @@
+"""RoboVLM training steps for every backbone family and both action spaces."""
+import pytest
+import torch
+
+from conftest import ALL_FAMILIES, make_batch
+from robovlm_ros.model import PolicyConfig, RoboVLM
+
+
+def grads(model, prefix):
+    """Parameters under ``prefix``: (names with a non-zero grad, names with no grad at all)."""
+    with_grad, without = [], []
+    for name, p in model.named_parameters():
+        if name.startswith(prefix):
+            (with_grad if p.grad is not None and p.grad.abs().sum() > 0 else without).append(name)
+    return with_grad, without
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+@pytest.mark.parametrize("space", ["continuous", "discrete"])
+def test_training_step_full_finetune(family, space):
+    model = RoboVLM(PolicyConfig.tiny(family, action_space=space, use_state=True))
+    out = model(make_batch(model))
+    assert torch.isfinite(out["loss"]) and out["loss"] > 0
+    out["loss"].backward()
+    spec = model.backbone.spec
+    # the decoder and the vision tower both receive gradient
+    lm_with, _ = grads(model, f"backbone.hf.{spec.language_model}.layers.0.")
+    vis_with, _ = grads(model, f"backbone.hf.{spec.vision[0]}.")
+    assert lm_with, "no gradient reached the language model"
+    assert vis_with, "no gradient reached the vision encoder"
+    st_with, st_without = grads(model, "state_")
+    assert st_with and not st_without, "state token parameters got no gradient"
+    if space == "continuous":
+        assert model.action_tokens.grad is not None and model.action_tokens.grad.abs().sum() > 0
+        head_with, head_without = grads(model, "head.")
+        assert head_with and not head_without
+    else:
+        assert out["loss_action"] > 1.0  # cross-entropy over a 640-token vocabulary at init
+
+
+@pytest.mark.parametrize("family", ["paligemma", "qwen2_vl"])
+@pytest.mark.parametrize("space", ["continuous", "discrete"])
+def test_frozen_backbone_gets_no_gradient(family, space):
+    cfg = PolicyConfig.tiny(family, action_space=space, freeze_backbone=True, train_vision=False,
+                            train_text_last_n=1)
+    model = RoboVLM(cfg)
+    model(make_batch(model))["loss"].backward()
+    n_layers = len(model.backbone.decoder_layers)
+    lm = f"backbone.hf.{model.backbone.spec.language_model}"
+    for name, p in model.named_parameters():
+        if name.startswith(f"{lm}.layers.{n_layers - 1}."):
+            assert p.requires_grad, name
+        elif name.startswith("backbone."):
+            assert not p.requires_grad and p.grad is None, f"frozen {name} has a gradient"
+    last_with, _ = grads(model, f"{lm}.layers.{n_layers - 1}.")
+    assert last_with, "the last decoder layer was unfrozen but got no gradient"
+
+
+@pytest.mark.parametrize("space", ["continuous", "discrete"])
+def test_tiny_policy_overfits_fixed_batch(space):
+    torch.manual_seed(0)
+    cfg = PolicyConfig.tiny("llava", action_space=space, window_size=2, fwd_pred_next_n=2, head="mlp",
+                            gripper_loss_weight=1.0)
+    model = RoboVLM(cfg)
+    batch = make_batch(model, b=2, seed=3)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3 if space == "continuous" else 1e-2)
+    first = None
+    for _ in range(80):
+        loss = model(batch)["loss"]
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first / 10, f"loss {first:.4f} -> {loss.item():.4f}"
+    # the fitted policy reproduces the batch's actions for the newest frame
+    pred = model.predict_normalized(batch)
+    target = batch["actions"][:, -1]
+    assert torch.equal(pred[..., -1], target[..., -1]), "gripper sign not learned"
+    tol = 0.15 if space == "continuous" else 2.5 / cfg.n_bins * 2  # a couple of bins
+    assert (pred[..., :-1] - target[..., :-1]).abs().max() < tol
+
+
+def test_action_mask_excludes_steps_past_episode_end():
+    model = RoboVLM(PolicyConfig.tiny("paligemma"))
+    batch = make_batch(model)
+    batch["action_mask"][:, :, -1] = 0
+    base = model(batch)["loss"].item()
+    batch["actions"][:, :, -1, :6] = 0.99  # change only masked steps
+    assert model(batch)["loss"].item() == pytest.approx(base, rel=1e-6)
+    batch["actions"][:, :, 0, :6] = 0.99  # change an unmasked step
+    assert model(batch)["loss"].item() != pytest.approx(base, rel=1e-3)
+
+
+@pytest.mark.parametrize("space", ["continuous", "discrete"])
+def test_vision_language_loss_added_when_asked(space):
+    model = RoboVLM(PolicyConfig.tiny("paligemma", action_space=space, vl_loss_ratio=0.5))
+    batch = make_batch(model)
+    ids, mask = model.processor.text(["a red block on a table", "a drawer"])
+    labels = ids.clone()
+    labels[mask == 0] = -100
+    s = model.config.image_size
+    batch.update(vl_rgb=torch.randn(2, 3, s, s), vl_input_ids=ids, vl_attention_mask=mask, vl_labels=labels)
+    action_only = model(batch)
+    batch["data_source"] = ["action", "vl"]
+    both = model(batch)
+    assert "loss_vl" not in action_only
+    assert both["loss_vl"] > 1.0
+    assert both["loss"].item() == pytest.approx((both["loss_action"] + 0.5 * both["loss_vl"]).item(), rel=1e-5)
+    batch["data_source"] = "vl"
+    vl_only = model(batch)
+    assert "loss_action" not in vl_only and vl_only["loss"].item() == pytest.approx(0.5 * both["loss_vl"].item(), rel=1e-5)
+    vl_only["loss"].backward()
+    assert model.backbone.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_bad_batches_raise_clear_errors():
+    model = RoboVLM(PolicyConfig.tiny("paligemma", use_state=True))
+    batch = make_batch(model)
+    del batch["hand_rgb"]
+    with pytest.raises(ValueError, match="hand_rgb"):
+        model(batch)
+    batch = make_batch(model)
+    del batch["state"]
+    with pytest.raises(ValueError, match="state"):
+        model(batch)
+    batch = make_batch(model)
+    batch["data_source"] = "vl"
+    with pytest.raises(ValueError, match="vl_rgb"):
+        model(batch)

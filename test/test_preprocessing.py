@@ -1,0 +1,96 @@
+"""Action tokenizer, normalisation and the shared preprocessing."""
+import numpy as np
+import pytest
+import torch
+
+from robovlm_ros.model import Normalizer, PolicyConfig, RoboVLM
+from robovlm_ros.model.action_tokenizer import ActionTokenizer
+from robovlm_ros.model.text_tokenizer import tiny_tokenizer
+
+
+def test_action_tokens_are_least_used_ids_and_round_trip():
+    tok = ActionTokenizer(vocab_size=640, special_ids={639, 0, 1}, n_bins=256)
+    assert 639 not in tok.token_ids.tolist() and len(set(tok.token_ids.tolist())) == 256
+    assert tok.token_ids.max() == 638 and tok.token_ids.min() == 638 - 255
+    x = torch.linspace(-1, 1, 1001)
+    back = tok.decode(tok.encode(x))
+    assert (back - x).abs().max() <= 1.0 / 256 + 1e-6  # half a bin width of 2/256
+    # clipping: out-of-range values land in the edge bins
+    assert torch.equal(tok.encode(torch.tensor([-5.0, 5.0])), tok.encode(torch.tensor([-1.0, 1.0])))
+    with pytest.raises(ValueError, match="not action tokens"):
+        tok.decode(torch.tensor([5]))
+    with pytest.raises(ValueError, match="too small"):
+        ActionTokenizer(vocab_size=100)
+
+
+def test_clip_normalisation_matches_robovlms_and_inverts():
+    n = Normalizer(mode="clip", clip_bound=0.65)
+    raw = torch.tensor([[0.65, -0.65, 0.325, 0.0, 1.3, -2.0, -0.3]])
+    norm = n.normalize_action(raw)
+    torch.testing.assert_close(norm, torch.tensor([[1.0, -1.0, 0.5, 0.0, 1.0, -1.0, -1.0]]))
+    inside = torch.tensor([[0.1, -0.2, 0.3, 0.0, 0.6, -0.6, 1.0]])
+    torch.testing.assert_close(n.unnormalize_action(n.normalize_action(inside)), inside)
+
+
+def test_quantile_normalisation_per_dimension():
+    stats = {"action": {"q01": [0, -1, -2, -3, -4, -5, -1], "q99": [1, 1, 2, 3, 4, 5, 1]}}
+    n = Normalizer(mode="quantile", stats=stats)
+    raw = torch.tensor([[0.5, 0.0, 2.0, -3.0, 0.0, 10.0, 0.2]])
+    torch.testing.assert_close(n.normalize_action(raw), torch.tensor([[0.0, 0.0, 1.0, -1.0, 0.0, 1.0, 1.0]]))
+    with pytest.raises(ValueError, match="q01/q99"):
+        Normalizer(mode="quantile")
+    assert Normalizer.from_dict(n.to_dict()).to_dict() == n.to_dict()
+
+
+def test_state_standardised_with_stats():
+    n = Normalizer(stats={"state": {"mean": [1.0] * 7, "std": [2.0] * 7}})
+    out = n.normalize_state(torch.tensor([3.0, 1.0, -1.0, 1.0, 1.0, 1.0, 0.04]))
+    torch.testing.assert_close(out, torch.tensor([1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]))
+
+
+def test_image_preprocessing_resizes_and_normalises():
+    model = RoboVLM(PolicyConfig.tiny("llava"))
+    proc = model.processor
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[..., 0] = 255
+    out = proc.images(img)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    mean, std = model.config.image_mean, model.config.image_std
+    torch.testing.assert_close(out[0], torch.full((32, 32), (1 - mean[0]) / std[0]))
+    torch.testing.assert_close(out[1], torch.full((32, 32), (0 - mean[1]) / std[1]))
+    assert proc.images(np.zeros((2, 5, 48, 64, 3), np.uint8)).shape == (2, 5, 3, 32, 32)
+    with pytest.raises(ValueError, match="uint8"):
+        proc.images(np.zeros((32, 32, 3), np.float32))
+    with pytest.raises(ValueError, match="RGB"):
+        proc.images(np.zeros((32, 32, 4), np.uint8))
+
+
+def test_text_is_left_padded_without_special_tokens():
+    model = RoboVLM(PolicyConfig.tiny("paligemma", max_text_len=10))
+    ids, mask = model.processor.text(["ab", "abcd", "a very long instruction indeed"])
+    assert ids.shape == (3, 10)
+    assert mask[0].tolist() == [0] * 8 + [1] * 2 and mask[2].sum() == 10  # truncated to max_text_len
+    tok = tiny_tokenizer()
+    assert tok.decode(ids[1][mask[1].bool()]) == "abcd"
+    assert tok.bos_token_id not in ids[mask.bool()].tolist()
+
+
+def test_state_with_nan_or_wrong_size_is_rejected():
+    proc = RoboVLM(PolicyConfig.tiny("paligemma")).processor
+    with pytest.raises(ValueError, match="NaN"):
+        proc.state([0, 0, 0, float("nan"), 0, 0, 1])
+    with pytest.raises(ValueError, match="7 values"):
+        proc.state([0, 0, 0])
+
+
+def test_config_json_round_trip_and_validation():
+    cfg = PolicyConfig.tiny("qwen2_vl", action_space="discrete", lora={"r": 8})
+    assert PolicyConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="history_type"):
+        PolicyConfig.tiny("llava", history_type="middle")
+    with pytest.raises(ValueError, match="unknown backbone family"):
+        PolicyConfig.tiny("gpt5")
+    with pytest.raises(ValueError, match="backbone_path"):
+        PolicyConfig(backbone="llava")
+    with pytest.raises(ValueError, match="unknown PolicyConfig fields"):
+        PolicyConfig.from_dict({**cfg.to_dict(), "windw_size": 3})
