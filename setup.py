@@ -49,6 +49,10 @@ setup(
         "numpy>=1.26,<3",
         "pyyaml>=6,<7",
         "tokenizers>=0.22,<1",
+        # ROS message / bag IO without a ROS install (same code for the node and the converter)
+        "rosbags>=0.11,<0.12",
+        "rosbags-image>=0.10,<0.11",
+        "opencv-python-headless>=4.9",
     ],
     extras_require={
         # PyPI wheels of ROS 2 Kilted, for machines without an apt ROS 2.

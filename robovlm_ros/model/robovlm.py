@@ -212,26 +212,45 @@ class RoboVLM(nn.Module):
         acc = ((logits.argmax(-1) == labels) & valid).sum() / valid.sum().clamp(min=1)
         return {"loss_action": loss, "acc_action": acc.detach()}
 
-    def _greedy_decode(self, embeds, mask, n_tokens: int, use_cache: bool = True) -> torch.Tensor:
-        """Greedy decoding of ``n_tokens`` action tokens after the prefix; argmax over action bins only.
+    def extend(self, new_embeds: torch.Tensor, mask: torch.Tensor, cache=None):
+        """Run the decoder on tokens appended after ``cache`` (None = empty).
 
-        embeds [N, L, D], mask [N, L] -> token ids [N, n_tokens].
+        new_embeds [N, L_new, D]; mask [N, L_past + L_new] covers the cached tokens and the new ones.
+        Returns (hidden [N, L_new, D], cache now holding all L_past + L_new tokens).
+        """
+        pos = self.positions(mask)[:, -new_embeds.shape[1]:]
+        return self.backbone.decode(new_embeds, mask, pos, cache=cache, use_cache=True)
+
+    def greedy_decode(self, embeds, mask, n_tokens: int, cache=None, use_cache: bool = True):
+        """Greedy decoding of ``n_tokens`` action tokens after a prefix; argmax over the action bins only.
+
+        With ``use_cache``: ``embeds`` [N, L_new, D] are the prefix tokens not yet in ``cache`` and
+        ``mask`` [N, L_past + L_new] covers cache + new; each generated token is then fed alone.
+        Without: ``embeds`` is the whole prefix and it is recomputed for every token (the reference).
+        Returns (tokens [N, n_tokens], cache, mask); cache/mask cover everything fed, i.e. all but the
+        last generated token.
         """
         allowed = self.action_tokenizer.token_ids.to(embeds.device)
-        out, cache = [], None
-        cur_embeds, cur_mask = embeds, mask
-        for _ in range(n_tokens):
-            if use_cache and cache is not None:  # feed only the newest token; the mask covers cache + token
-                pos = self.positions(cur_mask)[:, -1:]
-                hidden, cache = self.backbone.decode(cur_embeds[:, -1:], cur_mask, pos, cache=cache, use_cache=True)
-            else:
-                hidden, cache = self.backbone.decode(cur_embeds, cur_mask, self.positions(cur_mask), use_cache=use_cache)
-            logits = self.backbone.lm_head(hidden[:, -1])[:, allowed]  # [N, n_bins]
-            token = allowed[logits.argmax(-1)]  # [N]
+        ones = lambda m: torch.cat([m, m.new_ones(m.shape[0], 1)], 1)  # noqa: E731
+        out = []
+        if use_cache:
+            hidden, cache = self.extend(embeds, mask, cache)
+        elif cache is not None:
+            raise ValueError("uncached decoding recomputes the prefix: pass the whole prefix, no cache")
+        for i in range(n_tokens):
+            if not use_cache:
+                hidden, _ = self.backbone.decode(embeds, mask, self.positions(mask))
+            token = allowed[self.backbone.lm_head(hidden[:, -1])[:, allowed].argmax(-1)]  # [N]
             out.append(token)
-            cur_embeds = torch.cat([cur_embeds, self.backbone.embed(token[:, None]).to(cur_embeds.dtype)], 1)
-            cur_mask = torch.cat([cur_mask, cur_mask.new_ones(cur_mask.shape[0], 1)], 1)
-        return torch.stack(out, dim=1)
+            if i == n_tokens - 1:
+                break
+            token_embeds = self.backbone.embed(token[:, None]).to(embeds.dtype)
+            mask = ones(mask)
+            if use_cache:
+                hidden, cache = self.extend(token_embeds, mask, cache)
+            else:
+                embeds = torch.cat([embeds, token_embeds], 1)
+        return torch.stack(out, dim=1), cache, mask
 
     @torch.no_grad()
     def decode_actions(self, batch: dict, use_cache: bool = True) -> torch.Tensor:
@@ -247,7 +266,7 @@ class RoboVLM(nn.Module):
             last = {k: v[:, -1:] for k, v in batch.items() if k in ("rgb", "hand_rgb", "state")}
             last.update(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             embeds, mask, _ = self._sequences(last, None)
-            tokens = self._greedy_decode(embeds, mask, n, use_cache)
+            tokens = self.greedy_decode(embeds, mask, n, use_cache=use_cache)[0]
         else:
             known = batch.get("actions")
             history: list[torch.Tensor] = []  # [B, n] action tokens of the frames before t
@@ -261,7 +280,7 @@ class RoboVLM(nn.Module):
                 acts = torch.stack(history + [placeholder], 1)  # [B, t+1, n]
                 embeds, mask, _ = self._sequences(part, self.backbone.embed(acts))
                 # cut frame t's (placeholder) action tokens: the prefix ends where decoding starts
-                tokens = self._greedy_decode(embeds[:, :-n], mask[:, :-n], n, use_cache)
+                tokens = self.greedy_decode(embeds[:, :-n], mask[:, :-n], n, use_cache=use_cache)[0]
                 history.append(tokens)
         values = self.action_tokenizer.decode(tokens).reshape(b, c.fwd_pred_next_n, c.action_dim)
         return values

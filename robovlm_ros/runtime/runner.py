@@ -1,0 +1,115 @@
+"""PolicyRunner: observation in, safe robot action out (LeRobot's ``select_action`` idea), no ROS.
+
+    runner = PolicyRunner("ckpt/")          # device/dtype "auto": CUDA + bf16 when available, else CPU fp32
+    runner.set_instruction("pick up the red block")
+    action = runner.step({"rgb": rgb, "hand_rgb": hand, "state": state})   # float64[7]
+
+Each step the observation joins a window of ``window_size`` frames. A chunk of ``fwd_pred_next_n``
+actions is predicted for the newest frame; ``execute_steps`` of them run before the next prediction
+(or, with ``ensemble=True``, a chunk is predicted every step and overlapping chunks are averaged).
+Actions are unnormalised with the checkpoint's statistics and pass the safety layer.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+import torch
+
+from ..model import RoboVLM
+from .chunking import ActionQueue, TemporalEnsembler
+from .incremental import Frame, IncrementalPolicy
+from .safety import SafetyLimits
+
+
+def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    if dtype == "auto":
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    try:
+        return dev, {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}") from None
+
+
+class PolicyRunner:
+    def __init__(self, checkpoint, device: str = "auto", dtype: str = "auto", execute_steps: int | None = None,
+                 ensemble: bool = False, ensemble_decay: float = 0.1, use_cache: bool = True,
+                 limits: SafetyLimits | None = None):
+        self.device, self.dtype = resolve_device(device, dtype)
+        model = checkpoint if isinstance(checkpoint, RoboVLM) else RoboVLM.from_pretrained(str(checkpoint))
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.config = self.model.config
+        chunk = self.config.fwd_pred_next_n
+        execute_steps = execute_steps or chunk
+        if not 1 <= execute_steps <= chunk:
+            raise ValueError(f"execute_steps must be in 1..{chunk} (the checkpoint's chunk length)")
+        self.execute_steps = 1 if ensemble else execute_steps
+        self.chunker = TemporalEnsembler(ensemble_decay) if ensemble else ActionQueue(self.execute_steps)
+        self.limits = limits or SafetyLimits()
+        self.policy = IncrementalPolicy(self.model, use_cache=use_cache)
+        self.instruction: str | None = None
+        self._text = None
+        self.last_chunk: np.ndarray | None = None      # newest unnormalised chunk [chunk, 7]
+        self.last_inference_s: float | None = None     # wall time of the newest prediction
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new episode: empty window, caches and action queue (the instruction stays)."""
+        self._window: deque[Frame] = deque(maxlen=self.config.window_size)
+        self._serial = 0
+        self._chunk_norm: torch.Tensor | None = None  # newest normalised chunk, for discrete pre history
+        self._since_chunk = 0
+        self.chunker.reset()
+        self.policy.reset()
+
+    def set_instruction(self, text: str) -> None:
+        """A new task: tokenised once here; the history restarts because old frames belong to another task."""
+        text = (text or "").strip()
+        if not text:
+            raise ValueError("the instruction is empty")
+        ids, mask = self.model.processor.text([text])
+        self._text = (ids.to(self.device), mask.to(self.device))
+        self.instruction = text
+        self.reset()
+
+    def _frame(self, obs) -> Frame:
+        p = self.model.processor
+        to = lambda x: x.to(device=self.device, dtype=self.dtype)  # noqa: E731
+        hand = None
+        if self.config.use_hand_rgb:
+            if obs.get("hand_rgb") is None:
+                raise ValueError("this policy uses the gripper camera: the observation needs 'hand_rgb'")
+            hand = to(p.images(obs["hand_rgb"]))
+        self._serial += 1
+        return Frame(self._serial, to(p.images(obs["rgb"])), hand, to(p.state(obs["state"])))
+
+    def step(self, observation: dict) -> np.ndarray:
+        """One control step -> float64[7] (6 arm values within the limits + gripper +-1)."""
+        if self._text is None:
+            raise RuntimeError("no instruction: call set_instruction() first")
+        frame = self._frame(observation)
+        self._window.append(frame)
+        if self.chunker.needs_chunk():
+            t0 = time.perf_counter()
+            chunk = self.policy.predict(list(self._window), self._text)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.last_inference_s = time.perf_counter() - t0
+            self._chunk_norm, self._since_chunk = chunk.float(), 0
+            self.last_chunk = self.model.normalizer.unnormalize_action(self._chunk_norm.cpu()).numpy().astype(np.float64)
+            self.chunker.add_chunk(self.last_chunk)
+        else:
+            self._since_chunk += 1
+            self._carry_executed_actions(frame)
+        return self.limits.apply(self.chunker.pop())
+
+    def _carry_executed_actions(self, frame: Frame) -> None:
+        """Discrete ``pre``: a frame without its own decoding carries the actions executed from it on."""
+        if self.config.action_space != "discrete" or self.config.history_type != "pre":
+            return
+        rest = self._chunk_norm[self._since_chunk:]
+        rest = torch.cat([rest, rest[-1:].expand(self._since_chunk, -1)])  # pad to a full chunk
+        frame.action_tokens = self.model.action_tokenizer.encode(rest.to(self.device)).reshape(-1)

@@ -1,0 +1,140 @@
+"""PolicyRunner: cached stepping equals recomputation, chunk execution, ensembling, safety."""
+import numpy as np
+import pytest
+import torch
+
+from robovlm_ros.model import PolicyConfig, RoboVLM
+from robovlm_ros.runtime import PolicyRunner, SafetyLimits, UnsafeActionError
+from robovlm_ros.runtime.chunking import ActionQueue, TemporalEnsembler
+
+
+def observations(n, seed=0, size=(48, 64)):
+    rng = np.random.default_rng(seed)
+    return [{"rgb": rng.integers(0, 255, (*size, 3), dtype=np.uint8),
+             "hand_rgb": rng.integers(0, 255, (*size, 3), dtype=np.uint8),
+             "state": np.r_[rng.normal(size=6), rng.choice([-1.0, 1.0])]} for _ in range(n)]
+
+
+def tiny_model(space="continuous", history="post", **kw):
+    torch.manual_seed(0)
+    model = RoboVLM(PolicyConfig.tiny("llava", action_space=space, history_type=history, use_state=True, **kw))
+    with torch.no_grad():  # spread discrete argmaxes over many bins (see test_model_inference)
+        for p in model.backbone.language_model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.3)
+        model.backbone.lm_head.weight.normal_(0, 1.0)
+    return model
+
+
+@pytest.mark.parametrize("space,history", [("continuous", "post"), ("continuous", "pre"),
+                                           ("discrete", "post"), ("discrete", "pre")])
+@pytest.mark.parametrize("execute_steps", [1, 2])
+def test_cached_stepping_equals_recomputing_the_window(tmp_path, space, history, execute_steps):
+    tiny_model(space, history).save_pretrained(tmp_path / "ckpt")  # the runner loads a real checkpoint
+    runs = []
+    for use_cache in (True, False):
+        runner = PolicyRunner(tmp_path / "ckpt", device="cpu", use_cache=use_cache, execute_steps=execute_steps)
+        runner.set_instruction("pick up the red block")
+        steps = [runner.step(o) for o in observations(11)]  # window 4: fills, then slides
+        runs.append((np.stack(steps), runner.last_chunk))
+    (a, chunk_a), (b, chunk_b) = runs
+    assert a.shape == (11, 7)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(chunk_a, chunk_b, rtol=0, atol=1e-5)
+    assert len(np.unique(a[:, 0])) > 3  # actions vary over time: the comparison is not trivial
+
+
+def test_post_cache_runs_the_vlm_on_the_newest_frame_only():
+    model = tiny_model()
+    calls = []
+    model.backbone.language_model.register_forward_hook(lambda mod, args, kwargs, out: calls.append(
+        kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
+    runner = PolicyRunner(model, device="cpu", execute_steps=1)
+    runner.set_instruction("stack the cubes")
+    for o in observations(6):
+        runner.step(o)
+    assert calls == [1] * 6  # one sequence (the new frame) per step, though the window holds up to 4
+
+
+def test_execute_steps_replans_every_k_steps_and_plays_the_chunk_in_order():
+    model = tiny_model()
+    runner = PolicyRunner(model, device="cpu", execute_steps=2)
+    runner.set_instruction("open the drawer")
+    chunks, actions = [], []
+    for o in observations(6):
+        before = runner.last_chunk
+        actions.append(runner.step(o))
+        if runner.last_chunk is not before:
+            chunks.append(runner.last_chunk)
+    assert len(chunks) == 3  # steps 0, 2, 4
+    for i, chunk in enumerate(chunks):
+        np.testing.assert_allclose(actions[2 * i][:6], chunk[0, :6], atol=1e-6)
+        np.testing.assert_allclose(actions[2 * i + 1][:6], chunk[1, :6], atol=1e-6)
+    with pytest.raises(ValueError, match="execute_steps"):
+        PolicyRunner(model, device="cpu", execute_steps=model.config.fwd_pred_next_n + 1)
+
+
+def test_temporal_ensembling_weights_older_predictions_first():
+    ens = TemporalEnsembler(decay=0.5)
+    c0 = np.array([[0.0] * 6 + [1.0], [1.0] * 6 + [1.0], [2.0] * 6 + [-1.0]])
+    c1 = np.array([[10.0] * 6 + [-1.0], [20.0] * 6 + [-1.0], [30.0] * 6 + [-1.0]])
+    ens.add_chunk(c0)
+    np.testing.assert_allclose(ens.pop(), c0[0])
+    ens.add_chunk(c1)
+    out = ens.pop()
+    w = np.exp(-0.5 * np.arange(2))
+    np.testing.assert_allclose(out[:6], (w[0] * 1.0 + w[1] * 10.0) / w.sum())
+    assert out[6] == 1.0  # (0.61 * 1 - 0.39 * 1) > 0 -> open
+
+
+def test_action_queue_keeps_only_execute_steps():
+    q = ActionQueue(2)
+    q.add_chunk(np.arange(21.0).reshape(3, 7))
+    assert q.pop()[0] == 0 and q.pop()[0] == 7 and q.needs_chunk()
+
+
+def test_safety_clamps_scales_and_rejects():
+    lim = SafetyLimits(arm_low=(-0.5,) * 6, arm_high=(0.5,) * 6, max_linear=0.1, max_angular=0.2)
+    out = lim.apply(np.array([0.3, 0.4, 0.0, 2.0, 0.0, 0.0, 0.3]))
+    np.testing.assert_allclose(np.linalg.norm(out[:3]), 0.1)
+    np.testing.assert_allclose(out[:3] / np.linalg.norm(out[:3]), [0.6, 0.8, 0.0])  # direction kept
+    np.testing.assert_allclose(out[3:6], [0.2, 0.0, 0.0])  # clamped to 0.5, then norm-limited
+    assert out[6] == 1.0
+    for bad in (np.nan, np.inf):
+        with pytest.raises(UnsafeActionError):
+            lim.apply(np.array([0, 0, bad, 0, 0, 0, 1.0]))
+    with pytest.raises(ValueError):
+        SafetyLimits(arm_low=(1.0,) * 6, arm_high=(0.0,) * 6)
+
+
+def test_runner_actions_respect_limits_and_instruction_rules():
+    model = tiny_model()
+    lim = SafetyLimits(arm_low=(-0.01,) * 6, arm_high=(0.01,) * 6)
+    runner = PolicyRunner(model, device="cpu", limits=lim)
+    obs = observations(3)
+    with pytest.raises(RuntimeError, match="instruction"):
+        runner.step(obs[0])
+    with pytest.raises(ValueError, match="empty"):
+        runner.set_instruction("   ")
+    runner.set_instruction("push the cube")
+    for o in obs:
+        a = runner.step(o)
+        assert np.all(np.abs(a[:6]) <= 0.01) and a[6] in (-1.0, 1.0)
+    assert len(runner._window) == 3
+    runner.set_instruction("another task")  # a new task restarts the history
+    assert len(runner._window) == 0 and runner.chunker.needs_chunk()
+    with pytest.raises(ValueError, match="hand_rgb"):
+        runner.step({"rgb": obs[0]["rgb"], "state": obs[0]["state"]})
+    with pytest.raises(ValueError, match="NaN"):
+        runner.step({**obs[0], "state": np.full(7, np.nan)})
+
+
+def test_reset_gives_the_same_actions_as_a_fresh_runner():
+    model = tiny_model(history="pre")
+    obs = observations(5)
+    runner = PolicyRunner(model, device="cpu", execute_steps=1)
+    runner.set_instruction("pick up the red block")
+    first = [runner.step(o) for o in obs]
+    runner.reset()
+    again = [runner.step(o) for o in obs]
+    np.testing.assert_allclose(np.stack(first), np.stack(again), atol=1e-6)
