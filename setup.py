@@ -71,6 +71,7 @@ setup(
     entry_points={
         "console_scripts": [
             "robovlm-ros = robovlm_ros.cli:main",
+            "policy_node = robovlm_ros.ros.policy_node:main",
         ],
     },
     zip_safe=False,

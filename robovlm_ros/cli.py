@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import check
+from . import bench, check
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="robovlm-ros", description="VLA policies for ROS 2 robots")
     sub = parser.add_subparsers(dest="command", required=True)
     check.add_parser(sub)
+    bench.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -104,67 +104,93 @@ class FamilySpec:
     position_offset: Callable[[PretrainedConfig], int] = lambda cfg: 0
     # adjustments to the HF config before the model is built (both random-init and from disk)
     fix_config: Callable[[PretrainedConfig], None] = lambda cfg: None
-    tiny: Callable[[int], dict] = field(default=lambda vocab: {})
+    tiny: Callable[[int, "BackboneSize"], dict] = field(default=lambda vocab, size: {})
 
 
-def _tiny_llama(vocab: int) -> dict:
+@dataclass(frozen=True)
+class BackboneSize:
+    """Dimensions of a random-weight backbone: ``tiny`` for tests, ``small`` for benchmarks whose
+    compute, not Python overhead, should dominate (a few million parameters, 224 px images)."""
+
+    d: int = 64          # language model width
+    layers: int = 2      # decoder and vision layers
+    image: int = 32      # image side in pixels
+    patch: int = 8       # vision patch side
+    heads: int = 4
+
+    @property
+    def dv(self) -> int:  # vision width
+        return self.d // 2
+
+
+SIZES = {"tiny": BackboneSize(), "small": BackboneSize(d=256, layers=4, image=224, patch=14)}
+
+
+def _tiny_llama(vocab: int, z: BackboneSize) -> dict:
     return dict(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        vocab_size=vocab, hidden_size=z.d, intermediate_size=2 * z.d, num_hidden_layers=z.layers,
+        num_attention_heads=z.heads, num_key_value_heads=z.heads // 2, max_position_embeddings=4096,
         pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
     )
 
 
-def _tiny_paligemma(vocab: int) -> dict:
+def _vision(z: BackboneSize, **extra) -> dict:
+    return dict(hidden_size=z.dv, intermediate_size=2 * z.dv, num_hidden_layers=z.layers, num_attention_heads=2,
+                image_size=z.image, patch_size=z.patch, **extra)
+
+
+def _tiny_paligemma(vocab: int, z: BackboneSize) -> dict:
     text = dict(
-        model_type="gemma", vocab_size=vocab, hidden_size=64, intermediate_size=128,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
-        max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        model_type="gemma", vocab_size=vocab, hidden_size=z.d, intermediate_size=2 * z.d,
+        num_hidden_layers=z.layers, num_attention_heads=z.heads, num_key_value_heads=1, head_dim=z.d // z.heads,
+        max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
-    vision = dict(
-        model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, image_size=32, patch_size=8, projection_dim=64,
-    )
-    return dict(text_config=text, vision_config=vision, projection_dim=64, hidden_size=64,
+    vision = _vision(z, model_type="siglip_vision_model", projection_dim=z.d)
+    return dict(text_config=text, vision_config=vision, projection_dim=z.d, hidden_size=z.d,
                 image_token_id=vocab - 1, tie_word_embeddings=False)
 
 
-def _tiny_kosmos2(vocab: int) -> dict:
-    text = dict(vocab_size=vocab, embed_dim=64, layers=2, ffn_dim=128, attention_heads=4,
-                max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+def _tiny_kosmos2(vocab: int, z: BackboneSize) -> dict:
+    text = dict(vocab_size=vocab, embed_dim=z.d, layers=z.layers, ffn_dim=2 * z.d, attention_heads=z.heads,
+                max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
                 scale_embedding=True, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=32, patch_size=8)
-    return dict(text_config=text, vision_config=vision, latent_query_num=16)
+    return dict(text_config=text, vision_config=_vision(z), latent_query_num=(z.image // z.patch) ** 2)
 
 
-def _tiny_llava(vocab: int) -> dict:
-    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
-                  num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
-                  projection_dim=32)
-    return dict(text_config=dict(model_type="llama", **_tiny_llama(vocab)), vision_config=vision,
+def _tiny_llava(vocab: int, z: BackboneSize) -> dict:
+    vision = _vision(z, model_type="clip_vision_model", projection_dim=z.dv)
+    return dict(text_config=dict(model_type="llama", **_tiny_llama(vocab, z)), vision_config=vision,
                 image_token_id=vocab - 1, vision_feature_layer=-2,
                 vision_feature_select_strategy="default", projector_hidden_act="gelu",
                 tie_word_embeddings=False)
 
 
-def _tiny_qwen2_vl(vocab: int) -> dict:
-    text = dict(model_type="qwen2_vl_text", vocab_size=vocab, hidden_size=64, intermediate_size=128,
-                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=2048, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
-                                                                    mrope_section=[2, 3, 3]),
+def _tiny_qwen2_vl(vocab: int, z: BackboneSize) -> dict:
+    half = z.d // z.heads // 2  # rotary pairs per head, split over (temporal, height, width)
+    text = dict(model_type="qwen2_vl_text", vocab_size=vocab, hidden_size=z.d, intermediate_size=2 * z.d,
+                num_hidden_layers=z.layers, num_attention_heads=z.heads, num_key_value_heads=z.heads // 2,
+                max_position_embeddings=4096,
+                rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                     mrope_section=[half - 2 * (half // 3), half // 3, half // 3]),
                 pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=8,
+    vision = dict(depth=z.layers, embed_dim=z.dv, hidden_size=z.d, num_heads=2, mlp_ratio=2, patch_size=z.patch,
                   spatial_merge_size=2, temporal_patch_size=2)
     return dict(text_config=text, vision_config=vision, image_token_id=vocab - 1,
                 video_token_id=vocab - 2, vision_start_token_id=vocab - 3, vision_end_token_id=vocab - 4,
                 tie_word_embeddings=False)
 
 
-def _tiny_idefics(vocab: int) -> dict:
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=32, patch_size=8)
-    return dict(text_config=dict(model_type="llama", **_tiny_llama(vocab)), vision_config=vision,
+def _tiny_qwen2_5_vl(vocab: int, z: BackboneSize) -> dict:
+    cfg = _tiny_qwen2_vl(vocab, z)
+    cfg["text_config"]["model_type"] = "qwen2_5_vl_text"
+    cfg["vision_config"] = dict(depth=z.layers, hidden_size=z.dv, out_hidden_size=z.d, intermediate_size=2 * z.dv,
+                                num_heads=2, patch_size=z.patch, spatial_merge_size=2, temporal_patch_size=2,
+                                window_size=4 * z.patch, fullatt_block_indexes=[z.layers - 1])
+    return cfg
+
+
+def _tiny_idefics(vocab: int, z: BackboneSize) -> dict:
+    return dict(text_config=dict(model_type="llama", **_tiny_llama(vocab, z)), vision_config=_vision(z),
                 scale_factor=2, image_token_id=vocab - 1, tie_word_embeddings=False)
 
 
@@ -200,12 +226,7 @@ FAMILIES: dict[str, FamilySpec] = {
         image_features=_image_features_qwen2_vl, image_mean=CLIP_MEAN, image_std=CLIP_STD, tiny=_tiny_qwen2_vl),
     "qwen2_5_vl": FamilySpec(
         "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", **_DECODER_FAMILY, vision=("model.visual",),
-        image_features=_image_features_qwen2_vl, image_mean=CLIP_MEAN, image_std=CLIP_STD,
-        tiny=lambda vocab: {**_tiny_qwen2_vl(vocab), "text_config": {
-            **_tiny_qwen2_vl(vocab)["text_config"], "model_type": "qwen2_5_vl_text"},
-            "vision_config": dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64,
-                                  num_heads=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
-                                  window_size=32, fullatt_block_indexes=[1])}),
+        image_features=_image_features_qwen2_vl, image_mean=CLIP_MEAN, image_std=CLIP_STD, tiny=_tiny_qwen2_5_vl),
     "idefics3": FamilySpec(
         "idefics3", "Idefics3ForConditionalGeneration", language_model="model.text_model",
         embed_tokens="model.text_model.embed_tokens", lm_head="lm_head",
@@ -228,10 +249,12 @@ def family_spec(name: str) -> FamilySpec:
         raise ValueError(f"unknown backbone family {name!r}; supported: {', '.join(sorted(FAMILIES))}") from None
 
 
-def tiny_backbone_config(family: str, vocab_size: int) -> dict:
-    """A few-hundred-kilobyte random-weight config of ``family`` (tests, experiments)."""
+def tiny_backbone_config(family: str, vocab_size: int, size: str = "tiny") -> dict:
+    """A random-weight config of ``family``: ``tiny`` (~200k parameters, tests) or ``small`` (benchmarks)."""
     spec = family_spec(family)
-    return config_to_dict(AutoConfig.for_model(spec.model_type, **spec.tiny(vocab_size)))
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, not {size!r}")
+    return config_to_dict(AutoConfig.for_model(spec.model_type, **spec.tiny(vocab_size, SIZES[size])))
 
 
 def config_to_dict(cfg: PretrainedConfig) -> dict:

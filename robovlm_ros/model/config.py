@@ -5,7 +5,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from .backbones import FAMILIES, family_spec, tiny_backbone_config
+from .backbones import FAMILIES, SIZES, family_spec, tiny_backbone_config
 
 TINY_VOCAB = 640  # 260 byte-level text tokens + room for 256 action bins at the end
 
@@ -78,11 +78,11 @@ class PolicyConfig:
         return self.arm_dim + 1
 
     @classmethod
-    def tiny(cls, backbone: str = "paligemma", **overrides) -> "PolicyConfig":
-        """A tiny random-weight policy of ``backbone``'s family: for tests and experiments."""
+    def tiny(cls, backbone: str = "paligemma", size: str = "tiny", **overrides) -> "PolicyConfig":
+        """A random-weight policy of ``backbone``'s family for tests and experiments (size: tiny | small)."""
         base = dict(
-            backbone=backbone, tiny_backbone=True, backbone_config=tiny_backbone_config(backbone, TINY_VOCAB),
-            window_size=4, fwd_pred_next_n=3, image_size=32, max_text_len=24, head_hidden=32,
+            backbone=backbone, tiny_backbone=True, backbone_config=tiny_backbone_config(backbone, TINY_VOCAB, size),
+            image_size=SIZES[size].image, window_size=4, fwd_pred_next_n=3, max_text_len=24, head_hidden=32,
             head_layers=1, resampler_latents=4, resampler_depth=1,
         )
         base.update(overrides)

@@ -65,6 +65,22 @@ class PolicyRunner:
         self.chunker.reset()
         self.policy.reset()
 
+    def warmup(self) -> float:
+        """Run the policy on blank inputs so one-off initialisation (kernels, allocator, lazy imports)
+        happens before the robot depends on it; returns the seconds it took. State is restored."""
+        t0 = time.perf_counter()
+        s = self.config.image_size
+        blank = {"rgb": np.zeros((s, s, 3), np.uint8), "hand_rgb": np.zeros((s, s, 3), np.uint8),
+                 "state": np.zeros(self.config.action_dim)}
+        saved = (self.instruction, self._text)
+        self.set_instruction("warm up")
+        for _ in range(2):
+            self.policy.predict(list(self._window) + [self._frame(blank)], self._text)
+        self.instruction, self._text = saved
+        self.last_chunk = self.last_inference_s = None
+        self.reset()
+        return time.perf_counter() - t0
+
     def set_instruction(self, text: str) -> None:
         """A new task: tokenised once here; the history restarts because old frames belong to another task."""
         text = (text or "").strip()

@@ -1,0 +1,237 @@
+"""``robovlm-ros bench``: latency of the policy runtime and of the ROS node, as ratios from one run.
+
+Measures (a small random-weight policy by default, or a checkpoint's architecture):
+  * policy step p50/p99 for window 1 and window W, with and without the cross-step cache (post history);
+  * discrete decoding of a whole chunk with and without the KV cache;
+  * the node's own overhead at 640x480 with two cameras streamed from another process: image message
+    transport + decoding, plus inference job -> command published minus the model time.
+Targets (issue 3, on a 2-core CPU): window-W cached step <= 1.5x the window-1 step; KV-cached
+decoding >= 3x faster than uncached; node overhead p50 <= 5 ms.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from .model import PolicyConfig, RoboVLM
+from .runtime import PolicyRunner
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _pct(xs) -> dict:
+    a = np.asarray(xs) * 1000
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "n": len(a)}
+
+
+def _obs(rng, size):
+    return {"rgb": rng.integers(0, 255, (*size, 3), dtype=np.uint8),
+            "hand_rgb": rng.integers(0, 255, (*size, 3), dtype=np.uint8),
+            "state": np.r_[rng.normal(size=6), 1.0]}
+
+
+def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str) -> dict:
+    runner = PolicyRunner(model, device=device, execute_steps=1, use_cache=use_cache)
+    runner.warmup()
+    runner.set_instruction("pick up the red block")
+    rng = np.random.default_rng(0)
+    for _ in range(model.config.window_size):  # fill the window first: steady state is what matters
+        runner.step(_obs(rng, (480, 640)))
+    times = []
+    for _ in range(steps):
+        o = _obs(rng, (480, 640))
+        t0 = time.perf_counter()
+        runner.step(o)
+        times.append(time.perf_counter() - t0)
+    return _pct(times)
+
+
+def decode_latency(model: RoboVLM, use_cache: bool, reps: int) -> dict:
+    from .model.synthetic import synthetic_batch
+
+    batch = synthetic_batch(model, batch_size=1)
+    del batch["actions"]
+    model.decode_actions(batch, use_cache=use_cache)  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        model.decode_actions(batch, use_cache=use_cache)
+        times.append(time.perf_counter() - t0)
+    return _pct(times)
+
+
+def _camera_process(ns: str, stop) -> None:
+    """A separate process playing the camera drivers: two 640x480 rgb8 streams + joint states at 15 Hz."""
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+
+    rclpy.init()
+    node = rclpy.create_node("bench_camera", namespace=ns)
+    cam = node.create_publisher(Image, f"/{ns}/cam", qos_profile_sensor_data)
+    hand = node.create_publisher(Image, f"/{ns}/hand", qos_profile_sensor_data)
+    joints = node.create_publisher(JointState, f"/{ns}/joints", qos_profile_sensor_data)
+    rng = np.random.default_rng(0)
+    frames = [Image(height=480, width=640, encoding="rgb8", step=640 * 3,
+                    data=rng.integers(0, 255, (480, 640, 3), dtype=np.uint8).tobytes()) for _ in range(4)]
+    names = [f"joint{k}" for k in range(1, 7)] + ["gripper_joint"]
+    i = 0
+    while not stop.is_set():
+        for pub in (cam, hand):
+            msg = frames[i % 4]
+            msg.header.stamp = node.get_clock().now().to_msg()
+            pub.publish(msg)
+            i += 1
+        js = JointState(name=names, position=[0.1] * 7)
+        js.header.stamp = node.get_clock().now().to_msg()
+        joints.publish(js)
+        time.sleep(1 / 15)
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+def node_overhead(model: RoboVLM, seconds: float, device: str) -> dict:
+    """Run the policy node on camera streams from another process, over loopback DDS."""
+    import multiprocessing
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from .ros.policy_node import PolicyNode
+
+    rclpy.init()
+    try:
+        ns = f"bench{int(time.time() * 1000) % 100000}"
+        overrides = {"camera_topic": f"/{ns}/cam", "gripper_camera_topic": f"/{ns}/hand",
+                     "joint_states_topic": f"/{ns}/joints", "arm_command_topic": f"/{ns}/arm",
+                     "gripper_command_topic": f"/{ns}/grip", "control_rate_hz": 10.0, "execute_steps": 1,
+                     "max_input_age_s": 1.0, "instruction": "pick up the red block", "autostart": True}
+        node = PolicyNode(runner=PolicyRunner(model, device=device, execute_steps=1), namespace=ns,
+                          parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+        ctx = multiprocessing.get_context("spawn")  # a fresh process: no forked rclpy/torch state
+        stop = ctx.Event()
+        camera = ctx.Process(target=_camera_process, args=(ns, stop))
+        camera.start()
+        ex = SingleThreadedExecutor()
+        ex.add_node(node)
+        t_start = time.monotonic()
+        while node.stats["steps"] == 0 and time.monotonic() - t_start < 30:  # the camera process starting up
+            ex.spin_once(timeout_sec=0.05)
+        node.input_ms.clear()
+        node.step_overhead_ms.clear()
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            ex.spin_once(timeout_sec=0.05)
+        stop.set()
+        camera.join(timeout=10)
+        image_in, step = np.asarray(node.input_ms), np.asarray(node.step_overhead_ms)
+        result = {"image_in_p50_ms": float(np.percentile(image_in, 50)),
+                  "image_in_p99_ms": float(np.percentile(image_in, 99)),
+                  "step_overhead_p50_ms": float(np.percentile(step, 50)),
+                  "step_overhead_p99_ms": float(np.percentile(step, 99)),
+                  "runtime_overhead_p50_ms": float(np.percentile(node.runtime_overhead_ms, 50)),
+                  "commands": int(node.stats["steps"]), "overruns": int(node.stats["overruns"])}
+        # the ROS layer's share: one image's way in (transport + decode) plus the step's work around the
+        # policy runner (input snapshot, command messages, publishing); the runner's own preprocessing is
+        # reported apart (runtime_overhead) because it belongs to the policy, wherever it runs
+        result["overhead_p50_ms"] = result["image_in_p50_ms"] + result["step_overhead_p50_ms"]
+        ex.remove_node(node)
+        node.destroy_node()
+        return result
+    finally:
+        rclpy.try_shutdown()
+
+
+def run(args) -> int:
+    torch.manual_seed(0)
+    if args.checkpoint:
+        base = RoboVLM.from_pretrained(args.checkpoint)
+        cfg = base.config
+        make = lambda **kw: RoboVLM(PolicyConfig.from_dict({**cfg.to_dict(), **kw}), tokenizer=base.tokenizer)  # noqa: E731
+    else:
+        make = lambda **kw: RoboVLM(PolicyConfig.tiny(args.backbone, size=args.size, use_state=True, **kw))  # noqa: E731
+    w = args.window
+    report = {"hardware": {"cpu": _cpu_name(), "torch_threads": torch.get_num_threads(), "device": args.device,
+                           "cuda": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
+              "backbone": f"{args.backbone} ({args.size}, random weights)" if not args.checkpoint else args.checkpoint}
+    win1 = make(window_size=1, history_type="post", fwd_pred_next_n=10).eval()
+    winw = make(window_size=w, history_type="post", fwd_pred_next_n=10).eval()
+    report["step"] = {
+        "window1": step_latency(win1, True, args.steps, args.device),
+        f"window{w}_cache": step_latency(winw, True, args.steps, args.device),
+        f"window{w}_nocache": step_latency(winw, False, args.steps, args.device),
+    }
+    disc = make(window_size=1, action_space="discrete", fwd_pred_next_n=10).to(args.device).eval()
+    report["decode"] = {"kv_cache": decode_latency(disc, True, args.reps),
+                        "no_cache": decode_latency(disc, False, args.reps)}
+    s = report["step"]
+    report["ratios"] = {
+        f"window{w}_cache_vs_window1": s[f"window{w}_cache"]["p50_ms"] / s["window1"]["p50_ms"],
+        f"window{w}_nocache_vs_cache": s[f"window{w}_nocache"]["p50_ms"] / s[f"window{w}_cache"]["p50_ms"],
+        "decode_speedup_kv_cache": report["decode"]["no_cache"]["p50_ms"] / report["decode"]["kv_cache"]["p50_ms"],
+    }
+    try:
+        report["node"] = node_overhead(winw, args.node_seconds, args.device)
+    except ImportError as e:
+        report["node"] = {"skipped": f"ROS 2 Python packages not installed ({e})"}
+    r = report["ratios"]
+    targets = {f"window{w} cached step <= 1.5x window-1 step": r[f"window{w}_cache_vs_window1"] <= 1.5,
+               "KV-cached decoding >= 3x faster": r["decode_speedup_kv_cache"] >= 3.0}
+    if "overhead_p50_ms" in report["node"]:
+        targets["node overhead p50 <= 5 ms"] = report["node"]["overhead_p50_ms"] <= 5.0
+    report["targets_met"] = targets
+
+    print(f"robovlm-ros bench — {report['hardware']['cpu']}, torch threads {report['hardware']['torch_threads']}, "
+          f"device {args.device}, backbone {report['backbone']}")
+    print(f"{'measure':<34} {'p50 ms':>9} {'p99 ms':>9}")
+    for name, v in list(report["step"].items()) + [(f"decode {k}", v) for k, v in report["decode"].items()]:
+        print(f"{'step ' + name if not name.startswith('decode') else name:<34} {v['p50_ms']:>9.2f} {v['p99_ms']:>9.2f}")
+    node = report["node"]
+    if "overhead_p50_ms" in node:
+        print(f"{'node image in (transport+decode)':<34} {node['image_in_p50_ms']:>9.2f} {node['image_in_p99_ms']:>9.2f}")
+        print(f"{'node step (minus runner.step)':<34} {node['step_overhead_p50_ms']:>9.2f} "
+              f"{node['step_overhead_p99_ms']:>9.2f}")
+        print(f"{'node overhead (image in + step)':<34} {node['overhead_p50_ms']:>9.2f}")
+        print(f"{'runner preprocessing (no model)':<34} {node['runtime_overhead_p50_ms']:>9.2f}")
+    else:
+        print(f"node: {node['skipped']}")
+    print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
+    for k, ok in targets.items():
+        print(f"  [{'ok' if ok else 'MISSED'}] {k}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+def add_parser(sub) -> None:
+    from .model.backbones import FAMILIES
+
+    p = sub.add_parser("bench", help="latency of the policy step, discrete decoding and the ROS node",
+                       description=__doc__)
+    p.add_argument("--backbone", default="paligemma", choices=sorted(FAMILIES), help="random-weight backbone family")
+    p.add_argument("--size", default="small", choices=["tiny", "small"],
+                   help="random-weight model size: small (~3.5M parameters, 224 px) lets compute, not Python "
+                        "overhead, dominate the timings")
+    p.add_argument("--checkpoint", help="benchmark this checkpoint's architecture instead of a tiny one")
+    p.add_argument("--window", type=int, default=8)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--node-seconds", type=float, default=6.0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="write the report as JSON")
+    p.set_defaults(func=run)

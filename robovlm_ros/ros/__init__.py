@@ -1,0 +1,1 @@
+"""The ROS 2 layer: the only package that imports rclpy and ROS message types."""

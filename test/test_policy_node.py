@@ -1,0 +1,228 @@
+"""The policy node over real rclpy / loopback DDS with a tiny checkpoint saved by the model code."""
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+rclpy = pytest.importorskip("rclpy")
+from geometry_msgs.msg import TwistStamped  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from std_msgs.msg import Float64MultiArray, String  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from ros_helpers import ARM_JOINTS, FakeRobot, wait_for  # noqa: E402
+from robovlm_ros.model import PolicyConfig, RoboVLM  # noqa: E402
+from robovlm_ros.ros.policy_node import PolicyNode  # noqa: E402
+from robovlm_ros.runtime import PolicyRunner  # noqa: E402
+
+RATE = 10.0
+LIMIT = 0.05
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "policy"
+    RoboVLM(PolicyConfig.tiny("llava", use_state=True, fwd_pred_next_n=3)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def executor():
+    rclpy.init()
+    # rclpy's MultiThreadedExecutor delivers a fraction of the messages on 2 cores; the node runs its
+    # inference on its own thread, so one executor thread is what it is designed for
+    ex = SingleThreadedExecutor()
+    thread = threading.Thread(target=ex.spin, daemon=True)
+    thread.start()
+    yield ex
+    ex.shutdown()
+    rclpy.shutdown()
+
+
+@pytest.fixture
+def system(executor, checkpoint, request):
+    """(policy node, fake robot) in a fresh namespace; parameters from the test's `params` marker."""
+    ns = f"t{uuid.uuid4().hex[:8]}"
+    marker = request.node.get_closest_marker("params")
+    extra = marker.kwargs if marker else {}
+    params = {"camera_topic": f"/{ns}/camera/image_raw", "gripper_camera_topic": f"/{ns}/gripper_camera/image_raw",
+              "joint_states_topic": f"/{ns}/joint_states", "arm_command_topic": f"/{ns}/arm_cmd",
+              "gripper_command_topic": f"/{ns}/grip_cmd", "control_rate_hz": RATE, "max_input_age_s": 0.3,
+              "execute_steps": 1, "action_low": [-LIMIT] * 6, "action_high": [LIMIT] * 6,
+              "max_linear_velocity": 0.06, "max_angular_velocity": 0.07, **extra}
+    runner = PolicyRunner(checkpoint, device="cpu", execute_steps=params["execute_steps"])
+    node = PolicyNode(runner=runner, namespace=ns,
+                      parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    robot = FakeRobot("fake_robot", ns, node.commands.arm_msg_type, node.commands.gripper_msg_type)
+    executor.add_node(node)
+    executor.add_node(robot)
+    yield node, robot
+    executor.remove_node(robot)
+    executor.remove_node(node)
+    robot.destroy_node()
+    node.destroy_node()
+
+
+def twist_vec(msg):
+    t = msg.twist
+    return np.array([t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z])
+
+
+def test_instruction_start_and_commands_within_limits(system):
+    node, robot = system
+    assert not robot.trigger("start").success  # no instruction yet
+    result = robot.set_instruction("pick up the red block")
+    assert result.successful
+    assert node.get_parameter("instruction").value == "pick up the red block"
+    t0 = time.monotonic()
+    assert robot.trigger("start").success
+    assert wait_for(lambda: len(robot.since("arm", t0)) >= 5 and len(robot.since("action", t0)) >= 2)
+    arms = [twist_vec(m) for m in robot.since("arm", t0)]
+    for v in arms:
+        assert np.isfinite(v).all()
+        assert np.abs(v).max() <= LIMIT + 1e-9
+        assert np.linalg.norm(v[:3]) <= 0.06 + 1e-9 and np.linalg.norm(v[3:]) <= 0.07 + 1e-9
+    assert any(np.abs(v).max() > 0 for v in arms)
+    for m in robot.since("gripper", t0):
+        assert list(m.data) in ([0.04], [0.0])
+    chunk = robot.since("action", t0)[-1]
+    assert [d.size for d in chunk.layout.dim] == [3, 7] and len(chunk.data) == 21
+    assert all(math.isfinite(x) for x in chunk.data)
+    assert wait_for(lambda: any(s.message.startswith("running") for _, d in robot.received["diagnostics"]
+                                for s in d.status if s.hardware_id.endswith(f"{robot.ns}/robovlm_policy")), 3.0)
+
+
+def test_camera_loss_holds_within_a_period_and_resumes(system):
+    node, robot = system
+    robot.set_instruction("push the cube")
+    robot.trigger("start")
+    assert wait_for(lambda: len(robot.received["arm"]) >= 3)
+    robot.stream_camera = False
+    t_stop = time.monotonic()
+    # inputs are stale after max_input_age_s; the hold must come within one control period after that
+    assert wait_for(lambda: any(not twist_vec(m).any() for m in robot.since("arm", t_stop)), 3.0)
+    first_hold = next(t for t, m in robot.received["arm"] if t >= t_stop and not twist_vec(m).any())
+    assert first_hold - t_stop <= 0.3 + 1.0 / RATE + 0.15
+    time.sleep(0.3)
+    t_hold = time.monotonic()
+    assert all(not twist_vec(m).any() for m in robot.since("arm", t_hold))  # only holds while stale
+    robot.stream_camera = True
+    t_back = time.monotonic()
+    assert wait_for(lambda: any(twist_vec(m).any() for m in robot.since("arm", t_back)), 3.0)
+    assert node.stats["holds"] >= 2
+
+
+def test_malformed_inputs_are_rejected_without_commands(system):
+    node, robot = system
+    robot.set_instruction("open the drawer")
+    robot.trigger("start")
+    assert wait_for(lambda: len(robot.received["arm"]) >= 2)
+    robot.bad_image = True
+    robot.bad_joints = True
+    time.sleep(0.5)  # good inputs age out
+    t_bad = time.monotonic()
+    time.sleep(0.6)
+    during = robot.since("arm", t_bad)
+    assert during and all(not twist_vec(m).any() for m in during)  # holds only, nothing from bad data
+    assert node.stats["rejected_msgs"] > 5
+    robot.bad_image = robot.bad_joints = False
+    t_good = time.monotonic()
+    assert wait_for(lambda: any(twist_vec(m).any() for m in robot.since("arm", t_good)), 3.0)
+
+
+def test_stop_sends_one_hold_then_silence_and_reset_clears_history(system):
+    node, robot = system
+    robot.set_instruction("stack the cubes")
+    robot.trigger("start")
+    assert wait_for(lambda: len(robot.received["arm"]) >= 4)
+    assert len(node.runner._window) >= 2
+    t_stop = time.monotonic()
+    assert robot.trigger("stop").success
+    time.sleep(0.5)
+    after = robot.since("arm", t_stop)
+    assert len(after) <= 2 and not twist_vec(after[-1]).any()  # at most one in-flight command, then the hold
+    t_quiet = time.monotonic()
+    time.sleep(0.4)
+    assert robot.since("arm", t_quiet) == []
+    assert robot.trigger("reset").success
+    robot.trigger("start")
+    assert wait_for(lambda: len(robot.since("arm", t_quiet)) >= 1)
+    assert len(node.runner._window) <= 2  # history restarted at start/reset
+
+
+def test_instruction_topic_and_validation(system):
+    node, robot = system
+    pub = robot.create_publisher(String, f"/{robot.ns}/robovlm_policy/instruction", 10)
+    assert wait_for(lambda: pub.get_subscription_count() > 0, 5.0)
+    pub.publish(String(data="put the block in the bowl"))
+    assert wait_for(lambda: node.get_parameter("instruction").value == "put the block in the bowl", 5.0)
+    too_long = robot.set_instruction("x" * 600)
+    assert not too_long.successful and "longer" in too_long.reason
+    assert node.get_parameter("instruction").value == "put the block in the bowl"
+
+
+@pytest.mark.params(arm_command_type="joint_trajectory", gripper_command_type="joint_trajectory",
+                    execute_steps=2)
+def test_joint_trajectory_commands(system):
+    node, robot = system
+    robot.set_instruction("pick up the red block")
+    t0 = time.monotonic()
+    robot.trigger("start")
+    assert wait_for(lambda: len(robot.since("arm", t0)) >= 3 and len(robot.since("gripper", t0)) >= 1)
+    for m in robot.since("arm", t0):
+        assert isinstance(m, JointTrajectory) and m.joint_names == ARM_JOINTS and len(m.points) == 1
+        p = m.points[0]
+        np.testing.assert_allclose(np.array(p.positions) - robot.joint_positions, np.array(p.velocities) / RATE,
+                                   atol=1e-9)
+        assert np.abs(p.velocities).max() <= LIMIT + 1e-9
+    g = robot.since("gripper", t0)[0]
+    assert g.joint_names == ["gripper_joint"] and g.points[0].positions[0] in (0.04, 0.0)
+
+
+@pytest.mark.params(arm_command_type="float64_array")
+def test_float64_array_commands(system):
+    node, robot = system
+    robot.set_instruction("pick up the red block")
+    t0 = time.monotonic()
+    robot.trigger("start")
+    assert wait_for(lambda: len(robot.since("arm", t0)) >= 2)
+    assert all(isinstance(m, Float64MultiArray) and len(m.data) == 6 for m in robot.since("arm", t0))
+    robot.trigger("stop")
+    assert wait_for(lambda: list(robot.received["arm"][-1][1].data) == [0.0] * 6, 2.0)
+
+
+def test_plain_executable_with_params_file(executor, checkpoint, tmp_path):
+    """`policy_node --ros-args --params-file config/policy.yaml` outside the launch system."""
+    ns = f"x{uuid.uuid4().hex[:8]}"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [sys.executable, "-m", "robovlm_ros.ros.policy_node", "--ros-args", "--params-file",
+            os.path.join(repo, "config", "policy.yaml"), "-r", f"__ns:=/{ns}",
+            "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", "-p", "instruction:=pick up the red block",
+            "-p", "autostart:=true", "-p", f"camera_topic:=/{ns}/camera/image_raw",
+            "-p", f"gripper_camera_topic:=/{ns}/gripper_camera/image_raw", "-p", f"joint_states_topic:=/{ns}/joint_states",
+            "-p", f"arm_command_topic:=/{ns}/arm_cmd", "-p", f"gripper_command_topic:=/{ns}/grip_cmd"]
+    proc = subprocess.Popen(args, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    robot = FakeRobot("fake_robot", ns, TwistStamped, Float64MultiArray)
+    executor.add_node(robot)
+    try:
+        assert wait_for(lambda: len(robot.received["arm"]) >= 3, 60.0), "no commands from the executable"
+        assert np.isfinite(twist_vec(robot.received["arm"][-1][1])).all()
+    finally:
+        executor.remove_node(robot)
+        robot.destroy_node()
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0]
+    assert "policy ready" in out
+
+    bad = subprocess.run([sys.executable, "-m", "robovlm_ros.ros.policy_node", "--ros-args", "-p",
+                          f"checkpoint:={tmp_path / 'missing'}"], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "does not exist" in bad.stdout + bad.stderr
