@@ -2,13 +2,14 @@
 import threading
 import time
 
+import cv2
 import numpy as np
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
 
 ARM_JOINTS = [f"joint{i}" for i in range(1, 7)]
@@ -17,7 +18,7 @@ ARM_JOINTS = [f"joint{i}" for i in range(1, 7)]
 class FakeRobot(Node):
     """Streams camera images and joint states; records every message the policy node sends."""
 
-    def __init__(self, name, ns, arm_type, gripper_type, rate_hz=30.0, size=(48, 64)):
+    def __init__(self, name, ns, arm_type, gripper_type, rate_hz=30.0, size=(48, 64), compressed_camera=False):
         super().__init__(name, namespace=ns)
         self.ns = ns
         self.lock = threading.Lock()
@@ -26,7 +27,12 @@ class FakeRobot(Node):
         self.joint_positions = np.linspace(0.1, 0.6, 6)
         self.rng = np.random.default_rng(0)
         self.size = size
-        self.cam_pub = self.create_publisher(Image, f"/{ns}/camera/image_raw", qos_profile_sensor_data)
+        self.compressed_camera = compressed_camera
+        if compressed_camera:
+            self.cam_pub = self.create_publisher(CompressedImage, f"/{ns}/camera/image_raw/compressed",
+                                                 qos_profile_sensor_data)
+        else:
+            self.cam_pub = self.create_publisher(Image, f"/{ns}/camera/image_raw", qos_profile_sensor_data)
         self.hand_pub = self.create_publisher(Image, f"/{ns}/gripper_camera/image_raw", qos_profile_sensor_data)
         self.joint_pub = self.create_publisher(JointState, f"/{ns}/joint_states", qos_profile_sensor_data)
         self.received = {"arm": [], "gripper": [], "action": [], "diagnostics": []}
@@ -44,6 +50,14 @@ class FakeRobot(Node):
                 self.received[key].append((time.monotonic(), msg))
         return record
 
+    def jpeg(self):
+        h, w = self.size
+        img = self.rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        data = cv2.imencode(".jpg", img)[1].tobytes() if not self.bad_image else b"garbage"
+        msg = CompressedImage(format="jpeg", data=data)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        return msg
+
     def image(self):
         h, w = self.size
         img = self.rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
@@ -55,7 +69,7 @@ class FakeRobot(Node):
 
     def _publish(self):
         if self.stream_camera:
-            self.cam_pub.publish(self.image())
+            self.cam_pub.publish(self.jpeg() if self.compressed_camera else self.image())
         if self.stream_hand:
             self.hand_pub.publish(self.image())
         if self.stream_joints:
@@ -85,9 +99,9 @@ class FakeRobot(Node):
     def trigger(self, service):
         return self.call(Trigger, f"/{self.ns}/robovlm_policy/{service}", Trigger.Request())
 
-    def set_instruction(self, text):
+    def set_instruction(self, text, name="instruction"):
         value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=text)
-        req = SetParameters.Request(parameters=[ParameterMsg(name="instruction", value=value)])
+        req = SetParameters.Request(parameters=[ParameterMsg(name=name, value=value)])
         return self.call(SetParameters, f"/{self.ns}/robovlm_policy/set_parameters", req).results[0]
 
 

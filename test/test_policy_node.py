@@ -54,7 +54,8 @@ def system(executor, checkpoint, request):
     ns = f"t{uuid.uuid4().hex[:8]}"
     marker = request.node.get_closest_marker("params")
     extra = marker.kwargs if marker else {}
-    params = {"camera_topic": f"/{ns}/camera/image_raw", "gripper_camera_topic": f"/{ns}/gripper_camera/image_raw",
+    compressed = extra.pop("compressed_camera", False)
+    params = {"camera_topic": f"/{ns}/camera/image_raw" + ("/compressed" if compressed else ""), "gripper_camera_topic": f"/{ns}/gripper_camera/image_raw",
               "joint_states_topic": f"/{ns}/joint_states", "arm_command_topic": f"/{ns}/arm_cmd",
               "gripper_command_topic": f"/{ns}/grip_cmd", "control_rate_hz": RATE, "max_input_age_s": 0.3,
               "execute_steps": 1, "action_low": [-LIMIT] * 6, "action_high": [LIMIT] * 6,
@@ -62,7 +63,8 @@ def system(executor, checkpoint, request):
     runner = PolicyRunner(checkpoint, device="cpu", execute_steps=params["execute_steps"])
     node = PolicyNode(runner=runner, namespace=ns,
                       parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-    robot = FakeRobot("fake_robot", ns, node.commands.arm_msg_type, node.commands.gripper_msg_type)
+    robot = FakeRobot("fake_robot", ns, node.commands.arm_msg_type, node.commands.gripper_msg_type,
+                      compressed_camera=compressed)
     executor.add_node(node)
     executor.add_node(robot)
     yield node, robot
@@ -168,6 +170,8 @@ def test_instruction_topic_and_validation(system):
     too_long = robot.set_instruction("x" * 600)
     assert not too_long.successful and "longer" in too_long.reason
     assert node.get_parameter("instruction").value == "put the block in the bowl"
+    read_only = robot.set_instruction("/other/ckpt", name="checkpoint")
+    assert not read_only.successful and node.get_parameter("checkpoint").value == ""
 
 
 @pytest.mark.params(arm_command_type="joint_trajectory", gripper_command_type="joint_trajectory",
@@ -226,3 +230,19 @@ def test_plain_executable_with_params_file(executor, checkpoint, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "robovlm_ros.ros.policy_node", "--ros-args", "-p",
                           f"checkpoint:={tmp_path / 'missing'}"], cwd=repo, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "does not exist" in bad.stdout + bad.stderr
+
+
+@pytest.mark.params(compressed_camera=True)
+def test_compressed_camera_topic(system):
+    """A camera topic ending in /compressed subscribes to CompressedImage (JPEG); bad JPEGs are rejected."""
+    node, robot = system
+    robot.set_instruction("pick up the red block")
+    t0 = time.monotonic()
+    robot.trigger("start")
+    assert wait_for(lambda: any(twist_vec(m).any() for m in robot.since("arm", t0)))
+    robot.bad_image = True
+    assert wait_for(lambda: node.stats["rejected_msgs"] > 3, 3.0)
+    time.sleep(0.5)
+    t_bad = time.monotonic()
+    time.sleep(0.4)
+    assert all(not twist_vec(m).any() for m in robot.since("arm", t_bad))
