@@ -5,11 +5,15 @@ import argparse
 import sys
 
 from . import bench, check
+from .data import convert
+from .train import run as train_run
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="robovlm-ros", description="VLA policies for ROS 2 robots")
     sub = parser.add_subparsers(dest="command", required=True)
+    convert.add_parser(sub)
+    train_run.add_parser(sub)
     check.add_parser(sub)
     bench.add_parser(sub)
     args = parser.parse_args(argv)

@@ -11,7 +11,7 @@ LAUNCH = os.path.join(REPO, "launch", "policy.launch.py")
 
 
 def test_policy_yaml_matches_the_declared_parameters():
-    from robovlm_ros.ros.params import POLICY_PARAMS  # imports rcl_interfaces, which the ros extra brings
+    from robovlm_ros.node_params import POLICY_PARAMS
 
     with open(os.path.join(REPO, "config", "policy.yaml")) as f:
         params = yaml.safe_load(f)["robovlm_policy"]["ros__parameters"]

@@ -29,7 +29,8 @@ from std_srvs.srv import Trigger
 
 from ..runtime import ImageDecodeError, PolicyRunner, SafetyLimits, UnsafeActionError, decode_image
 from .commands import CommandBuilder, chunk_message
-from .params import POLICY_PARAMS, descriptor
+from ..node_params import POLICY_PARAMS
+from .params import descriptor
 
 MAX_INSTRUCTION_CHARS = 512
 

@@ -1,0 +1,65 @@
+"""Robot state and actions from ROS messages (rclpy or rosbags-deserialised; fields are the same).
+
+state  = 6 arm joint positions (picked by name) + gripper (+1 open / -1 closed, by a position threshold)
+action = 6 arm values + gripper +-1, in the units of the command the robot received:
+  TwistStamped        linear x, y, z, angular x, y, z        (what MoveIt Servo executed)
+  Float64MultiArray   the 6 values (joint velocities)
+  JointTrajectory     the first point's velocities, or (target - current positions) / time_from_start
+  no commands         joint velocities from consecutive states: (q[k+1] - q[k]) / dt   (documented choice:
+                      the policy then drives a forward velocity controller, arm_command_type float64_array)
+gripper action: the commanded position nearer the open position -> +1, else -1.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class FrameError(ValueError):
+    """A message that cannot give a state or action (missing joints, NaN, wrong size)."""
+
+
+def state_from_joints(msg, arm_joints: list[str], gripper_joint: str, open_threshold: float,
+                      gripper_fallback: float = 1.0) -> np.ndarray:
+    index = {n: i for i, n in enumerate(msg.name)}
+    missing = [j for j in arm_joints + ([gripper_joint] if gripper_joint else []) if j not in index]
+    if missing:
+        raise FrameError(f"joint state lacks {missing}")
+    pos = np.asarray(msg.position, dtype=np.float64)
+    if len(pos) != len(msg.name):
+        raise FrameError("joint state has fewer positions than names")
+    arm = pos[[index[j] for j in arm_joints]]
+    grip = gripper_fallback if not gripper_joint else (1.0 if pos[index[gripper_joint]] >= open_threshold else -1.0)
+    state = np.r_[arm, grip]
+    if not np.isfinite(state).all():
+        raise FrameError("joint state has non-finite positions")
+    return state
+
+
+def arm_from_command(msg, current_arm: np.ndarray) -> np.ndarray:
+    if hasattr(msg, "twist"):
+        t = msg.twist
+        a = [t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z]
+    elif hasattr(msg, "points"):
+        if not msg.points:
+            raise FrameError("joint trajectory without points")
+        p = msg.points[0]
+        if len(p.velocities) == 6:
+            a = list(p.velocities)
+        else:
+            dt = p.time_from_start.sec + p.time_from_start.nanosec * 1e-9
+            if dt <= 0 or len(p.positions) != 6:
+                raise FrameError("joint trajectory point without velocities, positions or duration")
+            a = list((np.asarray(p.positions) - current_arm) / dt)
+    else:
+        a = list(msg.data)
+        if len(a) != 6:
+            raise FrameError(f"arm command has {len(a)} values, expected 6")
+    a = np.asarray(a, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise FrameError("arm command has non-finite values")
+    return a
+
+
+def gripper_from_command(msg, open_position: float, closed_position: float) -> float:
+    value = msg.points[0].positions[0] if hasattr(msg, "points") else msg.data[0]
+    return 1.0 if abs(value - open_position) <= abs(value - closed_position) else -1.0

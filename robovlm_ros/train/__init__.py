@@ -1,0 +1,1 @@
+"""Training: a Lightning module around RoboVLM, data from LeRobot datasets, checkpoint export."""

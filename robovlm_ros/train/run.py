@@ -1,0 +1,129 @@
+"""``robovlm-ros train --config FILE [--resume]``: fit, checkpoint resumably, export the policy.
+
+Output directory layout:
+    train_config.yaml    the resolved configuration
+    checkpoints/         Lightning checkpoints (every ``checkpoint_every`` steps + last.ckpt), atomic
+    logs/                CSV or TensorBoard logs
+    checkpoint/          the exported policy (DESIGN.md checkpoint directory) that policy_node loads
+"""
+from __future__ import annotations
+
+import os
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ..data.dataset import LeRobotEpisodes, dataset_stats
+from ..model import Normalizer, RoboVLM
+from .config import TrainConfig, load_train_config
+from .data import PolicyDataModule, seed_everything
+from .module import PolicyModule
+
+EXPORT_DIR = "checkpoint"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each Lightning checkpoint to a temporary file and rename it into place."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = str(path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        torch.save(checkpoint, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def build(cfg: TrainConfig):
+    """Policy (normalised with the datasets' statistics), Lightning module and data module."""
+    seed_everything(cfg.seed)
+    policy_cfg = cfg.policy_config()
+    sources = [LeRobotEpisodes(d) for d in cfg.data.datasets]
+    # the statistics travel with the policy: the node unnormalises with exactly these
+    normalizer = Normalizer(mode=policy_cfg.norm_mode, clip_bound=policy_cfg.clip_bound, stats=dataset_stats(sources))
+    model = RoboVLM(policy_cfg, normalizer=normalizer)
+    return model, PolicyModule(model, cfg.optim), PolicyDataModule(cfg.data, model, cfg.seed, sources)
+
+
+def make_trainer(cfg: TrainConfig) -> L.Trainer:
+    t, out = cfg.trainer, cfg.output_dir
+    if t.logger == "tensorboard":
+        logger = L.pytorch.loggers.TensorBoardLogger(out, name="logs", version="")
+    elif t.logger == "csv":
+        logger = L.pytorch.loggers.CSVLogger(out, name="logs", version="")
+    else:
+        raise ValueError(f"trainer.logger must be csv or tensorboard, not {t.logger!r}")
+    strategy = t.strategy
+    if strategy == "ddp":
+        # a VLM policy leaves some parameters without gradient in a step (the LM head with continuous
+        # actions and no VL batch, vision layers past the selected feature layer); plain DDP rejects
+        # that. Name ddp_find_unused_parameters_false explicitly when those parts are frozen.
+        strategy = "ddp_find_unused_parameters_true"
+    ckpt = ModelCheckpoint(dirpath=os.path.join(out, "checkpoints"), filename="step-{step:06d}",
+                           auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every, save_top_k=-1,
+                           save_last=True)
+    return L.Trainer(
+        max_steps=cfg.optim.max_steps, accumulate_grad_batches=cfg.optim.accumulate,
+        gradient_clip_val=cfg.optim.grad_clip or None, precision=t.precision, accelerator=t.accelerator,
+        devices=t.devices, num_nodes=t.num_nodes, strategy=strategy, logger=logger,
+        callbacks=[ckpt, LearningRateMonitor(logging_interval="step")], log_every_n_steps=t.log_every,
+        # the training stream is endless (see ResumableSampler): validate every N steps, not per epoch
+        val_check_interval=(t.val_every or t.checkpoint_every) * cfg.optim.accumulate, check_val_every_n_epoch=None,
+        enable_progress_bar=t.progress_bar, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
+        default_root_dir=out, num_sanity_val_steps=0,
+    )
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> str | None:
+    """Train; returns the exported checkpoint directory on the main process (None on other ranks)."""
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    last = os.path.join(cfg.output_dir, "checkpoints", "last.ckpt")
+    if resume and not os.path.exists(last):
+        raise FileNotFoundError(f"--resume: no {last} to continue from")
+    if not resume and os.path.exists(last):
+        raise FileExistsError(f"{cfg.output_dir} already holds a run: pass --resume to continue it, "
+                              f"or choose another output_dir")
+    model, module, data = build(cfg)
+    trainer = make_trainer(cfg)
+    if trainer.is_global_zero:
+        with open(os.path.join(cfg.output_dir, "train_config.yaml"), "w") as f:
+            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+        print(f"data: {data.info}")
+    trainer.fit(module, datamodule=data, ckpt_path=last if resume else None)
+    if not trainer.is_global_zero:
+        return None
+    export = os.path.join(cfg.output_dir, EXPORT_DIR)
+    model.save_pretrained(export)
+    print(f"exported {export}  (ros2 launch robovlm_ros policy.launch.py checkpoint:={os.path.abspath(export)})")
+    return export
+
+
+def run(args) -> int:
+    cfg = load_train_config(args.config)
+    for override in args.set or []:
+        section, _, rest = override.partition(".")
+        key, _, value = rest.partition("=")
+        target = cfg.model if section == "model" else getattr(cfg, section)
+        value = yaml.safe_load(value)
+        if isinstance(target, dict):
+            target[key] = value
+        else:
+            setattr(target, key, value)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    train(cfg, resume=args.resume)
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a policy on converted datasets", description=__doc__)
+    p.add_argument("--config", required=True, help="training config (YAML or JSON; examples in config/train/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+    p.add_argument("--output-dir", help="override output_dir")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set optim.max_steps=50 (repeatable)")
+    p.set_defaults(func=run)

@@ -1,0 +1,134 @@
+"""Training from LeRobot datasets with Lightning: loss falls, export loads, exact resume, DDP."""
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from robovlm_ros.data.lerobot import LeRobotWriter
+from robovlm_ros.runtime import PolicyRunner
+from robovlm_ros.train.config import load_train_config
+from robovlm_ros.train.run import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_dataset(root, episodes=4, length=20, seed=0):
+    """Episodes whose actions are a function of the images, so a policy can learn them."""
+    rng = np.random.default_rng(seed)
+    w = LeRobotWriter(str(root), 10.0, [f"j{i}" for i in range(6)] + ["gripper"],
+                      [f"a{i}" for i in range(6)] + ["gripper"], "test")
+    for e in range(episodes):
+        # each frame a noisy grey level ramping up; the action (and so the whole chunk) follows from it
+        level = rng.integers(0, 120) + 6 * np.arange(length)
+        rgb = np.clip(level[:, None, None, None] + rng.integers(-8, 9, (length, 32, 32, 3)), 0, 255).astype(np.uint8)
+        state = np.c_[rng.normal(size=(length, 6)), np.where(rng.normal(size=(length, 1)) > 0, 1.0, -1.0)]
+        action = np.c_[np.outer(level / 255 - 0.5, np.linspace(0.5, 1.5, 6)), np.where(level > 127, 1.0, -1.0)]
+        w.add_episode({"rgb": rgb, "hand_rgb": np.ascontiguousarray(rgb[:, ::-1]), "state": state, "action": action,
+                       "timestamp": np.arange(length) / 10}, ["pick up the red block", "push the blue cube"][e % 2],
+                      {"success": True})
+    w.finish()
+    return root
+
+
+def write_config(path, dataset, out, **sections):
+    cfg = {"output_dir": str(out), "seed": 0,
+           "model": {"backbone": "llava", "tiny": True, "window_size": 2, "fwd_pred_next_n": 3, "head": "mlp",
+                     "norm_mode": "quantile", "gripper_loss_weight": 0.1},
+           "data": {"datasets": [str(dataset)], "batch_size": 4, "val_fraction": 0.25},
+           "optim": {"lr": 0.003, "max_steps": 60, "warmup_steps": 3},
+           "trainer": {"checkpoint_every": 10, "log_every": 1, "progress_bar": False}}
+    for section, values in sections.items():
+        cfg[section].update(values)
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def losses(run_dir):
+    with open(os.path.join(run_dir, "logs", "metrics.csv")) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    return {int(r["step"]): float(r["train/loss"]) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data") / "ds")
+
+
+def test_training_lowers_the_loss_and_exports_a_runnable_checkpoint(tmp_path, dataset):
+    cfg = load_train_config(write_config(tmp_path / "cfg.yaml", dataset, tmp_path / "run",
+                                         trainer={"checkpoint_every": 20}))
+    export = train(cfg)
+    curve = losses(tmp_path / "run")
+    steps = sorted(curve)
+    first, last = np.mean([curve[s] for s in steps[:3]]), np.mean([curve[s] for s in steps[-3:]])
+    assert last < 0.5 * first, f"loss {first:.4f} -> {last:.4f}"
+    ckpts = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    assert ckpts == ["last.ckpt"] + [f"step-{s:06d}.ckpt" for s in (20, 40, 60)]
+    runner = PolicyRunner(export, device="cpu")
+    stats = runner.model.normalizer.stats
+    assert stats["action"]["count"] == [80]  # the dataset's statistics travel with the policy
+    runner.set_instruction("pick up the red block")
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        a = runner.step({"rgb": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                         "hand_rgb": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                         "state": np.r_[rng.normal(size=6), 1.0]})
+        assert a.shape == (7,) and np.isfinite(a).all()
+        # quantile normalisation: arm actions come back inside the data's q01..q99 range
+        assert np.all(a[:6] >= np.array(stats["action"]["q01"][:6]) - 1e-6)
+        assert np.all(a[:6] <= np.array(stats["action"]["q99"][:6]) + 1e-6)
+
+
+def test_resume_continues_with_the_same_loss_curve(tmp_path, dataset):
+    full = load_train_config(write_config(tmp_path / "a.yaml", dataset, tmp_path / "full", optim={"max_steps": 22},
+                                          trainer={"checkpoint_every": 7}))
+    train(full)
+    part = load_train_config(write_config(tmp_path / "b.yaml", dataset, tmp_path / "part", optim={"max_steps": 22},
+                                          trainer={"checkpoint_every": 7}))
+    part.optim.max_steps = 14  # "interrupted" after 14 steps: mid-epoch (11 batches per epoch)
+    train(part)
+    before = losses(tmp_path / "part")
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(part)
+    part.optim.max_steps = 22
+    train(part, resume=True)
+    a, after = losses(tmp_path / "full"), losses(tmp_path / "part")
+    assert min(after) == max(before) + 1  # continues at the next step, nothing repeated or skipped
+    assert sorted({**before, **after}) == sorted(a) and len(a) == 22
+    for step, value in {**before, **after}.items():
+        assert value == pytest.approx(a[step], rel=1e-5), f"step {step}: {value} vs {a[step]}"
+
+
+def test_config_errors_are_clear(tmp_path, dataset):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"data": {"datasets": [str(dataset)], "batchsize": 2}}))
+    with pytest.raises(ValueError, match="unknown keys in 'data'"):
+        load_train_config(str(bad))
+    bad.write_text(yaml.safe_dump({"model": {"backbone": "llava", "tiny": True, "head": "rnn"},
+                                   "data": {"datasets": [str(dataset)]}}))
+    with pytest.raises(ValueError, match="head"):
+        load_train_config(str(bad))
+
+
+def test_example_configs_parse():
+    for name in os.listdir(os.path.join(REPO, "config", "train")):
+        cfg = load_train_config(os.path.join(REPO, "config", "train", name))
+        assert cfg.optim.max_steps > 0 and cfg.data.datasets
+
+
+def test_two_process_ddp_on_cpu_exports_one_checkpoint(tmp_path, dataset):
+    cfg = write_config(tmp_path / "ddp.yaml", dataset, tmp_path / "run", optim={"max_steps": 6},
+                       data={"batch_size": 2, "val_fraction": 0.0},
+                       trainer={"strategy": "ddp", "devices": 2, "accelerator": "cpu", "checkpoint_every": 3})
+    env = {**os.environ, "PYTHONPATH": REPO}
+    proc = subprocess.run([sys.executable, "-m", "robovlm_ros.cli", "train", "--config", cfg], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("exported ") == 1  # only the main process exports
+    assert "world_size: 2" in proc.stdout + proc.stderr or "distributed_backend=gloo" in proc.stdout + proc.stderr
+    runner = PolicyRunner(tmp_path / "run" / "checkpoint", device="cpu")
+    assert runner.config.window_size == 2
