@@ -45,7 +45,6 @@ setup(
         "transformers>=5.24,<6",
         "peft>=0.17,<1",
         "safetensors>=0.4,<1",
-        "einops>=0.8,<1",
         "numpy>=1.26,<3",
         "pyyaml>=6,<7",
         "tokenizers>=0.22,<1",
@@ -53,6 +52,10 @@ setup(
         "rosbags>=0.11,<0.12",
         "rosbags-image>=0.10,<0.11",
         "opencv-python-headless>=4.9",
+        # datasets and training
+        "pyarrow>=15",
+        "lightning>=2.4,<3",
+        "tqdm>=4.60",
     ],
     extras_require={
         # PyPI wheels of ROS 2 Kilted, for machines without an apt ROS 2.
@@ -67,11 +70,13 @@ setup(
             "ros-rmw-fastrtps-cpp",
         ],
         "test": ["pytest>=8", "pytest-timeout"],
+        "tensorboard": ["tensorboard>=2.15"],
     },
     entry_points={
         "console_scripts": [
             "robovlm-ros = robovlm_ros.cli:main",
             "policy_node = robovlm_ros.ros.policy_node:main",
+            "episode_recorder = robovlm_ros.ros.episode_recorder:main",
         ],
     },
     zip_safe=False,

@@ -185,3 +185,46 @@ def test_start_refused_with_stale_inputs(ros_system):
     rec.set_parameters([Parameter("instruction", value="go")])
     res = call(client, Trigger, f"/{ns}/episode_recorder/start", Trigger.Request())
     assert not res.success and "stale" in res.message
+
+
+def test_recorded_episodes_train_a_policy_the_runner_loads(ros_system, tmp_path):
+    """The whole offline path through the real nodes: record -> convert -> train -> PolicyRunner."""
+    from robovlm_ros.runtime import PolicyRunner
+    from robovlm_ros.train.config import load_train_config
+    from robovlm_ros.train.run import train
+
+    start, ns, params = ros_system
+    rec, demo, client = start()
+    srv = lambda name: f"/{ns}/episode_recorder/{name}"  # noqa: E731
+    assert wait_for(lambda: demo.sensor_count > 5)
+    for task in ("push the red block", "lift the blue cube"):
+        rec.set_parameters([Parameter("instruction", value=task)])
+        assert call(client, Trigger, srv("start"), Trigger.Request()).success
+        demo.command_count, target = 0, 15
+        demo.commanding = True
+        assert wait_for(lambda: demo.command_count >= target, 10.0)
+        demo.commanding = False
+        assert call(client, Trigger, srv("stop"), Trigger.Request()).success
+    reports = convert_bags([params["output_dir"]], str(tmp_path / "ds"), params_file(tmp_path, ns), max_age_s=0.2,
+                           progress=False)
+    assert [r.status for r in reports] == ["converted", "converted"]
+    cfg_path = tmp_path / "train.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "run"),
+        "model": {"backbone": "paligemma", "tiny": True, "window_size": 2, "fwd_pred_next_n": 2, "head": "mlp",
+                  "use_state": True, "norm_mode": "quantile", "gripper_loss_weight": 0.1},
+        "data": {"datasets": [str(tmp_path / "ds")], "batch_size": 4, "val_fraction": 0.0},
+        "optim": {"lr": 0.003, "max_steps": 30},
+        "trainer": {"checkpoint_every": 30, "log_every": 1, "progress_bar": False}}))
+    export = train(load_train_config(str(cfg_path)))
+    import csv
+
+    with open(tmp_path / "run" / "logs" / "metrics.csv") as f:
+        curve = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert np.mean(curve[-3:]) < 0.5 * np.mean(curve[:3])
+    runner = PolicyRunner(export, device="cpu")
+    runner.set_instruction("push the red block")
+    obs = {"rgb": np.full((24, 32, 3), 30, np.uint8), "hand_rgb": np.full((24, 32, 3), 30, np.uint8),
+           "state": np.r_[[30 + i / 10 for i in range(6)], 1.0]}
+    actions = np.stack([runner.step(obs) for _ in range(3)])
+    assert np.isfinite(actions).all() and set(actions[:, 6]) <= {-1.0, 1.0}

@@ -1,0 +1,146 @@
+"""Bag conversion without ROS: bags written with rosbags, alignment rules, errors, derived actions."""
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from robovlm_ros.data.align import align
+from robovlm_ros.data.convert import convert_bags
+from robovlm_ros.data.dataset import LeRobotEpisodes
+from robovlm_ros.data.lerobot import decode_png
+
+TS = get_typestore(Stores.ROS2_KILTED)
+T = TS.types
+JOINTS = [f"joint{i}" for i in range(1, 7)]
+MS = 1_000_000
+
+
+def header(t_ns):
+    return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=t_ns // 10**9, nanosec=t_ns % 10**9),
+                                    frame_id="")
+
+
+def image(t_ns, value):
+    data = np.full(8 * 8 * 3, value % 250, np.uint8)
+    return T["sensor_msgs/msg/Image"](header=header(t_ns), height=8, width=8, encoding="rgb8", is_bigendian=0,
+                                      step=24, data=data)
+
+
+def joints(t_ns, value, names=JOINTS + ["gripper_joint"]):
+    pos = np.array([value + i / 10 for i in range(6)] + [0.04][: len(names) - 6], np.float64)
+    z = np.zeros(0, np.float64)
+    return T["sensor_msgs/msg/JointState"](header=header(t_ns), name=names, position=pos, velocity=z, effort=z)
+
+
+def write_bag(path, messages, instruction="pick up the red block", storage=StoragePlugin.MCAP):
+    """messages: [(topic, msgtype, t_ns, msg)] -> a rosbag2 directory like episode_recorder writes."""
+    with Writer(path, version=9, storage_plugin=storage) as w:
+        conns = {}
+        for topic, msgtype, t, msg in sorted(messages, key=lambda m: m[2]):
+            if topic not in conns:
+                conns[topic] = w.add_connection(topic, msgtype, typestore=TS)
+            w.write(conns[topic], t, TS.serialize_cdr(msg, msgtype))
+        w.set_custom_data("robovlm_ros.instruction", instruction)
+    return path
+
+
+def params(tmp_path, **overrides):
+    p = {"camera_topic": "/cam", "gripper_camera_topic": "", "joint_states_topic": "/joints",
+         "arm_command_topic": "/cmd", "gripper_command_topic": "", "control_rate_hz": 10.0, **overrides}
+    path = tmp_path / "robot.yaml"
+    path.write_text(yaml.safe_dump({"robovlm_policy": {"ros__parameters": p}}))
+    return str(path)
+
+
+def episode_messages(n=20, t0=1_000 * MS, jitter=0):
+    """Camera + joints at 20 Hz and Float64MultiArray commands at 10 Hz (value = command index)."""
+    msgs = []
+    for k in range(2 * n):
+        t = t0 + k * 50 * MS
+        msgs += [("/cam", "sensor_msgs/msg/Image", t, image(t, k)), ("/joints", "sensor_msgs/msg/JointState", t + 1 * MS,
+                                                                      joints(t, k))]
+    for j in range(n):
+        t = t0 + j * 100 * MS + 10 * MS + jitter
+        msgs.append(("/cmd", "std_msgs/msg/Float64MultiArray", t,
+                     T["std_msgs/msg/Float64MultiArray"](layout=T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0),
+                                                         data=np.full(6, float(j)))))
+    return msgs
+
+
+def test_alignment_never_uses_a_later_message():
+    rng = np.random.default_rng(0)
+    ref = [(int(t), ("ref", int(t))) for t in np.sort(rng.integers(0, 10**10, 200))]
+    other = [(int(t), ("other", int(t))) for t in np.sort(rng.integers(0, 10**10, 500))]
+    out = align(ref, {"other": other}, rate_hz=50.0, max_age_s=0.5)
+    assert out.times_ns and out.candidates == len(out.times_ns) + sum(out.dropped.values())
+    for t, (_, t_other) in zip(out.times_ns, out.picks["other"]):
+        assert t_other <= t and t - t_other <= 0.5e9
+        later = [u for u, _ in other if t_other < u <= t]
+        assert not later, "a newer message at or before t existed"
+    gaps = np.diff(out.times_ns)
+    assert (gaps >= 0.75e9 / 50).all()  # thinned to the control rate
+
+
+def test_commands_pair_with_the_observations_before_them(tmp_path):
+    write_bag(tmp_path / "bags" / "ep1", episode_messages())
+    reports = convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), params(tmp_path), progress=False)
+    assert reports[0].status == "converted" and reports[0].frames == 20
+    ep = LeRobotEpisodes(str(tmp_path / "ds")).episodes[0]
+    np.testing.assert_array_equal(ep["action"][:, 0], np.arange(20))
+    # command j at t0 + 100 j + 10 ms: the latest camera frame is k = 2j (t0 + 100 j ms)
+    pixels = [decode_png(b)[0, 0, 0] for b in ep["rgb"]]
+    np.testing.assert_array_equal(pixels, [(2 * j) % 250 for j in range(20)])
+    np.testing.assert_allclose(ep["state"][:, 0], [2 * j for j in range(20)], atol=1e-5)
+    assert ep["task"] == "pick up the red block"  # from the bag's custom data
+    stats = json.loads((tmp_path / "ds" / "meta" / "stats.json").read_text())
+    assert stats["action"]["q99"][0] == pytest.approx(np.quantile(np.arange(20), 0.99))
+
+
+def test_stale_streams_drop_frames_and_are_counted(tmp_path):
+    msgs = [m for m in episode_messages() if not (m[0] == "/cam" and 500 * MS < m[2] - 1000 * MS < 1200 * MS)]
+    write_bag(tmp_path / "bags" / "ep1", msgs)
+    reports = convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), params(tmp_path), max_age_s=0.2,
+                           progress=False)
+    r = reports[0]
+    assert r.frames + sum(r.dropped.values()) == 20
+    assert sum(n for why, n in r.dropped.items() if why.startswith("camera")) == 5  # commands at 610..1010 ms
+
+
+def test_truncated_bag_is_reported_and_others_still_convert(tmp_path):
+    write_bag(tmp_path / "bags" / "a_good", episode_messages())
+    bad = write_bag(tmp_path / "bags" / "b_bad", episode_messages())
+    write_bag(tmp_path / "bags" / "c_good", episode_messages(), storage=StoragePlugin.SQLITE3)
+    f = next(p for p in os.listdir(bad) if p.endswith(".mcap"))
+    data = (bad / f).read_bytes()
+    (bad / f).write_bytes(data[: len(data) // 3])
+    reports = convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), params(tmp_path), progress=False)
+    status = {os.path.basename(r.bag): r.status for r in reports}
+    assert status == {"a_good": "converted", "b_bad": "error", "c_good": "converted"}
+    assert "b_bad" in next(r.message for r in reports if r.status == "error")
+    assert LeRobotEpisodes(str(tmp_path / "ds")).info["total_episodes"] == 2
+
+
+def test_actions_derived_from_states_without_commands(tmp_path):
+    msgs = [m for m in episode_messages() if m[0] != "/cmd"]
+    write_bag(tmp_path / "bags" / "ep", msgs)
+    reports = convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), params(tmp_path, arm_command_topic=""),
+                           rate_hz=10.0, progress=False)
+    ep = LeRobotEpisodes(str(tmp_path / "ds")).episodes[0]
+    # camera at 20 Hz thinned to 10 Hz: joint values advance by 2 per kept frame, 0.1 s apart
+    np.testing.assert_allclose(ep["action"][:, :6], 20.0, atol=1e-3)
+    assert reports[0].dropped.get("last frame (no next state for the action)") == 1
+    # the first camera frame precedes the first joint state by 1 ms: no state yet, dropped
+    assert reports[0].dropped.get("joints missing or older than 0.25s") == 1
+    assert len(ep["action"]) == reports[0].frames == 18
+
+
+def test_existing_dataset_is_not_overwritten_by_accident(tmp_path):
+    write_bag(tmp_path / "bags" / "ep", episode_messages())
+    convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), params(tmp_path), progress=False)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), params(tmp_path), progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["bags", "ds", "robot.yaml"]  # no temporary leftovers
