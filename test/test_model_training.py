@@ -38,7 +38,7 @@ def test_training_step_full_finetune(family, space):
         assert out["loss_action"] > 1.0  # cross-entropy over a 640-token vocabulary at init
 
 
-@pytest.mark.parametrize("family", ["paligemma", "qwen2_vl"])
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 @pytest.mark.parametrize("space", ["continuous", "discrete"])
 def test_frozen_backbone_gets_no_gradient(family, space):
     cfg = PolicyConfig.tiny(family, action_space=space, freeze_backbone=True, train_vision=False,

@@ -1,5 +1,6 @@
 """Training from LeRobot datasets with Lightning: loss falls, export loads, exact resume, DDP."""
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -132,3 +133,56 @@ def test_two_process_ddp_on_cpu_exports_one_checkpoint(tmp_path, dataset):
     assert "world_size: 2" in proc.stdout + proc.stderr or "distributed_backend=gloo" in proc.stdout + proc.stderr
     runner = PolicyRunner(tmp_path / "run" / "checkpoint", device="cpu")
     assert runner.config.window_size == 2
+
+
+def test_vision_language_co_training_adds_its_loss(tmp_path, dataset):
+    import cv2
+
+    lines = []
+    for i, (color, name) in enumerate([((0, 0, 255), "red"), ((255, 0, 0), "blue")]):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), np.full((32, 32, 3), color, np.uint8))
+        lines.append(json.dumps({"image": f"{name}.png", "prompt": "what colour is it?", "answer": name}))
+    (tmp_path / "vl.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = load_train_config(write_config(tmp_path / "cfg.yaml", dataset, tmp_path / "run", optim={"max_steps": 25},
+                                         data={"vl_datasets": [str(tmp_path / "vl.jsonl")]},
+                                         model={"vl_loss_ratio": 0.5}, trainer={"checkpoint_every": 25}))
+    train(cfg)
+    with open(tmp_path / "run" / "logs" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss_vl")]
+    assert len(rows) >= 20
+    first, last = float(rows[0]["train/loss_vl"]), float(rows[-1]["train/loss_vl"])
+    assert last < 0.5 * first  # the captions are learnt alongside the actions
+    for r in rows:
+        total = float(r["train/loss_action"]) + 0.5 * float(r["train/loss_vl"])
+        assert float(r["train/loss"]) == pytest.approx(total, rel=1e-4)
+
+
+def test_vl_labels_cover_the_answer_only():
+    from robovlm_ros.data.vl import tokenize_vl
+    from robovlm_ros.model.text_tokenizer import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    out = tokenize_vl(tok, ["colour?", "what colour is it?"], ["red", "blue"])
+    for ids, mask, labels, answer in zip(out["vl_input_ids"], out["vl_attention_mask"], out["vl_labels"],
+                                         ["red", "blue"]):
+        kept = labels[labels != -100]
+        assert tok.decode(kept[:-1]) == " " + answer and kept[-1] == tok.eos_token_id
+        assert (labels[mask == 0] == -100).all()
+
+
+def test_random_shift_moves_the_image_within_the_pad():
+    import torch
+
+    from robovlm_ros.data.dataset import random_shift
+
+    img = torch.zeros(2, 3, 16, 16)
+    img[..., 8, 8] = 1.0
+    seen = set()
+    for seed in range(30):
+        out = random_shift(img, 2, torch.Generator().manual_seed(seed))
+        assert out.shape == img.shape
+        y, x = (out[0, 0] == 1).nonzero()[0].tolist()
+        assert abs(y - 8) <= 2 and abs(x - 8) <= 2
+        assert torch.equal(out[0], out[1])  # one shift for the whole window
+        seen.add((y, x))
+    assert len(seen) > 5

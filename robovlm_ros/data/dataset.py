@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .lerobot import EPISODES_PATH, IMAGE_KEYS, decode_png, feature_stats
+from .vl import tokenize_vl
 
 
 class LeRobotEpisodes:
@@ -113,7 +114,12 @@ class Collate:
         self.processor = processor
 
     def __call__(self, samples: list[dict]) -> dict:
-        batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != "instruction"}
+        batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0] if k not in ("instruction", "vl")}
         batch["input_ids"], batch["attention_mask"] = self.processor.text([s["instruction"] for s in samples])
         batch["data_source"] = "action"
+        if "vl" in samples[0]:  # co-training: a vision-language batch rides along (see data/vl.py)
+            vl = [s["vl"] for s in samples]
+            batch["vl_rgb"] = torch.stack([v["vl_rgb"] for v in vl])
+            batch.update(tokenize_vl(self.processor.tokenizer, [v["prompt"] for v in vl], [v["answer"] for v in vl]))
+            batch["data_source"] = ["action", "vl"]
         return batch

@@ -18,6 +18,7 @@ class DataConfig:
     batch_size: int = 8
     num_workers: int = 0
     shift_pad: int = 0            # random-shift image augmentation, pixels (0 = off)
+    vl_datasets: list[str] = field(default_factory=list)  # optional co-training captions/VQA (JSON lines)
 
 
 @dataclass
@@ -93,7 +94,8 @@ def load_train_config(path: str) -> TrainConfig:
                       trainer=_section(TrainerConfig, raw.get("trainer"), "trainer"),
                       output_dir=raw.get("output_dir", "runs/robovlm"), seed=int(raw.get("seed", 0)))
     # relative dataset paths are relative to the config file, like most tools do
-    cfg.data.datasets = [d if os.path.isabs(d) else os.path.normpath(os.path.join(base, d)) for d in cfg.data.datasets]
+    absolute = lambda paths: [d if os.path.isabs(d) else os.path.normpath(os.path.join(base, d)) for d in paths]  # noqa: E731
+    cfg.data.datasets, cfg.data.vl_datasets = absolute(cfg.data.datasets), absolute(cfg.data.vl_datasets)
     if not cfg.data.datasets:
         raise ValueError(f"{path}: data.datasets is empty")
     if cfg.optim.schedule not in ("constant", "cosine"):

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..data.dataset import Collate, LeRobotEpisodes, WindowDataset
+from ..data.vl import PairedDataset, VLDataset
 from .config import DataConfig
 
 
@@ -54,12 +55,15 @@ class PolicyDataModule(L.LightningDataModule):
         self.cfg, self.model, self.seed, self.sources = cfg, model, seed, sources
         self.train_eps, self.val_eps = split_episodes(self.sources, cfg.val_fraction, seed)
         c = model.config
-        self.train_ds = self._windows(self.train_eps, cfg.shift_pad)
+        windows = self._windows(self.train_eps, cfg.shift_pad)
+        vl = VLDataset(cfg.vl_datasets, model.processor) if cfg.vl_datasets else None
+        # multi-task: every action batch also carries a caption/VQA batch
+        self.train_ds = PairedDataset(windows, vl, seed) if vl else windows
         self.val_ds = self._windows(self.val_eps, 0) if self.val_eps else None
         self.collate = Collate(model.processor)
         self.info = {"train_episodes": len(self.train_eps), "val_episodes": len(self.val_eps),
                      "train_windows": len(self.train_ds), "window": c.window_size,
-                     "episodes_shorter_than_window": self.train_ds.too_short}
+                     "episodes_shorter_than_window": windows.too_short, "vl_samples": len(vl) if vl else 0}
 
     def _windows(self, episodes, shift):
         c = self.model.config
