@@ -62,7 +62,7 @@ def tokenize_vl(tokenizer, prompts: list[str], answers: list[str]) -> dict:
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
-    lab = torch.tensor([[IGNORE] * (width - len(l)) + l for l in labels])
+    lab = torch.tensor([[IGNORE] * (width - len(lb)) + lb for lb in labels])
     return {"vl_input_ids": ids, "vl_attention_mask": mask, "vl_labels": lab}
 
 

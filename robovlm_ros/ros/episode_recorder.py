@@ -19,7 +19,6 @@ import sys
 import time
 from datetime import datetime
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -29,6 +28,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import SetBool, Trigger
 
 from .commands import ARM_TYPES, GRIPPER_TYPES
+from .spin import run_node
 
 EPISODE_FILE = "episode.json"
 RECORDING_DIR = ".recording"  # episodes being written; never read as complete
@@ -197,21 +197,7 @@ def _write_json_atomic(path: str, data: dict) -> None:
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    try:
-        node = EpisodeRecorder()
-    except ValueError as e:
-        rclpy.logging.get_logger("episode_recorder").fatal(str(e))
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(EpisodeRecorder, "episode_recorder", args)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import time
 from collections import deque
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
@@ -27,10 +26,11 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
+from ..node_params import POLICY_PARAMS
 from ..runtime import ImageDecodeError, PolicyRunner, SafetyLimits, UnsafeActionError, decode_image
 from .commands import CommandBuilder, chunk_message
-from ..node_params import POLICY_PARAMS
 from .params import descriptor
+from .spin import run_node
 
 MAX_INSTRUCTION_CHARS = 512
 
@@ -357,21 +357,7 @@ class PolicyNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    try:
-        node = PolicyNode()
-    except (ValueError, OSError, RuntimeError) as e:  # bad parameters or checkpoint: say so, exit non-zero
-        rclpy.logging.get_logger("robovlm_policy").fatal(str(e))
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(PolicyNode, "robovlm_policy", args)
 
 
 if __name__ == "__main__":
