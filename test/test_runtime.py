@@ -138,3 +138,18 @@ def test_reset_gives_the_same_actions_as_a_fresh_runner():
     runner.reset()
     again = [runner.step(o) for o in obs]
     np.testing.assert_allclose(np.stack(first), np.stack(again), atol=1e-6)
+
+
+def test_bfloat16_runner_matches_float32_closely():
+    """The dtype path used on CUDA (bf16 weights and inputs), exercised on the CPU."""
+    model = tiny_model()
+    obs = observations(4)
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        runner = PolicyRunner(model if dtype == "float32" else tiny_model(), device="cpu", dtype=dtype,
+                              execute_steps=1)
+        assert next(runner.model.parameters()).dtype == getattr(torch, dtype)
+        runner.set_instruction("pick up the red block")
+        out[dtype] = np.stack([runner.step(o) for o in obs])
+    assert np.isfinite(out["bfloat16"]).all()
+    np.testing.assert_allclose(out["bfloat16"][:, :6], out["float32"][:, :6], atol=0.05)

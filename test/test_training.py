@@ -186,3 +186,15 @@ def test_random_shift_moves_the_image_within_the_pad():
         assert torch.equal(out[0], out[1])  # one shift for the whole window
         seen.add((y, x))
     assert len(seen) > 5
+
+
+def test_bf16_mixed_precision_and_gradient_accumulation(tmp_path, dataset):
+    cfg = load_train_config(write_config(tmp_path / "cfg.yaml", dataset, tmp_path / "run",
+                                         optim={"max_steps": 3, "accumulate": 2},
+                                         trainer={"precision": "bf16-mixed", "checkpoint_every": 3}))
+    train(cfg)
+    import torch
+
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 3
+    assert state["robovlm_ros"]["batches_seen"] == 6  # two batches per optimiser step
