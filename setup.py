@@ -56,6 +56,9 @@ setup(
         "pyarrow>=15",
         "lightning>=2.4,<3",
         "tqdm>=4.60",
+        # simulated robot, evaluation plots
+        "mujoco>=3.2",
+        "matplotlib>=3.8",
     ],
     extras_require={
         # PyPI wheels of ROS 2 Kilted, for machines without an apt ROS 2.
