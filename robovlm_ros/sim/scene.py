@@ -17,7 +17,7 @@ def scene_xml(image: int = 96) -> str:
     return f'''<mujoco model="tabletop">
   <compiler angle="radian"/>
   <option timestep="0.002" gravity="0 0 -9.81"/>
-  <visual><global offwidth="{image}" offheight="{image}"/></visual>
+  <visual><global offwidth="{image}" offheight="{image}"/><quality shadowsize="0" offsamples="0"/></visual>
   <default>
     <joint damping="2" armature="0.05"/>
     <position kp="400" kv="40" forcerange="-80 80"/>
@@ -26,7 +26,7 @@ def scene_xml(image: int = 96) -> str:
     <geom contype="1" conaffinity="3"/>
   </default>
   <worldbody>
-    <light pos="0 0 2" dir="0 0 -1"/>
+    <light pos="0 0 2" dir="0 0 -1" castshadow="false"/>
     <geom name="table" type="plane" size="1 1 0.05" rgba="0.75 0.72 0.65 1"/>
     <camera name="static" pos="0.95 0 0.55" xyaxes="0 1 0 -0.5 0 0.86" fovy="55"/>
     <body name="base" pos="0 0 0.05">

@@ -1,0 +1,159 @@
+"""``sim_node``: the MuJoCo tabletop robot behind the same ROS 2 topics as a real arm.
+
+Publishes the static and gripper cameras (``sensor_msgs/Image``, rgb8) and ``JointState``
+(joint1..joint6 + gripper_joint = finger opening in metres) every control period; consumes
+``TwistStamped`` end-effector velocity commands (differential IK) and ``Float64MultiArray`` gripper
+commands (nearer ``gripper_open_position`` = open). A twist older than ``command_timeout_s`` counts
+as zero, like MoveIt Servo's halt. Services: ``~/reset`` (Trigger: a new episode from the ``seed``
+parameter; the message is the instruction, also published on ``~/instruction``) and ``~/success``
+(Trigger: success read from the physics). ``real_time_factor`` > 1 runs the clock faster.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from geometry_msgs.msg import TwistStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
+
+from ..sim.tabletop import ARM_JOINTS, TabletopEnv
+from .spin import run_node
+
+PARAMS = {
+    "camera_topic": ("/camera/image_raw", "static camera output"),
+    "gripper_camera_topic": ("/gripper_camera/image_raw", "gripper camera output"),
+    "joint_states_topic": ("/joint_states", "JointState output"),
+    "arm_command_topic": ("/servo_node/delta_twist_cmds", "TwistStamped input"),
+    "gripper_command_topic": ("/gripper_controller/commands", "Float64MultiArray input"),
+    "image_size": (96, "camera images are image_size x image_size"),
+    "control_rate_hz": (10.0, "physics advances one period per tick; sensors are published every tick"),
+    "real_time_factor": (1.0, "simulated seconds per wall-clock second"),
+    "command_timeout_s": (0.5, "an older twist is treated as zero (simulated seconds)"),
+    "gripper_open_position": (0.04, "gripper command meaning open"),
+    "gripper_closed_position": (0.0, "gripper command meaning closed"),
+    "seed": (0, "seed of the episode the next ~/reset starts"),
+}
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class SimNode(Node):
+    def __init__(self, env: TabletopEnv | None = None, **kwargs):
+        super().__init__("sim_node", **kwargs)
+        for name, (default, description) in PARAMS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description,
+                                                                      read_only=name != "seed"))
+        p = {name: self.get_parameter(name).value for name in PARAMS}
+        self.p = p
+        self.env = env or TabletopEnv(image_size=p["image_size"], control_hz=p["control_rate_hz"])
+        self.cam_pub = self.create_publisher(Image, p["camera_topic"], qos_profile_sensor_data)
+        self.hand_pub = self.create_publisher(Image, p["gripper_camera_topic"], qos_profile_sensor_data)
+        self.joint_pub = self.create_publisher(JointState, p["joint_states_topic"], qos_profile_sensor_data)
+        self.instruction_pub = self.create_publisher(String, "~/instruction", LATCHED)
+        self.create_subscription(TwistStamped, p["arm_command_topic"], self._on_twist, 10)
+        self.create_subscription(Float64MultiArray, p["gripper_command_topic"], self._on_gripper, 10)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.create_service(Trigger, "~/success", self._on_success)
+        self.sim_time = 0.0
+        self.twist, self.twist_time, self.gripper = np.zeros(6), -np.inf, 1.0
+        self.reset_episode(p["seed"])
+        self.create_timer(1.0 / (p["control_rate_hz"] * p["real_time_factor"]), self._tick)
+
+    def reset_episode(self, seed: int) -> str:
+        instruction = self.env.reset(int(seed))
+        self.twist, self.twist_time, self.gripper = np.zeros(6), -np.inf, 1.0
+        self.instruction_pub.publish(String(data=instruction))
+        self.get_logger().info(f"episode seed {seed}: {instruction!r}")
+        return instruction
+
+    def _on_twist(self, msg: TwistStamped) -> None:
+        t = msg.twist
+        v = np.array([t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z])
+        if np.isfinite(v).all():
+            self.twist, self.twist_time = v, self.sim_time
+        else:
+            self.get_logger().warning("ignored a non-finite twist", throttle_duration_sec=2.0)
+
+    def _on_gripper(self, msg: Float64MultiArray) -> None:
+        if len(msg.data) != 1 or not np.isfinite(msg.data[0]):
+            self.get_logger().warning("ignored a malformed gripper command", throttle_duration_sec=2.0)
+            return
+        value = msg.data[0]
+        open_, closed = self.p["gripper_open_position"], self.p["gripper_closed_position"]
+        self.gripper = 1.0 if abs(value - open_) <= abs(value - closed) else -1.0
+
+    def _on_reset(self, request, response):
+        response.message = self.reset_episode(self.get_parameter("seed").value)
+        response.success = True
+        return response
+
+    def _on_success(self, request, response):
+        response.success = self.env.success()
+        response.message = f"{self.env.target} block at height {self.env.block_position(self.env.target)[2]:.3f} m"
+        return response
+
+    def _tick(self) -> None:
+        twist = self.twist if self.sim_time - self.twist_time <= self.p["command_timeout_s"] else np.zeros(6)
+        self.env.step(np.r_[twist, self.gripper])
+        self.sim_time += self.env.dt
+        self.publish_sensors()
+
+    def publish_sensors(self) -> None:
+        stamp = self.get_clock().now().to_msg()
+        size = self.env.image_size
+        for pub, camera in ((self.cam_pub, "static"), (self.hand_pub, "gripper")):
+            msg = Image(height=size, width=size, encoding="rgb8", step=3 * size,
+                        data=self.env.render(camera).tobytes())
+            msg.header.stamp, msg.header.frame_id = stamp, camera
+            pub.publish(msg)
+        js = JointState(name=ARM_JOINTS + ["gripper_joint"],
+                        position=[float(x) for x in self.env.joint_positions()] + [self.env.gripper_width()])
+        js.header.stamp = stamp
+        self.joint_pub.publish(js)
+
+
+class ExpertNode(Node):
+    """The scripted expert as a ROS node: it reads the simulator's ground truth (same process) and
+    publishes the same twist and gripper commands a policy would, at the control rate."""
+
+    def __init__(self, sim: SimNode, **kwargs):
+        from ..sim.expert import ScriptedExpert
+
+        super().__init__("scripted_expert", **kwargs)
+        self.sim, self.expert, self.active = sim, ScriptedExpert(sim.env), False
+        p = sim.p
+        self.arm_pub = self.create_publisher(TwistStamped, p["arm_command_topic"], 10)
+        self.grip_pub = self.create_publisher(Float64MultiArray, p["gripper_command_topic"], 10)
+        self.create_timer(1.0 / (p["control_rate_hz"] * p["real_time_factor"]), self._tick)
+
+    def start(self) -> None:
+        self.expert.reset()
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+    def _tick(self) -> None:
+        if not self.active:
+            return
+        a = self.expert.act()
+        msg = TwistStamped()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        (msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z,
+         msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z) = (float(x) for x in a[:6])
+        self.arm_pub.publish(msg)
+        p = self.sim.p
+        self.grip_pub.publish(Float64MultiArray(data=[p["gripper_open_position"] if a[6] >= 0
+                                                      else p["gripper_closed_position"]]))
+
+
+def main(args=None) -> int:
+    return run_node(SimNode, "sim_node", args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
