@@ -80,6 +80,7 @@ setup(
             "robovlm-ros = robovlm_ros.cli:main",
             "policy_node = robovlm_ros.ros.policy_node:main",
             "episode_recorder = robovlm_ros.ros.episode_recorder:main",
+            "sim_node = robovlm_ros.ros.sim_node:main",
         ],
     },
     zip_safe=False,

@@ -94,3 +94,9 @@ def test_config_json_round_trip_and_validation():
         PolicyConfig(backbone="llava")
     with pytest.raises(ValueError, match="unknown PolicyConfig fields"):
         PolicyConfig.from_dict({**cfg.to_dict(), "windw_size": 3})
+
+
+def test_image_size_must_fit_a_fixed_resolution_vision_tower():
+    with pytest.raises(ValueError, match="takes 32x32"):
+        RoboVLM(PolicyConfig.tiny("paligemma", image_size=48))
+    assert RoboVLM(PolicyConfig.tiny("qwen2_vl", image_size=48)).config.image_size == 48  # dynamic resolution

@@ -37,6 +37,7 @@ def sim_system():
     thread = threading.Thread(target=ex.spin, daemon=True)
     thread.start()
     yield sim, expert, client, ns, topics
+    sim.release_renderer()
     ex.shutdown()
     for n in (sim, expert, client):
         n.destroy_node()

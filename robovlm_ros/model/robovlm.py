@@ -50,6 +50,10 @@ class RoboVLM(nn.Module):
         for key, value in pp.items():  # fill what the user left open, keep what they set
             if getattr(config, key) is None:
                 setattr(config, key, value)
+        fixed = getattr(self.backbone.config.vision_config, "image_size", None)  # None: dynamic resolution
+        if fixed is not None and config.image_size != fixed:
+            raise ValueError(f"image_size {config.image_size} does not fit the {config.backbone} vision tower, which "
+                             f"takes {fixed}x{fixed} images; leave image_size unset or set it to {fixed}")
         self.config = config
         self.tokenizer = tokenizer
         self.normalizer = normalizer or Normalizer(mode=config.norm_mode, clip_bound=config.clip_bound)

@@ -11,6 +11,7 @@ parameter; the message is the instruction, also published on ``~/instruction``) 
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 from geometry_msgs.msg import TwistStamped
@@ -59,6 +60,7 @@ class SimNode(Node):
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_service(Trigger, "~/success", self._on_success)
         self.sim_time = 0.0
+        self.last_images: dict[str, np.ndarray] = {}  # newest frame per camera (for reports)
         self.twist, self.twist_time, self.gripper = np.zeros(6), -np.inf, 1.0
         self.reset_episode(p["seed"])
         self.create_timer(1.0 / (p["control_rate_hz"] * p["real_time_factor"]), self._tick)
@@ -88,6 +90,7 @@ class SimNode(Node):
 
     def _on_reset(self, request, response):
         response.message = self.reset_episode(self.get_parameter("seed").value)
+        self.publish_sensors()  # the new episode's first observation, without waiting for a tick
         response.success = True
         return response
 
@@ -95,6 +98,18 @@ class SimNode(Node):
         response.success = self.env.success()
         response.message = f"{self.env.target} block at height {self.env.block_position(self.env.target)[2]:.3f} m"
         return response
+
+    def release_renderer(self, timeout: float = 5.0) -> None:
+        """Free the renderer on the executor thread that owns its EGL context (call while spinning)."""
+        done = threading.Event()
+
+        def close():
+            timer.cancel()
+            self.env.close()
+            done.set()
+
+        timer = self.create_timer(0.0, close)
+        done.wait(timeout)
 
     def _tick(self) -> None:
         twist = self.twist if self.sim_time - self.twist_time <= self.p["command_timeout_s"] else np.zeros(6)
@@ -106,8 +121,10 @@ class SimNode(Node):
         stamp = self.get_clock().now().to_msg()
         size = self.env.image_size
         for pub, camera in ((self.cam_pub, "static"), (self.hand_pub, "gripper")):
+            # rendering stays on this (executor) thread: an EGL context belongs to the thread that made it
+            self.last_images[camera] = self.env.render(camera)
             msg = Image(height=size, width=size, encoding="rgb8", step=3 * size,
-                        data=self.env.render(camera).tobytes())
+                        data=self.last_images[camera].tobytes())
             msg.header.stamp, msg.header.frame_id = stamp, camera
             pub.publish(msg)
         js = JointState(name=ARM_JOINTS + ["gripper_joint"],

@@ -102,6 +102,12 @@ class TabletopEnv:
     def success(self) -> bool:
         return bool(self.block_position(self.target)[2] > SUCCESS_HEIGHT)
 
+    def close(self) -> None:
+        """Free the renderer; call it from the thread that rendered (EGL contexts belong to a thread)."""
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
     def render(self, camera: str) -> np.ndarray:
         """[S, S, 3] uint8 RGB from "static" or "gripper" (MUJOCO_GL=egl renders on the CPU)."""
         if self._renderer is None:

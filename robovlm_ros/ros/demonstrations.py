@@ -1,0 +1,77 @@
+"""Record expert demonstrations the way a user would: sim_node + scripted expert + episode_recorder.
+
+All three run in one process over ROS topics; the recorder only sees what it would see on a real
+robot (cameras, joint states, the commands the arm received) and writes one rosbag2 per episode.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from std_srvs.srv import SetBool
+
+from .episode_recorder import EpisodeRecorder
+from .evaluate import _call
+from .sim_node import ExpertNode, SimNode
+
+
+def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_size: int = 64,
+                          speed: float = 3.0, max_seconds: float = 6.0, progress: bool = True) -> dict:
+    """Returns {"recorded": n, "successful": k, "topics": {...}} (topics as recorded, for convert)."""
+    from tqdm import tqdm
+
+    rclpy.init()
+    ns = f"demo_{uuid.uuid4().hex[:8]}"
+    topics = {"camera_topic": f"/{ns}/camera/image_raw", "gripper_camera_topic": f"/{ns}/gripper_camera/image_raw",
+              "joint_states_topic": f"/{ns}/joint_states", "arm_command_topic": f"/{ns}/arm_cmd",
+              "gripper_command_topic": f"/{ns}/grip_cmd"}
+    nodes = []
+    successful = 0
+    try:
+        sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
+            **topics, "image_size": image_size, "real_time_factor": speed}.items()])
+        expert = ExpertNode(sim, namespace=ns)
+        recorder = EpisodeRecorder(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
+            **topics, "output_dir": output_dir, "max_input_age_s": 1.0}.items()])
+        client = rclpy.create_node("demo_client", namespace=ns)
+        nodes = [sim, expert, recorder, client]
+        ex = SingleThreadedExecutor()
+        for n in nodes:
+            ex.add_node(n)
+        threading.Thread(target=ex.spin, daemon=True).start()
+        time.sleep(0.5)  # first sensor messages reach the recorder
+        for i in tqdm(range(episodes), desc="recording", unit="episode", disable=not progress):
+            sim.set_parameters([Parameter("seed", value=seed0 + i)])
+            instruction = _call(client, f"/{ns}/sim_node/reset").message
+            recorder.set_parameters([Parameter("instruction", value=instruction)])
+            time.sleep(0.15 / speed)  # sensors of the new episode arrive before recording starts
+            if not _call(client, f"/{ns}/episode_recorder/start").success:
+                raise RuntimeError("the recorder refused to start")
+            t0 = sim.sim_time
+            expert.start()
+            # keep lifting a moment after success so the episode shows the block held up
+            while sim.sim_time - t0 < max_seconds and not (sim.env.success() and expert.expert.phase == "lift"
+                                                            and sim.env.block_position(sim.env.target)[2] > 0.15):
+                time.sleep(0.01)
+            expert.stop()
+            ok = sim.env.success()
+            successful += ok
+            if not ok:
+                req = SetBool.Request(data=False)
+                cli = client.create_client(SetBool, f"/{ns}/episode_recorder/set_success")
+                cli.wait_for_service(timeout_sec=5)
+                fut = cli.call_async(req)
+                while not fut.done():
+                    time.sleep(0.005)
+            _call(client, f"/{ns}/episode_recorder/stop")
+        sim.release_renderer()
+        ex.shutdown()
+    finally:
+        for n in nodes:
+            n.destroy_node()
+        rclpy.try_shutdown()
+    return {"recorded": episodes, "successful": successful, "topics": topics}

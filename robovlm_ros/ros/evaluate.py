@@ -1,0 +1,181 @@
+"""Closed-loop evaluation: ``sim_node`` and ``policy_node`` talking over ROS topics in one process.
+
+For each held-out seed the simulator starts an episode, the policy node gets the instruction as a
+parameter and is started through its ``~/start`` service; it then sees only camera images and joint
+states and drives the arm only through its command topics. An episode ends when the physics reports
+success or after ``max_seconds`` of simulated time. ``wrong_instruction`` asks for another block than
+the one success is measured on (the baseline).
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from std_srvs.srv import Trigger
+
+from ..runtime import PolicyRunner
+from .policy_node import PolicyNode
+from .sim_node import SimNode
+
+EVAL_SEED0 = 100_000  # held-out seeds: demonstrations use small seeds
+
+
+def _call(node, name, timeout=10.0):
+    client = node.create_client(Trigger, name)
+    if not client.wait_for_service(timeout_sec=timeout):
+        raise RuntimeError(f"service {name} not available")
+    future = client.call_async(Trigger.Request())
+    deadline = time.monotonic() + timeout
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    node.destroy_client(client)
+    if not future.done():
+        raise RuntimeError(f"service {name} did not answer")
+    return future.result()
+
+
+def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_seconds: float = 6.0,
+             wrong_instruction: bool = False, speed: float = 2.0, image_size: int = 64, device: str = "cpu",
+             frames_to_keep: int = 3, progress: bool = True) -> dict:
+    """Run ``episodes`` seeded episodes; returns per-episode results, per-task and overall success."""
+    from tqdm import tqdm
+
+    rclpy.init()
+    ns = f"eval_{uuid.uuid4().hex[:8]}"
+    topics = {"camera_topic": f"/{ns}/camera/image_raw", "gripper_camera_topic": f"/{ns}/gripper_camera/image_raw",
+              "joint_states_topic": f"/{ns}/joint_states", "arm_command_topic": f"/{ns}/arm_cmd",
+              "gripper_command_topic": f"/{ns}/grip_cmd"}
+    nodes = []
+    try:
+        sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
+            **topics, "image_size": image_size, "real_time_factor": speed}.items()])
+        runner = PolicyRunner(checkpoint, device=device, execute_steps=1)
+        policy = PolicyNode(runner=runner, namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
+            **topics, "control_rate_hz": 10.0 * speed, "max_input_age_s": 0.5 / speed, "execute_steps": 1,
+            "gripper_open_threshold": 0.027, "action_low": [-0.3] * 6, "action_high": [0.3] * 6,
+            "max_linear_velocity": 0.3, "max_angular_velocity": 1.5}.items()])
+        client = rclpy.create_node("eval_client", namespace=ns)
+        nodes = [sim, policy, client]
+        ex = SingleThreadedExecutor()
+        for n in nodes:
+            ex.add_node(n)
+        import threading
+
+        spinner = threading.Thread(target=ex.spin, daemon=True)
+        spinner.start()
+        results = []
+        for i in tqdm(range(episodes), desc="evaluating", unit="episode", disable=not progress):
+            seed = seed0 + i
+            sim.set_parameters([Parameter("seed", value=seed)])
+            instruction = _call(client, f"/{ns}/sim_node/reset").message
+            target = sim.env.target
+            asked = target
+            if wrong_instruction:
+                others = [c for c in sim.env.colors if c != target]
+                asked = others[seed % len(others)]
+            policy.set_parameters([Parameter("instruction", value=f"pick up the {asked} block")])
+            if not _call(client, f"/{ns}/robovlm_policy/start").success:
+                raise RuntimeError("the policy node refused to start")
+            t0, frames, trace = sim.sim_time, [], []
+            while not sim.env.success() and sim.sim_time - t0 < max_seconds:
+                if len(frames) < frames_to_keep and sim.sim_time - t0 >= len(frames) * max_seconds / frames_to_keep:
+                    frames.append(sim.last_images["static"].copy())
+                trace.append(np.r_[sim.sim_time - t0, sim.twist, sim.gripper])
+                time.sleep(0.02 / speed)
+            success = _call(client, f"/{ns}/sim_node/success").success
+            _call(client, f"/{ns}/robovlm_policy/stop")
+            results.append({"seed": seed, "task": instruction, "asked": f"pick up the {asked} block",
+                            "success": bool(success), "seconds": round(sim.sim_time - t0, 2),
+                            "trace": np.asarray(trace).tolist(), "frames": frames})
+        sim.release_renderer()
+        ex.shutdown()
+        stats = policy.stats.copy()
+    finally:
+        for n in nodes:
+            n.destroy_node()
+        rclpy.try_shutdown()
+    return summarize(results, stats)
+
+
+def summarize(results: list[dict], node_stats: dict | None = None) -> dict:
+    tasks: dict[str, dict] = {}
+    for r in results:
+        t = tasks.setdefault(r["task"], {"episodes": 0, "successes": 0})
+        t["episodes"] += 1
+        t["successes"] += r["success"]
+    for t in tasks.values():
+        t["success_rate"] = t["successes"] / t["episodes"]
+    return {"episodes": len(results), "success_rate": float(np.mean([r["success"] for r in results])) if results else 0.0,
+            "per_task": dict(sorted(tasks.items())), "results": results, "node_stats": node_stats or {}}
+
+
+def save_report(report: dict, out_dir: str, baseline: dict | None = None) -> list[str]:
+    """report.json (without images) and plots: success per task, an action trace, camera frames."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    files = []
+    strip = lambda rep: {**rep, "results": [{k: v for k, v in r.items() if k != "frames"}  # noqa: E731
+                                            for r in rep["results"]]}
+    data = {"policy": strip(report), **({"baseline": strip(baseline)} if baseline else {})}
+    path = os.path.join(out_dir, "report.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(path + ".tmp", path)
+    files.append(path)
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    names = list(report["per_task"])
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, [report["per_task"][n]["success_rate"] for n in names], 0.4, label="policy")
+    if baseline:
+        ax.bar(x + 0.2, [baseline["per_task"].get(n, {}).get("success_rate", 0) for n in names], 0.4,
+               label="baseline (wrong instruction)")
+    ax.set_xticks(x, [n.replace("pick up the ", "") for n in names])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("success rate")
+    ax.legend()
+    fig.tight_layout()
+    files.append(os.path.join(out_dir, "success_per_task.png"))
+    fig.savefig(files[-1])
+    plt.close(fig)
+
+    trace = np.asarray(report["results"][0]["trace"]) if report["results"] and report["results"][0]["trace"] else None
+    if trace is not None and len(trace):
+        fig, ax = plt.subplots(figsize=(6, 3))
+        for i, label in enumerate(["vx", "vy", "vz", "wx", "wy", "wz", "gripper"]):
+            ax.plot(trace[:, 0], trace[:, 1 + i], label=label)
+        ax.set_xlabel("simulated seconds")
+        ax.set_title(report["results"][0]["task"])
+        ax.legend(ncol=4, fontsize=7)
+        fig.tight_layout()
+        files.append(os.path.join(out_dir, "action_trace.png"))
+        fig.savefig(files[-1])
+        plt.close(fig)
+
+    shown = [r for r in report["results"] if r["frames"]][:4]
+    if shown:
+        cols = max(len(r["frames"]) for r in shown)
+        fig, axes = plt.subplots(len(shown), cols, figsize=(2 * cols, 2 * len(shown)), squeeze=False)
+        for row, r in zip(axes, shown):
+            for ax, frame in zip(row, r["frames"]):
+                ax.imshow(frame)
+            for ax in row:
+                ax.axis("off")
+            row[0].set_title(f"{r['task'].replace('pick up the ', '')}: {'ok' if r['success'] else 'fail'}",
+                             fontsize=8, loc="left")
+        fig.tight_layout()
+        files.append(os.path.join(out_dir, "frames.png"))
+        fig.savefig(files[-1])
+        plt.close(fig)
+    return files
