@@ -1,7 +1,6 @@
 """sim_node over real rclpy: the scripted expert solves seeded episodes through the ROS topics."""
 import os
 import threading
-import time
 import uuid
 
 os.environ.setdefault("MUJOCO_GL", "egl")
