@@ -16,7 +16,7 @@ from std_srvs.srv import SetBool
 
 from .episode_recorder import EpisodeRecorder
 from .evaluate import _call
-from .sim_node import ExpertNode, SimNode
+from .sim_node import ExpertNode, SimNode, namespaced_topics
 
 
 def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_size: int = 64,
@@ -26,9 +26,7 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
 
     rclpy.init()
     ns = f"demo_{uuid.uuid4().hex[:8]}"
-    topics = {"camera_topic": f"/{ns}/camera/image_raw", "gripper_camera_topic": f"/{ns}/gripper_camera/image_raw",
-              "joint_states_topic": f"/{ns}/joint_states", "arm_command_topic": f"/{ns}/arm_cmd",
-              "gripper_command_topic": f"/{ns}/grip_cmd"}
+    topics = namespaced_topics(ns)
     nodes = []
     successful = 0
     try:

@@ -20,7 +20,7 @@ from std_srvs.srv import Trigger
 
 from ..runtime import PolicyRunner
 from .policy_node import PolicyNode
-from .sim_node import SimNode
+from .sim_node import SimNode, namespaced_topics
 
 EVAL_SEED0 = 100_000  # held-out seeds: demonstrations use small seeds
 
@@ -47,9 +47,7 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
 
     rclpy.init()
     ns = f"eval_{uuid.uuid4().hex[:8]}"
-    topics = {"camera_topic": f"/{ns}/camera/image_raw", "gripper_camera_topic": f"/{ns}/gripper_camera/image_raw",
-              "joint_states_topic": f"/{ns}/joint_states", "arm_command_topic": f"/{ns}/arm_cmd",
-              "gripper_command_topic": f"/{ns}/grip_cmd"}
+    topics = namespaced_topics(ns)
     nodes = []
     try:
         sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {

@@ -42,6 +42,13 @@ PARAMS = {
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+def namespaced_topics(ns: str) -> dict[str, str]:
+    """The robot's topic parameters under ``/ns`` (shared by sim_node, policy_node and the recorder)."""
+    return {"camera_topic": f"/{ns}/camera/image_raw", "gripper_camera_topic": f"/{ns}/gripper_camera/image_raw",
+            "joint_states_topic": f"/{ns}/joint_states", "arm_command_topic": f"/{ns}/arm_cmd",
+            "gripper_command_topic": f"/{ns}/grip_cmd"}
+
+
 class SimNode(Node):
     def __init__(self, env: TabletopEnv | None = None, **kwargs):
         super().__init__("sim_node", **kwargs)
