@@ -73,89 +73,6 @@ def decode_latency(model: RoboVLM, use_cache: bool, reps: int) -> dict:
     return _pct(times)
 
 
-def _camera_process(ns: str, stop) -> None:
-    """A separate process playing the camera drivers: two 640x480 rgb8 streams + joint states at 15 Hz."""
-    import rclpy
-    from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import Image, JointState
-
-    rclpy.init()
-    node = rclpy.create_node("bench_camera", namespace=ns)
-    cam = node.create_publisher(Image, f"/{ns}/cam", qos_profile_sensor_data)
-    hand = node.create_publisher(Image, f"/{ns}/hand", qos_profile_sensor_data)
-    joints = node.create_publisher(JointState, f"/{ns}/joints", qos_profile_sensor_data)
-    rng = np.random.default_rng(0)
-    frames = [Image(height=480, width=640, encoding="rgb8", step=640 * 3,
-                    data=rng.integers(0, 255, (480, 640, 3), dtype=np.uint8).tobytes()) for _ in range(4)]
-    names = [f"joint{k}" for k in range(1, 7)] + ["gripper_joint"]
-    i = 0
-    while not stop.is_set():
-        for pub in (cam, hand):
-            msg = frames[i % 4]
-            msg.header.stamp = node.get_clock().now().to_msg()
-            pub.publish(msg)
-            i += 1
-        js = JointState(name=names, position=[0.1] * 7)
-        js.header.stamp = node.get_clock().now().to_msg()
-        joints.publish(js)
-        time.sleep(1 / 15)
-    node.destroy_node()
-    rclpy.try_shutdown()
-
-
-def node_overhead(model: RoboVLM, seconds: float, device: str) -> dict:
-    """Run the policy node on camera streams from another process, over loopback DDS."""
-    import multiprocessing
-
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.parameter import Parameter
-
-    from .ros.policy_node import PolicyNode
-
-    rclpy.init()
-    try:
-        ns = f"bench{int(time.time() * 1000) % 100000}"
-        overrides = {"camera_topic": f"/{ns}/cam", "gripper_camera_topic": f"/{ns}/hand",
-                     "joint_states_topic": f"/{ns}/joints", "arm_command_topic": f"/{ns}/arm",
-                     "gripper_command_topic": f"/{ns}/grip", "control_rate_hz": 10.0, "execute_steps": 1,
-                     "max_input_age_s": 1.0, "instruction": "pick up the red block", "autostart": True}
-        node = PolicyNode(runner=PolicyRunner(model, device=device, execute_steps=1), namespace=ns,
-                          parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-        ctx = multiprocessing.get_context("spawn")  # a fresh process: no forked rclpy/torch state
-        stop = ctx.Event()
-        camera = ctx.Process(target=_camera_process, args=(ns, stop))
-        camera.start()
-        ex = SingleThreadedExecutor()
-        ex.add_node(node)
-        t_start = time.monotonic()
-        while node.stats["steps"] == 0 and time.monotonic() - t_start < 30:  # the camera process starting up
-            ex.spin_once(timeout_sec=0.05)
-        node.input_ms.clear()
-        node.step_overhead_ms.clear()
-        t_end = time.monotonic() + seconds
-        while time.monotonic() < t_end:
-            ex.spin_once(timeout_sec=0.05)
-        stop.set()
-        camera.join(timeout=10)
-        image_in, step = np.asarray(node.input_ms), np.asarray(node.step_overhead_ms)
-        result = {"image_in_p50_ms": float(np.percentile(image_in, 50)),
-                  "image_in_p99_ms": float(np.percentile(image_in, 99)),
-                  "step_overhead_p50_ms": float(np.percentile(step, 50)),
-                  "step_overhead_p99_ms": float(np.percentile(step, 99)),
-                  "runtime_overhead_p50_ms": float(np.percentile(node.runtime_overhead_ms, 50)),
-                  "commands": int(node.stats["steps"]), "overruns": int(node.stats["overruns"])}
-        # the ROS layer's share: one image's way in (transport + decode) plus the step's work around the
-        # policy runner (input snapshot, command messages, publishing); the runner's own preprocessing is
-        # reported apart (runtime_overhead) because it belongs to the policy, wherever it runs
-        result["overhead_p50_ms"] = result["image_in_p50_ms"] + result["step_overhead_p50_ms"]
-        ex.remove_node(node)
-        node.destroy_node()
-        return result
-    finally:
-        rclpy.try_shutdown()
-
-
 def run(args) -> int:
     torch.manual_seed(0)
     if args.checkpoint:
@@ -185,6 +102,8 @@ def run(args) -> int:
         "decode_speedup_kv_cache": report["decode"]["no_cache"]["p50_ms"] / report["decode"]["kv_cache"]["p50_ms"],
     }
     try:
+        from .ros.node_bench import node_overhead  # ROS code lives in ros/; absent without ROS 2
+
         report["node"] = node_overhead(winw, args.node_seconds, args.device)
     except ImportError as e:
         report["node"] = {"skipped": f"ROS 2 Python packages not installed ({e})"}
