@@ -70,7 +70,7 @@ class SimNode(Node):
         self.last_images: dict[str, np.ndarray] = {}  # newest frame per camera (for reports)
         self.twist, self.twist_time, self.gripper = np.zeros(6), -np.inf, 1.0
         self.reset_episode(p["seed"])
-        self.create_timer(1.0 / (p["control_rate_hz"] * p["real_time_factor"]), self._tick)
+        self.tick_timer = self.create_timer(1.0 / (p["control_rate_hz"] * p["real_time_factor"]), self._tick)
 
     def reset_episode(self, seed: int) -> str:
         instruction = self.env.reset(int(seed))
@@ -107,11 +107,13 @@ class SimNode(Node):
         return response
 
     def release_renderer(self, timeout: float = 5.0) -> None:
-        """Free the renderer on the executor thread that owns its EGL context (call while spinning)."""
+        """Stop the simulation and free the renderer on the executor thread that owns its EGL context
+        (call while the executor spins, before shutting it down)."""
         done = threading.Event()
 
         def close():
             timer.cancel()
+            self.tick_timer.cancel()  # a later tick would render, and so create a new context
             self.env.close()
             done.set()
 
