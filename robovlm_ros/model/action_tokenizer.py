@@ -36,6 +36,3 @@ class ActionTokenizer:
         if (bins < 0).any():
             raise ValueError("decode() got token ids that are not action tokens")
         return self.centers.to(token_ids.device)[bins]
-
-    def is_action_token(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self._bin_of.to(token_ids.device)[token_ids] >= 0

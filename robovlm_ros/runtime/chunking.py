@@ -32,9 +32,6 @@ class ActionQueue:
     def pop(self) -> np.ndarray:
         return self._queue.popleft()
 
-    def remaining(self) -> list[np.ndarray]:
-        return list(self._queue)
-
 
 class TemporalEnsembler:
     def __init__(self, decay: float = 0.1):
@@ -62,10 +59,3 @@ class TemporalEnsembler:
         out[-1] = 1.0 if out[-1] >= 0 else -1.0
         self._t += 1
         return out
-
-    def remaining(self) -> list[np.ndarray]:
-        """The newest chunk from the current step on (what the robot is about to execute)."""
-        if not self._chunks:
-            return []
-        s, c = self._chunks[-1]
-        return list(c[self._t - s:])
