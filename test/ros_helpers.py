@@ -85,7 +85,7 @@ class FakeRobot(Node):
         with self.lock:
             return [m for t, m in self.received[key] if t >= t0]
 
-    def call(self, srv_type, name, request, timeout=10.0):
+    def call(self, srv_type, name, request, timeout=30.0):
         client = self.create_client(srv_type, name)
         assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
         future = client.call_async(request)
