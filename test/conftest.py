@@ -11,7 +11,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 # Node tests talk over DDS: keep them on this machine and off the default domain, so they neither
 # disturb nor hear a ROS graph (a real robot) that runs beside them. Subprocesses inherit this.
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))  # 1..100: safe DDS port range
 
 ALL_FAMILIES = ("paligemma", "kosmos2", "llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm")
 
