@@ -26,6 +26,11 @@ def test_save_load_reproduces_outputs_exactly(tmp_path, space, history, family):
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary directories left behind
     files = set(os.listdir(tmp_path / "ckpt"))
     assert {"config.json", "model.safetensors", "normalization.json", "tokenizer.json"} <= files
+    # as readable as anything else the user creates (a robot PC often runs the node as another user)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "ckpt").st_mode & 0o777 == 0o777 & ~umask
+    assert {os.stat(tmp_path / "ckpt" / f).st_mode & 0o777 for f in files} == {0o666 & ~umask}
     loaded = RoboVLM.from_pretrained(tmp_path / "ckpt").eval()
     assert loaded.config.to_dict() == model.config.to_dict()
     assert loaded.normalizer.to_dict() == model.normalizer.to_dict()

@@ -1,4 +1,6 @@
 """Action tokenizer, normalisation and the shared preprocessing."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -97,6 +99,18 @@ def test_config_json_round_trip_and_validation():
 
 
 def test_image_size_must_fit_a_fixed_resolution_vision_tower():
+    cfg = PolicyConfig.tiny("paligemma")  # SigLIP built for 32 px
     with pytest.raises(ValueError, match="takes 32x32"):
-        RoboVLM(PolicyConfig.tiny("paligemma", image_size=48))
+        RoboVLM(dataclasses.replace(cfg, image_size=48))
     assert RoboVLM(PolicyConfig.tiny("qwen2_vl", image_size=48)).config.image_size == 48  # dynamic resolution
+
+
+def test_tiny_backbones_are_built_for_the_requested_size():
+    model = RoboVLM(PolicyConfig.tiny("paligemma", image_size=48, size={"d": 96, "patch": 6}))
+    vision = model.backbone.config.vision_config
+    assert (vision.image_size, vision.patch_size, model.backbone.config.text_config.hidden_size) == (48, 6, 96)
+    assert model.encode_images(torch.zeros(2, 3, 48, 48)).shape == (2, (48 // 6) ** 2, 96)
+    with pytest.raises(ValueError, match="unknown backbone size fields"):
+        PolicyConfig.tiny("paligemma", size={"width": 96})
+    with pytest.raises(ValueError, match="multiple of patch"):
+        PolicyConfig.tiny("paligemma", image_size=50)

@@ -68,3 +68,24 @@ def test_cameras_see_the_scene_and_state_reports_the_gripper():
     assert env.state()[6] == -1.0  # closed on nothing
     with pytest.raises(ValueError):
         env.step(np.r_[np.zeros(6), np.nan])
+
+
+def _block_pixels(image: np.ndarray, color: str) -> int:
+    """Pixels where the block's own colour channel clearly dominates."""
+    channel = {"red": 0, "green": 1, "blue": 2}[color]
+    x = image.astype(int)
+    others = np.delete(x, channel, axis=-1)
+    return int(((x[..., channel] > 90) & (x[..., channel] > others.max(-1) + 50)).sum())
+
+
+def test_both_cameras_see_every_block_at_the_start_of_every_episode():
+    """The policy can only find the named block if it is in view: the static camera frames the whole
+    workspace and the gripper camera looks straight down from home, so every block is visible in both."""
+    env = TabletopEnv(image_size=64)
+    for seed in range(12):
+        env.reset(seed)
+        static, hand = env.render("static"), env.render("gripper")
+        for color in ("red", "green", "blue"):
+            assert _block_pixels(static, color) >= 4, (seed, color, "static")
+            assert _block_pixels(hand, color) >= 9, (seed, color, "gripper")
+    env.close()

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 
 import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ..atomic_dir import finish_files, swap_in, temp_sibling
 
 CODEBASE_VERSION = "v3.0"
 CHUNK_SIZE = 1000
@@ -45,7 +46,7 @@ def feature_stats(x: np.ndarray) -> dict:
     x = np.asarray(x, dtype=np.float64)
     return {"mean": x.mean(0).tolist(), "std": x.std(0).tolist(), "min": x.min(0).tolist(),
             "max": x.max(0).tolist(), "q01": np.quantile(x, 0.01, axis=0).tolist(),
-            "q99": np.quantile(x, 0.99, axis=0).tolist(), "count": [int(len(x))]}
+            "q99": np.quantile(x, 0.99, axis=0).tolist(), "count": [len(x)]}
 
 
 class LeRobotWriter:
@@ -54,8 +55,7 @@ class LeRobotWriter:
         self.root = os.path.abspath(root)
         if os.path.exists(self.root) and not overwrite:
             raise FileExistsError(f"{self.root} exists: choose another --out or pass --overwrite")
-        os.makedirs(os.path.dirname(self.root), exist_ok=True)
-        self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.root)}.tmp-", dir=os.path.dirname(self.root))
+        self.tmp = temp_sibling(self.root)
         self.fps, self.state_names, self.action_names, self.robot_type = fps, state_names, action_names, robot_type
         self.tasks: dict[str, int] = {}
         self.episodes: list[dict] = []
@@ -126,13 +126,8 @@ class LeRobotWriter:
         for name, data in (("info.json", info), ("stats.json", stats)):
             with open(os.path.join(meta, name), "w") as f:
                 json.dump(data, f, indent=2)
-        old = None
-        if os.path.exists(self.root):
-            old = self.root + ".old"
-            os.rename(self.root, old)
-        os.rename(self.tmp, self.root)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        finish_files(self.tmp)
+        swap_in(self.tmp, self.root)
         return info
 
     def abort(self) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -249,12 +249,35 @@ def family_spec(name: str) -> FamilySpec:
         raise ValueError(f"unknown backbone family {name!r}; supported: {', '.join(sorted(FAMILIES))}") from None
 
 
-def tiny_backbone_config(family: str, vocab_size: int, size: str = "tiny") -> dict:
-    """A random-weight config of ``family``: ``tiny`` (~200k parameters, tests) or ``small`` (benchmarks)."""
+def backbone_size(size: "str | dict | BackboneSize" = "tiny", image: int | None = None) -> BackboneSize:
+    """A named size (``tiny``, ``small``) or a mapping of BackboneSize fields (``base`` names the size
+    it starts from, default tiny); ``image`` overrides the image side (vision towers with absolute
+    position embeddings are built for one size)."""
+    if isinstance(size, str):
+        if size not in SIZES:
+            raise ValueError(f"size must be one of {sorted(SIZES)} or a mapping of BackboneSize fields, not {size!r}")
+        z = SIZES[size]
+    elif isinstance(size, BackboneSize):
+        z = size
+    else:
+        fields = dict(size)
+        base = backbone_size(fields.pop("base", "tiny"))
+        known = set(BackboneSize.__dataclass_fields__)
+        if set(fields) - known:
+            raise ValueError(f"unknown backbone size fields {sorted(set(fields) - known)}; known: {sorted(known)}")
+        z = replace(base, **fields)
+    if image is not None:
+        z = replace(z, image=int(image))
+    if z.image % z.patch or z.d % z.heads:
+        raise ValueError(f"backbone size {z}: image must be a multiple of patch and d of heads")
+    return z
+
+
+def tiny_backbone_config(family: str, vocab_size: int, size: "str | dict | BackboneSize" = "tiny") -> dict:
+    """A random-weight config of ``family``: ``tiny`` (~200k parameters, tests), ``small`` (benchmarks)
+    or explicit dimensions (see backbone_size)."""
     spec = family_spec(family)
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {sorted(SIZES)}, not {size!r}")
-    return config_to_dict(AutoConfig.for_model(spec.model_type, **spec.tiny(vocab_size, SIZES[size])))
+    return config_to_dict(AutoConfig.for_model(spec.model_type, **spec.tiny(vocab_size, backbone_size(size))))
 
 
 def config_to_dict(cfg: PretrainedConfig) -> dict:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..atomic_dir import finish_files, swap_in, temp_sibling
 from .config import PolicyConfig
 from .normalization import Normalizer
 from .text_tokenizer import load_tokenizer
@@ -33,10 +33,7 @@ def _state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(model, directory: str) -> None:
-    directory = os.path.abspath(directory)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+    tmp = temp_sibling(directory)
     try:
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "policy": model.config.to_dict()}
         with open(os.path.join(tmp, CONFIG), "w") as f:
@@ -45,17 +42,8 @@ def save_checkpoint(model, directory: str) -> None:
             json.dump(model.normalizer.to_dict(), f, indent=2, sort_keys=True)
         save_file(_state_dict(model), os.path.join(tmp, WEIGHTS), metadata={"format": FORMAT})
         model.tokenizer.save_pretrained(tmp)
-        for name in os.listdir(tmp):  # data on disk before the rename makes it visible
-            with open(os.path.join(tmp, name), "rb") as f:
-                os.fsync(f.fileno())
-        old = None
-        if os.path.exists(directory):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=parent)
-            os.rmdir(old)
-            os.rename(directory, old)
-        os.rename(tmp, directory)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        finish_files(tmp)
+        swap_in(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

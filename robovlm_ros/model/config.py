@@ -5,7 +5,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from .backbones import FAMILIES, SIZES, family_spec, tiny_backbone_config
+from .backbones import FAMILIES, backbone_size, family_spec, tiny_backbone_config
 
 TINY_VOCAB = 640  # 260 byte-level text tokens + room for 256 action bins at the end
 
@@ -78,11 +78,13 @@ class PolicyConfig:
         return self.arm_dim + 1
 
     @classmethod
-    def tiny(cls, backbone: str = "paligemma", size: str = "tiny", **overrides) -> "PolicyConfig":
-        """A random-weight policy of ``backbone``'s family for tests and experiments (size: tiny | small)."""
+    def tiny(cls, backbone: str = "paligemma", size: "str | dict" = "tiny", **overrides) -> "PolicyConfig":
+        """A random-weight policy of ``backbone``'s family for tests and experiments. ``size``: tiny | small
+        or a mapping of BackboneSize fields; the vision tower is built for ``image_size`` when given."""
+        z = backbone_size(size, overrides.get("image_size"))
         base = dict(
-            backbone=backbone, tiny_backbone=True, backbone_config=tiny_backbone_config(backbone, TINY_VOCAB, size),
-            image_size=SIZES[size].image, window_size=4, fwd_pred_next_n=3, max_text_len=24, head_hidden=32,
+            backbone=backbone, tiny_backbone=True, backbone_config=tiny_backbone_config(backbone, TINY_VOCAB, z),
+            image_size=z.image, window_size=4, fwd_pred_next_n=3, max_text_len=24, head_hidden=32,
             head_layers=1, resampler_latents=4, resampler_depth=1,
         )
         base.update(overrides)

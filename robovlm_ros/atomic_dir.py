@@ -1,0 +1,52 @@
+"""Directories that appear complete or not at all: build in a temporary sibling, then swap it in.
+
+Used for checkpoints and datasets. A crash leaves the previous version (or nothing) under the final
+name, never a half-written one; leftovers are hidden ``.name.tmp-*`` siblings.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def temp_sibling(target: str) -> str:
+    """A new empty hidden directory next to ``target`` with the permissions a plain ``mkdir`` would
+    give (mkdtemp's 0700 would make checkpoints and datasets unreadable to other users after the swap)."""
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def finish_files(directory: str) -> None:
+    """Flush every file under ``directory`` to disk (the swap must never expose unwritten data) and
+    give it a plain file's permissions (some writers create files 0600)."""
+    mode = 0o666 & ~_umask()
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            os.chmod(path, mode)
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def swap_in(tmp: str, target: str) -> None:
+    """Move the finished ``tmp`` to ``target``, replacing what was there; the old version is removed
+    only once the new one is in place."""
+    target = os.path.abspath(target)
+    old = None
+    if os.path.exists(target):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target))
+        os.rmdir(old)
+        os.rename(target, old)
+    os.rename(tmp, target)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
