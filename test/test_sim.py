@@ -22,10 +22,32 @@ def run_expert(env, seed, steps=60):
     return env.success(), np.array(actions)
 
 
-def test_expert_solves_at_least_95_percent_of_seeded_episodes():
-    env = TabletopEnv()
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_expert_solves_at_least_95_percent_of_seeded_episodes(noise):
+    env = TabletopEnv(actuation_noise=noise)  # 0.5: the tracking error the demo's demonstrations use
     results = [run_expert(env, seed)[0] for seed in range(100, 140)]
     assert np.mean(results) >= 0.95, f"{np.mean(results):.0%}"
+
+
+def test_actuation_noise_is_seeded_proportional_and_off_by_default():
+    ideal, noisy = TabletopEnv(), TabletopEnv(actuation_noise=0.5)
+    paths = {}
+    for name, env in (("ideal", ideal), ("noisy", noisy), ("noisy again", noisy)):
+        env.reset(5)
+        path = []
+        for _ in range(15):
+            env.step(np.r_[0.1, -0.05, 0.0, 0, 0, 0, 1.0])
+            path.append(env.tool_pose()[0])
+        paths[name] = np.array(path)
+    np.testing.assert_array_equal(paths["noisy"], paths["noisy again"])  # the same seed, the same disturbance
+    deviation = np.linalg.norm(paths["noisy"] - paths["ideal"], axis=1)
+    assert deviation[-1] > 0.01  # off the commanded path by more than a centimetre after 1.5 s
+    # standing still stays exact: the error scales with the command
+    noisy.reset(5)
+    start = noisy.tool_pose()[0]
+    for _ in range(10):
+        noisy.step(np.r_[np.zeros(6), 1.0])
+    assert np.linalg.norm(noisy.tool_pose()[0] - start) < 1e-3
 
 
 def test_reset_is_deterministic_and_the_instruction_names_the_target():

@@ -20,8 +20,11 @@ from .sim_node import ExpertNode, SimNode, namespaced_topics
 
 
 def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_size: int = 64,
-                          speed: float = 3.0, max_seconds: float = 6.0, progress: bool = True) -> dict:
-    """Returns {"recorded": n, "successful": k, "topics": {...}} (topics as recorded, for convert)."""
+                          speed: float = 3.0, max_seconds: float = 6.0, actuation_noise: float = 0.0,
+                          progress: bool = True) -> dict:
+    """Returns {"recorded": n, "successful": k, "topics": {...}} (topics as recorded, for convert).
+    ``actuation_noise``: sim_node's tracking error while recording (see TabletopEnv): the expert then
+    demonstrates recoveries too, which closed-loop imitation needs."""
     from tqdm import tqdm
 
     rclpy.init()
@@ -31,7 +34,7 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
     successful = 0
     try:
         sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
-            **topics, "image_size": image_size, "real_time_factor": speed}.items()])
+            **topics, "image_size": image_size, "real_time_factor": speed, "actuation_noise": actuation_noise}.items()])
         expert = ExpertNode(sim, namespace=ns)
         recorder = EpisodeRecorder(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
             **topics, "output_dir": output_dir, "max_input_age_s": 1.0}.items()])

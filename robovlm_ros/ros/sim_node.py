@@ -38,6 +38,8 @@ PARAMS = {
     "gripper_open_position": (0.04, "gripper command meaning open"),
     "gripper_closed_position": (0.0, "gripper command meaning closed"),
     "seed": (0, "seed of the episode the next ~/reset starts"),
+    "actuation_noise": (0.0, "velocity-tracking error: each commanded twist component is scaled by 1 + N(0, this), "
+                             "redrawn every 5 steps and seeded by the episode (0: an ideal arm)"),
 }
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -57,7 +59,8 @@ class SimNode(Node):
                                                                       read_only=name != "seed"))
         p = {name: self.get_parameter(name).value for name in PARAMS}
         self.p = p
-        self.env = env or TabletopEnv(image_size=p["image_size"], control_hz=p["control_rate_hz"])
+        self.env = env or TabletopEnv(image_size=p["image_size"], control_hz=p["control_rate_hz"],
+                                      actuation_noise=p["actuation_noise"])
         self.cam_pub = self.create_publisher(Image, p["camera_topic"], qos_profile_sensor_data)
         self.hand_pub = self.create_publisher(Image, p["gripper_camera_topic"], qos_profile_sensor_data)
         self.joint_pub = self.create_publisher(JointState, p["joint_states_topic"], qos_profile_sensor_data)

@@ -28,7 +28,7 @@ def scene_xml(image: int = 96) -> str:
   <worldbody>
     <light pos="0 0 2" dir="0 0 -1" castshadow="false"/>
     <geom name="table" type="plane" size="1 1 0.05" rgba="0.75 0.72 0.65 1"/>
-    <camera name="static" pos="0.786 0 0.48" xyaxes="0 1 0 -0.766 0 0.643" fovy="50"/>
+    <camera name="static" pos="0.7 0 0.54" xyaxes="0 1 0 -0.866 0 0.5" fovy="42"/>
     <body name="base" pos="0 0 0.05">
       <geom class="arm" type="cylinder" size="0.05 0.05" rgba="0.3 0.3 0.3 1"/>
       <body name="link1" pos="0 0 0.05">
@@ -49,7 +49,7 @@ def scene_xml(image: int = 96) -> str:
                 <body name="hand" pos="0 0 0" euler="0 1.5708 0">
                   <joint name="joint6" axis="0 0 1" range="-3.1 3.1"/>
                   <geom class="arm" type="box" size="0.02 0.05 0.015" pos="0 0 0.015" rgba="0.2 0.2 0.25 1"/>
-                  <camera name="gripper" pos="0.08 0 -0.03" xyaxes="0 1 0 1 0 0" fovy="80"/>
+                  <camera name="gripper" pos="0.08 0 -0.03" xyaxes="0 1 0 0.970 0 0.242" fovy="80"/>
                   <site name="tcp" pos="0 0 0.09" size="0.005" rgba="0 0 0 0"/>
                   <body name="finger_l" pos="0 0.03 0.06">
                     <joint name="finger_l" type="slide" axis="0 1 0" range="-0.03 0.0" damping="1"/>

@@ -17,6 +17,7 @@ TOOL_DOWN = np.array([[1.0, 0, 0], [0, -1, 0], [0, 0, -1]])  # tool x = world x,
 FINGER_OPEN, FINGER_CLOSED = 0.0, -0.03  # finger slide joint targets
 OPEN_WIDTH = 0.027  # finger opening (0.03 + q) at or above which the gripper reports "open"
 SUCCESS_HEIGHT = 0.1
+BLOCK_X, BLOCK_Y = (0.3, 0.5), (-0.15, 0.15)  # where block centres are placed (m), at least 9 cm apart
 ARM_JOINTS = [f"joint{i}" for i in range(1, 7)]
 
 
@@ -30,7 +31,18 @@ def orientation_error(R: np.ndarray, R_target: np.ndarray) -> np.ndarray:
 
 
 class TabletopEnv:
-    def __init__(self, image_size: int = 96, control_hz: float = 10.0):
+    """``actuation_noise`` is a seeded velocity-tracking error: each commanded twist component is scaled
+    by (1 + e), e ~ N(0, actuation_noise) redrawn every ``noise_hold`` steps, as a real arm's servo
+    loop under- or overshoots. Being proportional to the command it leaves standing still exact, so
+    precise final alignment stays possible. Recording demonstrations with it makes the expert show
+    how to recover from being off its path (noise injection, as in DART, Laskey et al. 2017); the
+    recorded command stays the expert's own."""
+
+    def __init__(self, image_size: int = 96, control_hz: float = 10.0, actuation_noise: float = 0.0,
+                 noise_hold: int = 5):
+        self.actuation_noise, self.noise_hold = float(actuation_noise), int(noise_hold)
+        self.block_x, self.block_y = BLOCK_X, BLOCK_Y
+        self._noise_rng, self._noise, self._steps = np.random.default_rng(0), np.zeros(6), 0
         self.model = mujoco.MjModel.from_xml_string(scene_xml(image_size))
         self.data = mujoco.MjData(self.model)
         self.dt = 1.0 / control_hz
@@ -45,6 +57,8 @@ class TabletopEnv:
     def reset(self, seed: int, target: str | None = None) -> str:
         """Blocks at seeded random places (>= 9 cm apart), arm at home; returns the instruction."""
         rng = np.random.default_rng(seed)
+        self._noise_rng = np.random.default_rng([seed, 1])
+        self._noise, self._steps = np.zeros(6), 0
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
         d.qpos[:6] = d.ctrl[:6] = HOME
@@ -52,7 +66,7 @@ class TabletopEnv:
         d.ctrl[6] = FINGER_OPEN
         places: list[np.ndarray] = []
         while len(places) < len(self.colors):
-            p = np.array([rng.uniform(0.3, 0.5), rng.uniform(-0.15, 0.15)])
+            p = np.array([rng.uniform(*self.block_x), rng.uniform(*self.block_y)])
             if all(np.linalg.norm(p - q) > 0.09 for q in places):
                 places.append(p)
         for color, p in zip(self.colors, places):
@@ -73,10 +87,14 @@ class TabletopEnv:
         a = np.asarray(action, dtype=np.float64)
         if a.shape != (7,) or not np.isfinite(a).all():
             raise ValueError(f"action must be 7 finite values, got {a}")
+        if self.actuation_noise > 0 and self._steps % self.noise_hold == 0:
+            self._noise = self._noise_rng.normal(0.0, self.actuation_noise, 6)  # relative gain errors
+        self._steps += 1
         jp, jr = np.zeros((3, self.model.nv)), np.zeros((3, self.model.nv))
         mujoco.mj_jacSite(self.model, self.data, jp, jr, self.tcp_id)
         J = np.vstack([jp, jr])[:, :6]
-        qdot = J.T @ np.linalg.solve(J @ J.T + 0.05**2 * np.eye(6), a[:6])  # damped least squares
+        twist = a[:6] * (1.0 + self._noise)
+        qdot = J.T @ np.linalg.solve(J @ J.T + 0.05**2 * np.eye(6), twist)  # damped least squares
         self.q_target = self.q_target + qdot * self.dt
         self.data.ctrl[:6] = self.q_target
         self.data.ctrl[6] = FINGER_OPEN if a[6] >= 0 else FINGER_CLOSED
