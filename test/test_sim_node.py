@@ -81,3 +81,17 @@ def test_stale_twist_stops_the_arm(sim_system):
     q1 = sim.env.joint_positions()
     assert wait_for(lambda: sim.sim_time > t_stop + 1.5, 10)
     np.testing.assert_allclose(sim.env.joint_positions(), q1, atol=2e-3)
+
+
+def test_reset_can_ask_for_a_given_block_of_the_same_layout(sim_system):
+    sim, expert, client, ns, topics = sim_system
+    layouts = {}
+    for target in ("red", "green", "blue", ""):
+        sim.set_parameters([Parameter("seed", value=42), Parameter("target", value=target)])
+        answer = call(client, f"/{ns}/sim_node/reset")
+        assert answer.success and answer.message == f"pick up the {target or sim.env.target} block"
+        layouts[target] = {c: sim.env.block_position(c).round(4).tolist() for c in sim.env.colors}
+    assert all(layout == layouts["red"] for layout in layouts.values())  # one layout, the named block differs
+    sim.set_parameters([Parameter("target", value="purple")])
+    answer = call(client, f"/{ns}/sim_node/reset")
+    assert not answer.success and "purple" in answer.message

@@ -21,10 +21,13 @@ from .sim_node import ExpertNode, SimNode, namespaced_topics
 
 def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_size: int = 64,
                           speed: float = 3.0, max_seconds: float = 6.0, actuation_noise: float = 0.0,
-                          progress: bool = True) -> dict:
+                          every_block: bool = False, progress: bool = True) -> dict:
     """Returns {"recorded": n, "successful": k, "topics": {...}} (topics as recorded, for convert).
     ``actuation_noise``: sim_node's tracking error while recording (see TabletopEnv): the expert then
-    demonstrates recoveries too, which closed-loop imitation needs."""
+    demonstrates recoveries too, which closed-loop imitation needs.
+    ``every_block``: each layout (seed) is recorded once per block, so the same images come with
+    every instruction and only the instruction tells which block to take (else the target is drawn
+    from the seed and a policy can fit layouts without reading the instruction)."""
     from tqdm import tqdm
 
     rclpy.init()
@@ -46,7 +49,11 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
         threading.Thread(target=ex.spin, daemon=True).start()
         time.sleep(0.5)  # first sensor messages reach the recorder
         for i in tqdm(range(episodes), desc="recording", unit="episode", disable=not progress):
-            sim.set_parameters([Parameter("seed", value=seed0 + i)])
+            if every_block:
+                n = len(sim.env.colors)
+                sim.set_parameters([Parameter("seed", value=seed0 + i // n), Parameter("target", value=sim.env.colors[i % n])])
+            else:
+                sim.set_parameters([Parameter("seed", value=seed0 + i)])
             instruction = _call(client, f"/{ns}/sim_node/reset").message
             recorder.set_parameters([Parameter("instruction", value=instruction)])
             time.sleep(0.15 / speed)  # sensors of the new episode arrive before recording starts

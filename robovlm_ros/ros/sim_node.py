@@ -5,7 +5,8 @@ Publishes the static and gripper cameras (``sensor_msgs/Image``, rgb8) and ``Joi
 ``TwistStamped`` end-effector velocity commands (differential IK) and ``Float64MultiArray`` gripper
 commands (nearer ``gripper_open_position`` = open). A twist older than ``command_timeout_s`` counts
 as zero, like MoveIt Servo's halt. Services: ``~/reset`` (Trigger: a new episode from the ``seed``
-parameter; the message is the instruction, also published on ``~/instruction``) and ``~/success``
+parameter, asking for the ``target`` block if set; the message is the instruction, also published on
+``~/instruction``) and ``~/success``
 (Trigger: success read from the physics). ``real_time_factor`` > 1 runs the clock faster.
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ PARAMS = {
     "gripper_open_position": (0.04, "gripper command meaning open"),
     "gripper_closed_position": (0.0, "gripper command meaning closed"),
     "seed": (0, "seed of the episode the next ~/reset starts"),
+    "target": ("", "block the next ~/reset asks for (red, green, blue); empty: drawn from the seed"),
     "actuation_noise": (0.0, "velocity-tracking error: each commanded twist component is scaled by 1 + N(0, this), "
                              "redrawn every 5 steps and seeded by the episode (0: an ideal arm)"),
 }
@@ -56,7 +58,7 @@ class SimNode(Node):
         super().__init__("sim_node", **kwargs)
         for name, (default, description) in PARAMS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description,
-                                                                      read_only=name != "seed"))
+                                                                      read_only=name not in ("seed", "target")))
         p = {name: self.get_parameter(name).value for name in PARAMS}
         self.p = p
         self.env = env or TabletopEnv(image_size=p["image_size"], control_hz=p["control_rate_hz"],
@@ -72,11 +74,13 @@ class SimNode(Node):
         self.sim_time = 0.0
         self.last_images: dict[str, np.ndarray] = {}  # newest frame per camera (for reports)
         self.twist, self.twist_time, self.gripper = np.zeros(6), -np.inf, 1.0
-        self.reset_episode(p["seed"])
+        self.reset_episode(p["seed"], p["target"])
         self.tick_timer = self.create_timer(1.0 / (p["control_rate_hz"] * p["real_time_factor"]), self._tick)
 
-    def reset_episode(self, seed: int) -> str:
-        instruction = self.env.reset(int(seed))
+    def reset_episode(self, seed: int, target: str = "") -> str:
+        if target and target not in self.env.colors:
+            raise ValueError(f"target must be one of {self.env.colors} or empty, not {target!r}")
+        instruction = self.env.reset(int(seed), target=target or None)
         self.twist, self.twist_time, self.gripper = np.zeros(6), -np.inf, 1.0
         self.instruction_pub.publish(String(data=instruction))
         self.get_logger().info(f"episode seed {seed}: {instruction!r}")
@@ -99,7 +103,11 @@ class SimNode(Node):
         self.gripper = 1.0 if abs(value - open_) <= abs(value - closed) else -1.0
 
     def _on_reset(self, request, response):
-        response.message = self.reset_episode(self.get_parameter("seed").value)
+        try:
+            response.message = self.reset_episode(self.get_parameter("seed").value, self.get_parameter("target").value)
+        except ValueError as e:
+            response.success, response.message = False, str(e)
+            return response
         self.publish_sensors()  # the new episode's first observation, without waiting for a tick
         response.success = True
         return response
