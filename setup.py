@@ -37,6 +37,8 @@ setup(
     maintainer="robovlm_ros maintainers",
     maintainer_email="maintainers@robovlm-ros.invalid",
     packages=find_packages(exclude=["test", "test.*"]),
+    # the demo policy made by `robovlm-ros demo --retrain` (about 1.4 MB), evaluated by `robovlm-ros demo`
+    package_data={PACKAGE: ["sim/demo_policy/*"]},
     data_files=data_files,
     python_requires=">=3.10",
     install_requires=[

@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 pytest.importorskip("rclpy")
@@ -33,4 +34,16 @@ def test_record_convert_train_eval_end_to_end_small(tmp_path):
         assert (tmp_path / "demo" / "eval" / name).stat().st_size > 1000
     episodes = [d for d in os.listdir(tmp_path / "demo" / "episodes") if not d.startswith(".")]
     assert len(episodes) == 3  # one rosbag2 per recorded expert episode
+    # one layout demonstrated once per block: three episodes, three instructions
+    tasks = pq.read_table(tmp_path / "demo" / "dataset" / "meta" / "tasks.parquet").column("task").to_pylist()
+    assert sorted(tasks) == [f"pick up the {c} block" for c in ("blue", "green", "red")]
+    # one dataset frame per simulated control step although the bags ran 3x faster than real time:
+    # an expert pick (descend ~14 cm at <= 0.15 m/s, close 4 steps, lift) takes well over 20 steps
+    info = json.loads((tmp_path / "demo" / "dataset" / "meta" / "info.json").read_text())
+    assert info["total_frames"] / info["total_episodes"] > 20, info["total_frames"]
     assert os.path.exists(tmp_path / "demo" / "run" / "checkpoint" / "model.safetensors")
+    # the checkpoint says how it was made (what sim/demo_policy/made_by.json shows for the shipped one)
+    made_by = json.loads((tmp_path / "demo" / "run" / "checkpoint" / "made_by.json").read_text())
+    assert made_by["command"].startswith("robovlm-ros demo --retrain --demos 3 ")
+    assert made_by["expert_episodes"]["recorded"] == 3 and made_by["train_config"]["optim"]["max_steps"] == 8
+    assert made_by["evaluation"]["success_rate"] == s["success_rate"]

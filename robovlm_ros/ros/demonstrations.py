@@ -22,7 +22,8 @@ from .sim_node import ExpertNode, SimNode, namespaced_topics
 def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_size: int = 64,
                           speed: float = 3.0, max_seconds: float = 6.0, actuation_noise: float = 0.0,
                           every_block: bool = False, progress: bool = True) -> dict:
-    """Returns {"recorded": n, "successful": k, "topics": {...}} (topics as recorded, for convert).
+    """Returns {"recorded": n, "successful": k, "topics": {...}, "speed": real-time factor} (topics as
+    recorded and the bags' clock rate, for convert).
     ``actuation_noise``: sim_node's tracking error while recording (see TabletopEnv): the expert then
     demonstrates recoveries too, which closed-loop imitation needs.
     ``every_block``: each layout (seed) is recorded once per block, so the same images come with
@@ -82,4 +83,4 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
         for n in nodes:
             n.destroy_node()
         rclpy.try_shutdown()
-    return {"recorded": episodes, "successful": successful, "topics": topics}
+    return {"recorded": episodes, "successful": successful, "topics": topics, "speed": speed}

@@ -1,0 +1,63 @@
+"""The main job: README.md's first command runs the demo, and this test runs exactly that demo.
+
+The shipped policy (robovlm_ros/sim/demo_policy, made by ``robovlm-ros demo --retrain``) is evaluated
+in closed loop over ROS on held-out seeds next to the wrong-instruction baseline, as a user would see
+it. The issue's target (policy >= 80 %, baseline < 40 %) is NOT met yet (README.md, issue 5), so this
+test checks that the demo runs as README says and reports what it measured, and that the numbers it
+prints are the ones in its report and in the shipped policy's made_by.json.
+"""
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN_JOB = "robovlm-ros demo"
+
+
+def readme_commands() -> list[str]:
+    """The command lines of README.md's first bash block: [main job, tests]."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        block = re.search(r"```bash\n(.*?)```", f.read(), re.S).group(1)
+    return [line.strip() for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_readme_first_command_installs_and_runs_the_demo_and_second_runs_the_tests():
+    main, tests = readme_commands()
+    steps = [s.strip() for s in main.split("&&")]
+    assert steps[-1] == MAIN_JOB
+    assert "pip install torch==2.13.0" in steps and any(s.startswith("pip install '.[ros") for s in steps)
+    assert tests.split("&&")[-1].strip() == "python -m pytest"
+    with open(os.path.join(REPO, ".ci", "run")) as f:
+        assert "python -m pytest" in f.read()  # CI runs what README says
+
+
+def test_the_main_job_evaluates_the_shipped_policy_and_reports_it(tmp_path):
+    pytest.importorskip("rclpy")
+    exe = shutil.which(shlex.split(MAIN_JOB)[0]) or shutil.which(shlex.split(MAIN_JOB)[0],
+                                                                 path=os.path.dirname(sys.executable))
+    assert exe, "robovlm-ros is not installed: run README's commands (pip install '.[ros,test]')"
+    env = {**os.environ, "PATH": os.path.dirname(exe) + os.pathsep + os.environ.get("PATH", "")}
+    run = subprocess.run(shlex.split(MAIN_JOB), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "training" not in run.stdout  # the shipped policy was evaluated, nothing was retrained
+    report = json.loads((tmp_path / "robovlm_demo" / "eval" / "report.json").read_text())
+    policy, baseline = report["policy"], report["baseline"]
+    assert policy["episodes"] == baseline["episodes"] == 30
+    assert len({e["seed"] for e in policy["results"]}) == 30  # 30 different held-out episodes
+    assert all(e["seed"] >= 100_000 for e in policy["results"])  # never a training seed (those start at 0)
+    assert [e["seed"] for e in baseline["results"]] == [e["seed"] for e in policy["results"]]
+    for r in (policy, baseline):
+        assert r["success_rate"] == sum(e["success"] for e in r["results"]) / 30
+    assert (f"demo: policy {policy['success_rate']:.0%} vs baseline (wrong instruction) "
+            f"{baseline['success_rate']:.0%} on 30 held-out episodes") in run.stdout
+    # the shipped policy is what `demo --retrain` made, and its recorded result is what README reports
+    made_by = json.loads(open(os.path.join(REPO, "robovlm_ros", "sim", "demo_policy", "made_by.json")).read())
+    assert made_by["command"].startswith("robovlm-ros demo --retrain")
+    with open(os.path.join(REPO, "README.md")) as f:
+        assert f"policy {made_by['evaluation']['success_rate']:.0%}" in f.read()
