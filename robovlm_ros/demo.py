@@ -14,6 +14,8 @@ import time
 
 import yaml
 
+from .atomic_io import write_json
+
 SHIPPED_POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sim", "demo_policy")
 MADE_BY = "made_by.json"  # how a demo checkpoint was made: command, recipe, expert episodes, results
 DEMO_IMAGE_SIZE = 64
@@ -43,13 +45,6 @@ DEMO_EPISODES = 240  # expert episodes recorded for training (80 layouts x 3 blo
 DEMO_ACTUATION_NOISE = 0.5
 # every layout is demonstrated once per block: the images alone then never decide the target
 DEMO_EVERY_BLOCK = True
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def robot_params_file(path: str, topics: dict, real_time_factor: float) -> str:
@@ -127,7 +122,7 @@ def run_demo(args) -> int:
     summary = {"success_rate": policy["success_rate"], "baseline_success_rate": baseline["success_rate"],
                "episodes": policy["episodes"], "checkpoint": checkpoint, "seconds": round(time.time() - t_start, 1)}
     if checkpoint != SHIPPED_POLICY:  # provenance travels with the checkpoint (see sim/demo_policy/made_by.json)
-        write_json_atomic(os.path.join(checkpoint, MADE_BY), {
+        write_json(os.path.join(checkpoint, MADE_BY), {
             "command": "robovlm-ros demo --retrain " + " ".join(
                 f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("demos", "actuation_noise", "steps", "episodes")),
             "expert_episodes": {k: rec[k] for k in ("recorded", "successful")},

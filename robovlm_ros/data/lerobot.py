@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..atomic_dir import finish_files, swap_in, temp_sibling
+from ..atomic_io import finish_files, swap_in, temp_sibling
 
 CODEBASE_VERSION = "v3.0"
 CHUNK_SIZE = 1000

@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic_dir import finish_files, swap_in, temp_sibling
+from ..atomic_io import finish_files, swap_in, temp_sibling
 from .config import PolicyConfig
 from .normalization import Normalizer
 from .text_tokenizer import load_tokenizer

@@ -27,6 +27,7 @@ from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import SetBool, Trigger
 
+from ..atomic_io import write_json
 from .commands import ARM_TYPES, GRIPPER_TYPES
 from .spin import run_node
 
@@ -146,7 +147,7 @@ class EpisodeRecorder(Node):
         writer.set_custom_data("robovlm_ros.instruction", episode["instruction"])
         writer.close()
         partial = os.path.join(self.recording_dir, episode["name"])
-        _write_json_atomic(os.path.join(partial, EPISODE_FILE), episode)
+        write_json(os.path.join(partial, EPISODE_FILE), episode)
         final = os.path.join(self.p["output_dir"], episode["name"])
         os.rename(partial, final)  # the episode becomes visible complete, or not at all
         self.last_path, self.episode = final, None
@@ -174,7 +175,7 @@ class EpisodeRecorder(Node):
             with open(path) as f:
                 meta = json.load(f)
             meta["success"] = bool(request.data)
-            _write_json_atomic(path, meta)
+            write_json(path, meta)
             response.success, response.message = True, f"{os.path.basename(self.last_path)}: success={bool(request.data)}"
         else:
             response.success, response.message = False, "no episode recorded yet"
@@ -185,15 +186,6 @@ class EpisodeRecorder(Node):
             self.writer.close()
             self.writer = None
         return super().destroy_node()
-
-
-def _write_json_atomic(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def main(args=None) -> int:

@@ -9,6 +9,7 @@ the one success is measured on (the baseline).
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 
@@ -18,7 +19,9 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
+from ..atomic_io import write_json
 from ..runtime import PolicyRunner
+from ..sim.tabletop import instruction_for
 from .policy_node import PolicyNode
 from .sim_node import SimNode, namespaced_topics
 
@@ -62,8 +65,6 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
         ex = SingleThreadedExecutor()
         for n in nodes:
             ex.add_node(n)
-        import threading
-
         spinner = threading.Thread(target=ex.spin, daemon=True)
         spinner.start()
         results = []
@@ -76,7 +77,7 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
             if wrong_instruction:
                 others = [c for c in sim.env.colors if c != target]
                 asked = others[seed % len(others)]
-            policy.set_parameters([Parameter("instruction", value=f"pick up the {asked} block")])
+            policy.set_parameters([Parameter("instruction", value=instruction_for(asked))])
             if not _call(client, f"/{ns}/robovlm_policy/start").success:
                 raise RuntimeError("the policy node refused to start")
             t0, frames, trace = sim.sim_time, [], []
@@ -87,7 +88,7 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
                 time.sleep(0.02 / speed)
             success = _call(client, f"/{ns}/sim_node/success").success
             _call(client, f"/{ns}/robovlm_policy/stop")
-            results.append({"seed": seed, "task": instruction, "asked": f"pick up the {asked} block",
+            results.append({"seed": seed, "task": instruction, "asked": instruction_for(asked),
                             "success": bool(success), "seconds": round(sim.sim_time - t0, 2),
                             "trace": np.asarray(trace).tolist(), "frames": frames})
         sim.release_renderer()
@@ -114,7 +115,6 @@ def summarize(results: list[dict], node_stats: dict | None = None) -> dict:
 
 def save_report(report: dict, out_dir: str, baseline: dict | None = None) -> list[str]:
     """report.json (without images) and plots: success per task, an action trace, camera frames."""
-    import json
 
     import matplotlib
 
@@ -127,9 +127,7 @@ def save_report(report: dict, out_dir: str, baseline: dict | None = None) -> lis
                                             for r in rep["results"]]}
     data = {"policy": strip(report), **({"baseline": strip(baseline)} if baseline else {})}
     path = os.path.join(out_dir, "report.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json(path, data)
     files.append(path)
 
     fig, ax = plt.subplots(figsize=(6, 3))

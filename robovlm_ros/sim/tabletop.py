@@ -21,6 +21,10 @@ BLOCK_X, BLOCK_Y = (0.3, 0.5), (-0.15, 0.15)  # where block centres are placed (
 ARM_JOINTS = [f"joint{i}" for i in range(1, 7)]
 
 
+def instruction_for(color: str) -> str:
+    return f"pick up the {color} block"
+
+
 def orientation_error(R: np.ndarray, R_target: np.ndarray) -> np.ndarray:
     """Rotation vector (world frame) that turns R into R_target."""
     q = np.zeros(4)
@@ -41,7 +45,6 @@ class TabletopEnv:
     def __init__(self, image_size: int = 96, control_hz: float = 10.0, actuation_noise: float = 0.0,
                  noise_hold: int = 5):
         self.actuation_noise, self.noise_hold = float(actuation_noise), int(noise_hold)
-        self.block_x, self.block_y = BLOCK_X, BLOCK_Y
         self._noise_rng, self._noise, self._steps = np.random.default_rng(0), np.zeros(6), 0
         self.model = mujoco.MjModel.from_xml_string(scene_xml(image_size))
         self.data = mujoco.MjData(self.model)
@@ -66,7 +69,7 @@ class TabletopEnv:
         d.ctrl[6] = FINGER_OPEN
         places: list[np.ndarray] = []
         while len(places) < len(self.colors):
-            p = np.array([rng.uniform(*self.block_x), rng.uniform(*self.block_y)])
+            p = np.array([rng.uniform(*BLOCK_X), rng.uniform(*BLOCK_Y)])
             if all(np.linalg.norm(p - q) > 0.09 for q in places):
                 places.append(p)
         for color, p in zip(self.colors, places):
@@ -80,7 +83,7 @@ class TabletopEnv:
 
     @property
     def instruction(self) -> str:
-        return f"pick up the {self.target} block"
+        return instruction_for(self.target)
 
     def step(self, action) -> None:
         """Apply one control period of action = [twist (6), gripper (+-1)]."""

@@ -1,10 +1,12 @@
-"""Directories that appear complete or not at all: build in a temporary sibling, then swap it in.
+"""Files and directories that appear complete or not at all.
 
-Used for checkpoints and datasets. A crash leaves the previous version (or nothing) under the final
-name, never a half-written one; leftovers are hidden ``.name.tmp-*`` siblings.
+Directories (checkpoints, datasets) are built in a temporary sibling and swapped in; JSON files
+(reports, episode metadata) are written beside their target and renamed over it. A crash leaves the
+previous version (or nothing) under the final name, never a half-written one.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -50,3 +52,13 @@ def swap_in(tmp: str, target: str) -> None:
     os.rename(tmp, target)
     if old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: str, data) -> None:
+    """``path`` holds the old JSON or the new one, never a mix (written to ``path.tmp``, flushed, renamed)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
