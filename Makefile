@@ -1,6 +1,6 @@
 PYTHON ?= python
 
-.PHONY: install test test-slow
+.PHONY: install test test-slow test-cuda
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
@@ -11,3 +11,7 @@ test:
 
 test-slow:
 	$(PYTHON) -m pytest -m slow
+
+# on a machine with a CUDA GPU (skipped elsewhere)
+test-cuda:
+	$(PYTHON) -m pytest -m cuda

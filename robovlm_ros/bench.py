@@ -69,6 +69,8 @@ def decode_latency(model: RoboVLM, use_cache: bool, reps: int) -> dict:
     for _ in range(reps):
         t0 = time.perf_counter()
         model.decode_actions(batch, use_cache=use_cache)
+        if batch["rgb"].is_cuda:
+            torch.cuda.synchronize()  # CUDA runs asynchronously: count the work, not its queueing
         times.append(time.perf_counter() - t0)
     return _pct(times)
 

@@ -1,0 +1,97 @@
+"""The GPU path: the same checks as on the CPU, run on CUDA (skipped where no GPU is present).
+
+Run on a GPU machine with ``python -m pytest -m cuda``; CI has no GPU, so there these are skipped.
+"""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from robovlm_ros.runtime import PolicyRunner
+from robovlm_ros.train.config import load_train_config
+from robovlm_ros.train.run import train
+
+from test_runtime import observations, tiny_model
+from test_training import losses, make_dataset, write_config
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    # TF32 matmuls would make "float32 on the GPU" differ from the CPU by ~1e-3; compare real fp32
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def run_steps(model_or_ckpt, device, dtype, n=9, use_cache=True, **kw):
+    runner = PolicyRunner(model_or_ckpt, device=device, dtype=dtype, use_cache=use_cache, execute_steps=1, **kw)
+    runner.set_instruction("pick up the red block")
+    return np.stack([runner.step(o) for o in observations(n)])
+
+
+@pytest.mark.parametrize("space,history", [("continuous", "post"), ("continuous", "pre"),
+                                           ("discrete", "post"), ("discrete", "pre")])
+def test_cached_stepping_on_cuda_equals_recomputing(tmp_path, space, history):
+    tiny_model(space, history).save_pretrained(tmp_path / "ckpt")
+    cached = run_steps(tmp_path / "ckpt", "cuda", "float32", use_cache=True)
+    full = run_steps(tmp_path / "ckpt", "cuda", "float32", use_cache=False)
+    np.testing.assert_allclose(cached, full, rtol=0, atol=1e-4)
+    assert len(np.unique(cached[:, 0])) > 3  # actions vary: the comparison is not trivial
+
+
+def test_cuda_float32_matches_the_cpu(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "ckpt")
+    cpu = run_steps(tmp_path / "ckpt", "cpu", "float32")
+    gpu = run_steps(tmp_path / "ckpt", "cuda", "float32")
+    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-4)
+
+
+def test_auto_device_is_cuda_bf16_and_close_to_cpu_float32(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "ckpt")
+    runner = PolicyRunner(tmp_path / "ckpt")  # device/dtype "auto"
+    assert runner.device.type == "cuda" and runner.dtype == torch.bfloat16
+    cpu = run_steps(tmp_path / "ckpt", "cpu", "float32")
+    gpu = run_steps(tmp_path / "ckpt", "auto", "auto")
+    assert np.isfinite(gpu).all()
+    np.testing.assert_allclose(gpu[:, :6], cpu[:, :6], atol=0.05)
+
+
+def test_discrete_decoding_with_kv_cache_on_cuda_equals_uncached():
+    model = tiny_model("discrete", "post").cuda().eval()
+    from robovlm_ros.model.synthetic import synthetic_batch
+
+    batch = synthetic_batch(model, batch_size=2)
+    assert batch["rgb"].is_cuda  # synthetic batches follow the model's device
+    del batch["actions"]
+    cached = model.decode_actions(batch, use_cache=True)
+    assert torch.equal(cached, model.decode_actions(batch, use_cache=False))
+    assert len(torch.unique(cached)) > 10
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_training_on_the_gpu_exports_a_checkpoint_the_cpu_runs_alike(tmp_path, precision):
+    dataset = make_dataset(tmp_path / "ds")
+    cfg = load_train_config(write_config(tmp_path / "cfg.yaml", dataset, tmp_path / "run",
+                                         trainer={"accelerator": "gpu", "precision": precision,
+                                                  "checkpoint_every": 30}))
+    export = train(cfg)
+    curve = losses(tmp_path / "run")
+    steps = sorted(curve)
+    first, last = np.mean([curve[s] for s in steps[:3]]), np.mean([curve[s] for s in steps[-3:]])
+    assert last < 0.5 * first, f"loss {first:.4f} -> {last:.4f}"
+    state = torch.load(os.path.join(tmp_path, "run", "checkpoints", "last.ckpt"), map_location="cpu",
+                       weights_only=False)
+    assert state["global_step"] == 60
+    size = (32, 32)
+    obs = observations(5, size=size)
+    out = {}
+    for device in ("cpu", "cuda"):
+        runner = PolicyRunner(export, device=device, dtype="float32", execute_steps=1)
+        runner.set_instruction("pick up the red block")
+        out[device] = np.stack([runner.step(o) for o in obs])
+    np.testing.assert_allclose(out["cuda"], out["cpu"], rtol=0, atol=1e-4)
