@@ -114,3 +114,15 @@ def test_tiny_backbones_are_built_for_the_requested_size():
         PolicyConfig.tiny("paligemma", size={"width": 96})
     with pytest.raises(ValueError, match="multiple of patch"):
         PolicyConfig.tiny("paligemma", image_size=50)
+
+
+@pytest.mark.parametrize("family", ["paligemma", "llava"])
+def test_tiny_backbone_init_std_sets_the_decoder_init(family):
+    def decoder_std(init_std):
+        torch.manual_seed(0)
+        model = RoboVLM(PolicyConfig.tiny(family, size={"d": 64, "init_std": init_std}))
+        weights = [p for n, p in model.backbone.language_model.named_parameters() if n.endswith("q_proj.weight")]
+        return float(torch.cat([w.flatten() for w in weights]).std())
+
+    assert decoder_std(0.0) == pytest.approx(0.02, rel=0.1)  # the family's initializer_range
+    assert decoder_std(0.125) == pytest.approx(0.125, rel=0.1)  # 1/sqrt(64)

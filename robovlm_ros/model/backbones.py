@@ -117,6 +117,10 @@ class BackboneSize:
     image: int = 32      # image side in pixels
     patch: int = 8       # vision patch side
     heads: int = 4
+    # std of the decoder's (and projector's) random init; 0 keeps the family's initializer_range (0.02,
+    # chosen for ~2k-wide models). Narrow from-scratch decoders want ~1/sqrt(d): at 0.02 a 64-wide
+    # one starts with near-uniform attention and its output barely depends on the image (see demo.py).
+    init_std: float = 0.0
 
     @property
     def dv(self) -> int:  # vision width
@@ -277,7 +281,13 @@ def tiny_backbone_config(family: str, vocab_size: int, size: "str | dict | Backb
     """A random-weight config of ``family``: ``tiny`` (~200k parameters, tests), ``small`` (benchmarks)
     or explicit dimensions (see backbone_size)."""
     spec = family_spec(family)
-    return config_to_dict(AutoConfig.for_model(spec.model_type, **spec.tiny(vocab_size, backbone_size(size))))
+    z = backbone_size(size)
+    fields = spec.tiny(vocab_size, z)
+    if z.init_std:
+        fields["initializer_range"] = z.init_std
+        if "text_config" in fields:
+            fields["text_config"]["initializer_range"] = z.init_std
+    return config_to_dict(AutoConfig.for_model(spec.model_type, **fields))
 
 
 def config_to_dict(cfg: PretrainedConfig) -> dict:
