@@ -49,8 +49,9 @@ DEMO_EVERY_BLOCK = True
 
 def robot_params_file(path: str, topics: dict, real_time_factor: float) -> str:
     """The simulated robot described like a real one (policy.yaml format), for convert. The bags are
-    stamped with wall-clock time while the simulation ran ``real_time_factor`` times faster, so its
-    10 Hz control loop appears at 10 x real_time_factor Hz in them: one dataset frame per control step."""
+    stamped with wall-clock time while the simulation ran up to ``real_time_factor`` times faster, so
+    its 10 Hz control loop appears at up to 10 x real_time_factor Hz in them (convert with
+    every_command: the recording ran in lockstep, one expert command per physics step)."""
     params = {**topics, "control_rate_hz": 10.0 * real_time_factor, "gripper_open_threshold": 0.027}
     with open(path, "w") as f:
         yaml.safe_dump({"robovlm_policy": {"ros__parameters": params}}, f)
@@ -70,7 +71,7 @@ def run_eval(args) -> int:
     from .ros.evaluate import evaluate, save_report
 
     kw = dict(episodes=args.episodes, seed0=args.seed0, max_seconds=args.max_seconds, speed=args.speed,
-              image_size=args.image_size, device=args.device)
+              image_size=args.image_size, device=args.device, lockstep=not args.realtime)
     policy = evaluate(args.checkpoint, **kw)
     baseline = evaluate(args.checkpoint, wrong_instruction=True, **kw) if args.baseline else None
     print_results(policy, baseline)
@@ -104,7 +105,7 @@ def run_demo(args) -> int:
         print("2/4 converting the bags")
         params = robot_params_file(os.path.join(out, "sim_robot.yaml"), rec["topics"], rec["speed"])
         print_reports(convert_bags([os.path.join(out, "episodes")], os.path.join(out, "dataset"), params,
-                                   overwrite=True, progress=False)[:3])
+                                   overwrite=True, progress=False, every_command=True)[:3])
         print("3/4 training")
         cfg = {**DEMO_TRAIN, "output_dir": os.path.join(out, "run"),
                "data": {**DEMO_TRAIN["data"], "datasets": [os.path.join(out, "dataset")]},
@@ -145,7 +146,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--episodes", type=int, default=30)
     p.add_argument("--seed0", type=int, default=100_000, help="first held-out seed")
     p.add_argument("--max-seconds", type=float, default=6.0, help="simulated seconds per episode")
-    p.add_argument("--speed", type=float, default=2.0, help="simulated seconds per wall-clock second")
+    p.add_argument("--speed", type=float, default=2.0,
+                   help="simulated seconds per wall-clock second (an upper bound in lockstep)")
+    p.add_argument("--realtime", action="store_true",
+                   help="run the simulator on its clock instead of in lockstep with the policy: late commands "
+                        "then cost success, as on a real robot")
     p.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE)
     p.add_argument("--device", default="cpu")
     p.add_argument("--baseline", action="store_true", help="also evaluate with a wrong instruction")
@@ -161,7 +166,8 @@ def add_parsers(sub) -> None:
                    help="sim_node's tracking error while recording the expert (with --retrain)")
     d.add_argument("--steps", type=int, default=DEMO_TRAIN["optim"]["max_steps"], help="training steps")
     d.add_argument("--episodes", type=int, default=30, help="held-out evaluation episodes")
-    d.add_argument("--speed", type=float, default=2.0, help="simulated seconds per wall-clock second")
+    d.add_argument("--speed", type=float, default=2.0,
+                   help="simulated seconds per wall-clock second at most (evaluation runs in lockstep)")
     d.add_argument("--out", default="robovlm_demo", help="working directory")
     d.add_argument("--fresh", action="store_true", help="delete --out first")
     d.add_argument("--json", help="write the summary as JSON")

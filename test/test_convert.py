@@ -100,6 +100,28 @@ def test_commands_pair_with_the_observations_before_them(tmp_path):
     assert stats["action"]["q99"][0] == pytest.approx(np.quantile(np.arange(20), 0.99))
 
 
+def test_every_command_keeps_commands_closer_than_a_period(tmp_path):
+    # a lockstep recording: command j answers camera frame 2j, but a late timer put some commands only
+    # 30 ms after the previous one (thinning to 10 Hz would merge those with their neighbours)
+    msgs = [m for m in episode_messages() if m[0] != "/cmd"]
+    cmd_times = [1_000 * MS + j * 100 * MS + (80 if j % 4 == 1 else 10) * MS for j in range(20)]
+    for j, t in enumerate(cmd_times):
+        msgs.append(("/cmd", "std_msgs/msg/Float64MultiArray", t,
+                     T["std_msgs/msg/Float64MultiArray"](layout=T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0),
+                                                         data=np.full(6, float(j)))))
+    write_bag(tmp_path / "bags" / "ep1", msgs)
+    thinned = convert_bags([str(tmp_path / "bags")], str(tmp_path / "a"), params(tmp_path), progress=False)
+    assert thinned[0].frames < 20
+    kept = convert_bags([str(tmp_path / "bags")], str(tmp_path / "b"), params(tmp_path), progress=False,
+                        every_command=True)
+    assert kept[0].frames == 20
+    ep = LeRobotEpisodes(str(tmp_path / "b")).episodes[0]
+    np.testing.assert_array_equal(ep["action"][:, 0], np.arange(20))
+    # each command still pairs with the newest camera frame before it (80 ms late: frame 2j + 1)
+    pixels = [decode_png(b)[0, 0, 0] for b in ep["rgb"]]
+    np.testing.assert_array_equal(pixels, [(2 * j + (j % 4 == 1)) % 250 for j in range(20)])
+
+
 def test_stale_streams_drop_frames_and_are_counted(tmp_path):
     msgs = [m for m in episode_messages() if not (m[0] == "/cam" and 500 * MS < m[2] - 1000 * MS < 1200 * MS)]
     write_bag(tmp_path / "bags" / "ep1", msgs)

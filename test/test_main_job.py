@@ -4,7 +4,8 @@ The shipped policy (robovlm_ros/sim/demo_policy, made by ``robovlm-ros demo --re
 in closed loop over ROS on held-out seeds next to the wrong-instruction baseline, as a user would see
 it. The issue's target (policy >= 80 %, baseline < 40 %) is NOT met yet (README.md, issue 5), so this
 test checks that the demo runs as README says and reports what it measured, and that the numbers it
-prints are the ones in its report and in the shipped policy's made_by.json.
+prints are the ones in its report and in README (the evaluation runs in lockstep, so it gives the
+same numbers on every machine).
 """
 import json
 import os
@@ -56,9 +57,12 @@ def test_the_main_job_evaluates_the_shipped_policy_and_reports_it(tmp_path):
         assert r["success_rate"] == sum(e["success"] for e in r["results"]) / 30
     assert (f"demo: policy {policy['success_rate']:.0%} vs baseline (wrong instruction) "
             f"{baseline['success_rate']:.0%} on 30 held-out episodes") in run.stdout
-    # the shipped policy is what `demo --retrain` made, and its recorded result is what README reports
+    assert report["policy"]["node_stats"]["lockstep_timeouts"] == 0  # every step waited for its command
+    # the shipped policy is what `demo --retrain` made, and README reports what this command measures
     made_by = json.loads(open(os.path.join(REPO, "robovlm_ros", "sim", "demo_policy", "made_by.json")).read())
     assert made_by["command"].startswith("robovlm-ros demo --retrain")
     with open(os.path.join(REPO, "README.md")) as f:
         readme = f.read().replace("**", "")
-    assert f"policy {round(100 * made_by['evaluation']['success_rate'])} %" in readme
+    for name, r in (("policy", policy), ("baseline", baseline)):
+        n = sum(e["success"] for e in r["results"])
+        assert f"{name} {round(100 * r['success_rate'])} % ({n}/30)" in readme

@@ -20,15 +20,17 @@ from robovlm_ros.ros.sim_node import ExpertNode, SimNode  # noqa: E402
 
 
 @pytest.fixture
-def sim_system():
+def sim_system(request):
     rclpy.init()
     ex = SingleThreadedExecutor()
     ns = f"s{uuid.uuid4().hex[:8]}"
     topics = {"camera_topic": f"/{ns}/camera/image_raw", "gripper_camera_topic": f"/{ns}/gripper_camera/image_raw",
               "joint_states_topic": f"/{ns}/joint_states", "arm_command_topic": f"/{ns}/arm_cmd",
               "gripper_command_topic": f"/{ns}/grip_cmd"}
+    extra = getattr(request, "param", {})  # more sim_node parameters (indirect parametrization)
     sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in
-                                                      {**topics, "image_size": 48, "real_time_factor": 3.0}.items()])
+                                                      {**topics, "image_size": 48, "real_time_factor": 3.0,
+                                                       **extra}.items()])
     expert = ExpertNode(sim, namespace=ns)
     client = rclpy.create_node("client", namespace=ns)
     for n in (sim, expert, client):
@@ -95,3 +97,89 @@ def test_reset_can_ask_for_a_given_block_of_the_same_layout(sim_system):
     sim.set_parameters([Parameter("target", value="purple")])
     answer = call(client, f"/{ns}/sim_node/reset")
     assert not answer.success and "purple" in answer.message
+
+
+@pytest.mark.parametrize("sim_system", [{"max_episode_seconds": 6.0, "stop_on_success": True}], indirect=True)
+def test_the_physics_stops_at_the_time_limit_and_at_success(sim_system):
+    sim, expert, client, ns, topics = sim_system
+    sim.set_parameters([Parameter("seed", value=3)])
+    assert call(client, f"/{ns}/sim_node/reset").success
+    assert wait_for(lambda: sim.episode_over, 10)  # nobody commands the arm: only the time limit ends it
+    assert sim.sim_time - sim.episode_start == pytest.approx(6.0, abs=1e-6)
+    t_end = sim.sim_time
+    assert not wait_for(lambda: sim.sim_time > t_end, 0.5)  # frozen until the next reset
+    results = []
+    for seed in (4, 5):
+        sim.set_parameters([Parameter("seed", value=seed)])
+        assert call(client, f"/{ns}/sim_node/reset").success
+        assert sim.episode_start == t_end  # a reset restarts the episode's clock (and the physics)
+        expert.start()
+        assert wait_for(lambda: sim.episode_over, 20)
+        expert.stop()
+        results.append((sim.env.success(), round(sim.sim_time - sim.episode_start, 3)))
+        t_end = sim.sim_time
+    # the expert lifts the block in about 4 s: stopped at success, before the limit
+    assert all(ok and s < 6.0 for ok, s in results), results
+    assert call(client, f"/{ns}/sim_node/success").success  # and it stays a success while frozen
+
+
+def _drive_with_a_policy(checkpoint, delay_s, lockstep, steps=24):
+    """A tiny policy drives the sim over the topics; returns the first ``steps`` commands the physics
+    applied (twist + gripper) and the sim's lockstep counters. ``delay_s`` slows every policy step."""
+    import time
+
+    from robovlm_ros.ros.policy_node import PolicyNode
+    from robovlm_ros.ros.sim_node import lockstep_gate, namespaced_topics
+    from robovlm_ros.runtime import PolicyRunner
+
+    rclpy.init()
+    ns = f"l{uuid.uuid4().hex[:8]}"
+    topics = namespaced_topics(ns)
+    runner = PolicyRunner(checkpoint, device="cpu", execute_steps=1)
+    step = runner.step
+    runner.step = lambda obs: (time.sleep(delay_s), step(obs))[1]
+    policy = PolicyNode(runner=runner, namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
+        **topics, "control_rate_hz": 40.0, "max_input_age_s": 2.0, "execute_steps": 1, "autostart": True,
+        "instruction": "pick up the red block", "gripper_open_threshold": 0.027,
+        "wait_for_new_inputs": lockstep}.items()])
+    sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
+        **topics, "image_size": 32, "real_time_factor": 4.0, "seed": 7}.items()])
+    if lockstep:
+        sim.step_gate = lockstep_gate(policy, sim)
+    applied = []
+    env_step = sim.env.step
+    sim.env.step = lambda action: (applied.append(np.asarray(action, float).copy()), env_step(action))[1]
+    ex = SingleThreadedExecutor()
+    for n in (sim, policy):
+        ex.add_node(n)
+    thread = threading.Thread(target=ex.spin, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: len(applied) >= steps, 60)
+        sim.release_renderer()
+    finally:
+        ex.shutdown()
+        for n in (sim, policy):
+            n.destroy_node()
+        rclpy.shutdown()
+    return np.stack(applied[:steps]), dict(sim.lockstep)
+
+
+def test_lockstep_makes_the_episode_independent_of_inference_speed(tmp_path):
+    import torch
+
+    from robovlm_ros.model import PolicyConfig, RoboVLM
+
+    torch.manual_seed(0)
+    # a history window of 3: a frame stepped twice would shift every later action
+    model = RoboVLM(PolicyConfig.tiny("paligemma", window_size=3, fwd_pred_next_n=1, use_state=True,
+                                      size={"init_std": 0.125}))
+    model.save_pretrained(tmp_path / "ckpt")
+    fast, fast_counts = _drive_with_a_policy(tmp_path / "ckpt", 0.0, lockstep=True)
+    slow, slow_counts = _drive_with_a_policy(tmp_path / "ckpt", 0.15, lockstep=True)
+    assert fast_counts["timeouts"] == slow_counts["timeouts"] == 0
+    assert len(np.unique(fast[1:, 0])) > 5  # the policy's commands vary with what it sees
+    np.testing.assert_array_equal(slow, fast)  # the same commands at the same physics steps
+    # free-running, the slow policy's commands land steps late: the comparison above can fail
+    late, _ = _drive_with_a_policy(tmp_path / "ckpt", 0.15, lockstep=False)
+    assert not np.array_equal(late, fast)

@@ -34,12 +34,14 @@ def thin(times_ns: list[int], rate_hz: float) -> list[int]:
 
 
 def align(reference: list[tuple[int, object]], others: dict[str, list[tuple[int, object]]], rate_hz: float,
-          max_age_s: float) -> Aligned:
+          max_age_s: float, thin_reference: bool = True) -> Aligned:
+    """``thin_reference=False`` keeps every reference message (a lockstep recording, where each
+    command answers its own observation however close in time two commands are)."""
     out = Aligned(picks={"reference": [], **{k: [] for k in others}})
     times = {k: [t for t, _ in msgs] for k, msgs in others.items()}
     max_age = int(max_age_s * 1e9)
     ref_times = [t for t, _ in reference]
-    for i in thin(ref_times, rate_hz):
+    for i in (thin(ref_times, rate_hz) if thin_reference else range(len(reference))):
         t, ref_msg = reference[i]
         out.candidates += 1
         chosen = {}

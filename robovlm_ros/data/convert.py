@@ -31,8 +31,10 @@ class BagReport:
 
 
 class EpisodeConverter:
-    def __init__(self, params: dict, rate_hz: float, max_age_s: float, image_size: int | None):
+    def __init__(self, params: dict, rate_hz: float, max_age_s: float, image_size: int | None,
+                 every_command: bool = False):
         self.p, self.rate_hz, self.max_age_s, self.image_size = params, rate_hz, max_age_s, image_size
+        self.every_command = every_command  # one frame per recorded arm command: no thinning to rate_hz
         self.cam, self.hand, self.joints = params["camera_topic"], params["gripper_camera_topic"], params["joint_states_topic"]
         self.arm_cmd, self.grip_cmd = params["arm_command_topic"], params["gripper_command_topic"]
 
@@ -56,7 +58,8 @@ class EpisodeConverter:
             others["camera"] = s[self.cam]
         if self.hand:
             others["gripper camera"] = s[self.hand]
-        aligned = align(reference, others, self.rate_hz, self.max_age_s)
+        aligned = align(reference, others, self.rate_hz, self.max_age_s,
+                        thin_reference=not (self.every_command and with_commands))
         dropped = dict(aligned.dropped)
         grip_times = [t for t, _ in s.get(self.grip_cmd, [])] if self.grip_cmd else []
         half_period = int(0.5e9 / self.rate_hz)
@@ -104,10 +107,13 @@ class EpisodeConverter:
 
 def convert_bags(paths: list[str], out: str, params_file: str | None = None, rate_hz: float | None = None,
                  max_age_s: float = 0.25, image_size: int | None = None, include_failed: bool = False,
-                 instruction: str | None = None, overwrite: bool = False, progress: bool = True) -> list[BagReport]:
+                 instruction: str | None = None, overwrite: bool = False, progress: bool = True,
+                 every_command: bool = False) -> list[BagReport]:
+    """``every_command``: a frame for every recorded arm command instead of thinning them to ``rate_hz``
+    (recordings where each command answers one observation, like sim_node's lockstep demonstrations)."""
     params = load_params_file(params_file)
     rate_hz = rate_hz or params["control_rate_hz"]
-    conv = EpisodeConverter(params, rate_hz, max_age_s, image_size)
+    conv = EpisodeConverter(params, rate_hz, max_age_s, image_size, every_command)
     bags, partial = find_bags(paths)
     reports = [BagReport(p, "skipped", message="incomplete recording (never stopped)") for p in partial]
     writer = LeRobotWriter(out, rate_hz, state_names=params["arm_joints"] + ["gripper"],
@@ -155,7 +161,8 @@ def print_reports(reports: list[BagReport]) -> None:
 def run(args) -> int:
     try:
         reports = convert_bags(args.bags, args.out, args.params, args.rate, args.max_age, args.image_size,
-                               args.include_failed, args.instruction, args.overwrite)
+                               args.include_failed, args.instruction, args.overwrite,
+                               every_command=args.every_command)
     except (ValueError, FileExistsError) as e:
         print(f"error: {e}")
         return 1
@@ -181,5 +188,7 @@ def add_parser(sub) -> None:
     p.add_argument("--instruction", help="instruction for bags recorded without episode_recorder")
     p.add_argument("--include-failed", action="store_true", help="keep episodes marked unsuccessful")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p.add_argument("--every-command", action="store_true",
+                   help="a frame per recorded arm command, not thinned to --rate (lockstep simulator recordings)")
     p.add_argument("--report", help="write the per-bag report as JSON")
     p.set_defaults(func=run)

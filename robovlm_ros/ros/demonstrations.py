@@ -16,7 +16,7 @@ from std_srvs.srv import SetBool
 
 from .episode_recorder import EpisodeRecorder
 from .evaluate import _call
-from .sim_node import ExpertNode, SimNode, namespaced_topics
+from .sim_node import ExpertNode, SimNode, lockstep_gate, namespaced_topics
 
 
 def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_size: int = 64,
@@ -39,7 +39,11 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
     try:
         sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
             **topics, "image_size": image_size, "real_time_factor": speed, "actuation_noise": actuation_noise}.items()])
-        expert = ExpertNode(sim, namespace=ns)
+        # lockstep: each physics step waits for the expert's command for the state just published, so
+        # every recorded command is the action for the images and joint states recorded before it
+        # (free-running timers slip: the arm then moves by commands the bag pairs with other frames)
+        expert = ExpertNode(sim, lockstep=True, namespace=ns)
+        sim.step_gate = lockstep_gate(expert, sim)
         recorder = EpisodeRecorder(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
             **topics, "output_dir": output_dir, "max_input_age_s": 1.0}.items()])
         client = rclpy.create_node("demo_client", namespace=ns)
@@ -60,6 +64,9 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
             time.sleep(0.15 / speed)  # sensors of the new episode arrive before recording starts
             if not _call(client, f"/{ns}/episode_recorder/start").success:
                 raise RuntimeError("the recorder refused to start")
+            # the same seeded episode again (nothing has moved): its first sensors are now in the bag,
+            # so the expert's first command has its observation
+            _call(client, f"/{ns}/sim_node/reset")
             t0 = sim.sim_time
             expert.start()
             # keep lifting a moment after success so the episode shows the block held up

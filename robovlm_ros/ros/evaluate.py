@@ -5,6 +5,12 @@ parameter and is started through its ``~/start`` service; it then sees only came
 states and drives the arm only through its command topics. An episode ends when the physics reports
 success or after ``max_seconds`` of simulated time. ``wrong_instruction`` asks for another block than
 the one success is measured on (the baseline).
+
+``lockstep`` (the default): the simulator advances one control period only once the policy node has
+published a command computed from the newest sensors, so the success rate measures the policy, not
+how fast this machine runs it (free-running at ``speed`` x real time on 2 CPU cores, a policy that
+succeeds in lockstep can fail only because its commands arrive late). ``lockstep=False`` runs the
+simulator on its clock, as a real robot would, to see the effect of inference latency.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from ..atomic_io import write_json
 from ..runtime import PolicyRunner
 from ..sim.tabletop import instruction_for
 from .policy_node import PolicyNode
-from .sim_node import SimNode, namespaced_topics
+from .sim_node import SimNode, lockstep_gate, namespaced_topics
 
 EVAL_SEED0 = 100_000  # held-out seeds: demonstrations use small seeds
 
@@ -44,7 +50,7 @@ def _call(node, name, timeout=10.0):
 
 def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_seconds: float = 6.0,
              wrong_instruction: bool = False, speed: float = 2.0, image_size: int = 64, device: str = "cpu",
-             frames_to_keep: int = 3, progress: bool = True) -> dict:
+             frames_to_keep: int = 3, progress: bool = True, lockstep: bool = True) -> dict:
     """Run ``episodes`` seeded episodes; returns per-episode results, per-task and overall success."""
     from tqdm import tqdm
 
@@ -53,13 +59,18 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
     topics = namespaced_topics(ns)
     nodes = []
     try:
-        sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
-            **topics, "image_size": image_size, "real_time_factor": speed}.items()])
         runner = PolicyRunner(checkpoint, device=device, execute_steps=1)
         policy = PolicyNode(runner=runner, namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
-            **topics, "control_rate_hz": 10.0 * speed, "max_input_age_s": 0.5 / speed, "execute_steps": 1,
+            # in lockstep the simulator waits for the policy: inputs age only while it renders
+            **topics, "control_rate_hz": 10.0 * speed, "max_input_age_s": 2.0 if lockstep else 0.5 / speed,
+            "execute_steps": 1,
             "gripper_open_threshold": 0.027, "action_low": [-0.3] * 6, "action_high": [0.3] * 6,
-            "max_linear_velocity": 0.3, "max_angular_velocity": 1.5}.items()])
+            "max_linear_velocity": 0.3, "max_angular_velocity": 1.5, "wait_for_new_inputs": lockstep}.items()])
+        sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
+            **topics, "image_size": image_size, "real_time_factor": speed, "max_episode_seconds": max_seconds,
+            "stop_on_success": True}.items()])
+        if lockstep:  # set before the executor spins: no tick has run yet
+            sim.step_gate = lockstep_gate(policy, sim)
         client = rclpy.create_node("eval_client", namespace=ns)
         nodes = [sim, policy, client]
         ex = SingleThreadedExecutor()
@@ -80,8 +91,8 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
             policy.set_parameters([Parameter("instruction", value=instruction_for(asked))])
             if not _call(client, f"/{ns}/robovlm_policy/start").success:
                 raise RuntimeError("the policy node refused to start")
-            t0, frames, trace = sim.sim_time, [], []
-            while not sim.env.success() and sim.sim_time - t0 < max_seconds:
+            t0, frames, trace = sim.episode_start, [], []
+            while not sim.episode_over:  # the simulator stops itself: at success or after max_seconds
                 if len(frames) < frames_to_keep and sim.sim_time - t0 >= len(frames) * max_seconds / frames_to_keep:
                     frames.append(sim.last_images["static"].copy())
                 trace.append(np.r_[sim.sim_time - t0, sim.twist, sim.gripper])
@@ -93,7 +104,8 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
                             "trace": np.asarray(trace).tolist(), "frames": frames})
         sim.release_renderer()
         ex.shutdown()
-        stats = policy.stats.copy()
+        stats = {**policy.stats, "lockstep": lockstep, **({"lockstep_" + k: v for k, v in sim.lockstep.items()}
+                                                          if lockstep else {})}
     finally:
         for n in nodes:
             n.destroy_node()

@@ -7,7 +7,9 @@ them before its next step and publishes only while the node is still running, so
 before ~/stop is never sent after it. Every control tick takes the
 newest inputs; if any is missing or older than ``max_input_age_s`` the arm gets a hold command
 instead (and the history restarts once inputs are back). A tick that finds the worker still busy is
-counted as an overrun and skipped.
+counted as an overrun and skipped. ``inputs_time_of_last_command`` (which inputs the newest command
+came from) and ``sent`` (messages published) let a simulator in the same process step in lockstep
+with the policy (see sim_node.lockstep_gate).
 """
 from __future__ import annotations
 
@@ -84,6 +86,11 @@ class PolicyNode(Node):
         self.last_gripper = 1.0
         self.camera, self.hand, self.joints = _Latest(), _Latest(), _Latest()
         self.stats = {"steps": 0, "holds": 0, "overruns": 0, "rejected_msgs": 0, "unsafe_actions": 0}
+        # arrival time (monotonic) of the oldest input behind the newest published command, and the
+        # messages sent so far (a lockstep simulator steps once it has received them all)
+        self.inputs_time_of_last_command = -float("inf")
+        self.sent = {"arm": 0, "gripper": 0}
+        self._newest_input_of_last_job = -float("inf")  # for wait_for_new_inputs
         self.latencies: deque[float] = deque(maxlen=200)  # inference seconds per predicted chunk
         self.input_ms: deque[float] = deque(maxlen=200)  # image message: transport + decode
         self.step_overhead_ms: deque[float] = deque(maxlen=200)  # job -> commands out, minus runner.step
@@ -247,6 +254,10 @@ class PolicyNode(Node):
                 return
             self.hold_reason = ""
             arm, grip = self.joints.value
+            arrivals = [self.camera.t, self.joints.t] + ([self.hand.t] if self.uses_hand else [])
+            inputs_t = min(arrivals)
+            if self.p["wait_for_new_inputs"] and inputs_t <= self._newest_input_of_last_job:
+                return  # some input has not changed since the last step: stepping again would repeat it
             obs = {"rgb": self.camera.value, "state": self._state(arm, grip)}
             if self.uses_hand:
                 obs["hand_rgb"] = self.hand.value
@@ -254,7 +265,8 @@ class PolicyNode(Node):
             if self._job is not None:
                 self.stats["overruns"] += 1
                 return
-            self._job = (obs, arm)
+            self._job = (obs, arm, inputs_t)
+            self._newest_input_of_last_job = max(arrivals)
             self._work.notify()
 
     def _work_loop(self) -> None:
@@ -264,10 +276,10 @@ class PolicyNode(Node):
                     self._work.wait()
                 if not self._alive:
                     return
-                obs, joints = self._job
+                obs, joints, inputs_t = self._job
             try:
                 t_job = time.perf_counter()
-                self._step(obs, joints, t_job)
+                self._step(obs, joints, t_job, inputs_t)
             except Exception as e:  # never let the inference thread die: hold and report
                 self.get_logger().error(f"policy step failed: {e!r}", throttle_duration_sec=2.0)
                 with self.lock:
@@ -276,7 +288,7 @@ class PolicyNode(Node):
                 with self._work:
                     self._job = None
 
-    def _step(self, obs: dict, joints: np.ndarray, t_job: float) -> None:
+    def _step(self, obs: dict, joints: np.ndarray, t_job: float, inputs_t: float) -> None:
         with self.lock:
             if not self.running:
                 return
@@ -310,9 +322,12 @@ class PolicyNode(Node):
             stamp = self.get_clock().now().to_msg()
             self.arm_pub.publish(self.commands.arm(action[:6], joints, stamp))
             self.gripper_pub.publish(self.commands.gripper(action[6], stamp))
+            self.sent["arm"] += 1
+            self.sent["gripper"] += 1
             self.step_overhead_ms.append(1000 * (time.perf_counter() - t_job - runner_s))
             self.runtime_overhead_ms.append(1000 * (runner_s - inference))
             self.last_gripper = float(action[6])
+            self.inputs_time_of_last_command = inputs_t
             self.stats["steps"] += 1
 
     def _publish_hold(self) -> None:
@@ -321,6 +336,7 @@ class PolicyNode(Node):
         msg = self.commands.arm_hold(joints, self.get_clock().now().to_msg())
         if msg is not None:
             self.arm_pub.publish(msg)
+            self.sent["arm"] += 1
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:

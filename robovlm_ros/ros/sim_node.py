@@ -8,11 +8,18 @@ as zero, like MoveIt Servo's halt. Services: ``~/reset`` (Trigger: a new episode
 parameter, asking for the ``target`` block if set; the message is the instruction, also published on
 ``~/instruction``) and ``~/success``
 (Trigger: success read from the physics). ``real_time_factor`` > 1 runs the clock faster.
+
+Lockstep (the ``step_gate`` attribute, for evaluation in one process): the physics advances only once the gate
+says a command computed from the newest published sensors has arrived, so results do not depend on
+how fast the policy runs on this machine. ``real_time_factor`` is then an upper bound; after
+``lockstep_timeout_s`` of waiting (wall clock) the step is taken anyway and counted.
 """
 from __future__ import annotations
 
 import sys
 import threading
+import time
+from typing import Callable
 
 import numpy as np
 from geometry_msgs.msg import TwistStamped
@@ -40,6 +47,10 @@ PARAMS = {
     "gripper_closed_position": (0.0, "gripper command meaning closed"),
     "seed": (0, "seed of the episode the next ~/reset starts"),
     "target": ("", "block the next ~/reset asks for (red, green, blue); empty: drawn from the seed"),
+    "max_episode_seconds": (0.0, "the physics stops after this many simulated seconds of an episode, until the "
+                                 "next ~/reset (0: never)"),
+    "stop_on_success": (False, "the physics stops once the task succeeds, until the next ~/reset"),
+    "lockstep_timeout_s": (2.0, "with a step gate (lockstep): longest wait for the policy, wall-clock seconds"),
     "actuation_noise": (0.0, "velocity-tracking error: each commanded twist component is scaled by 1 + N(0, this), "
                              "redrawn every 5 steps and seeded by the episode (0: an ideal arm)"),
 }
@@ -74,6 +85,12 @@ class SimNode(Node):
         self.sim_time = 0.0
         self.last_images: dict[str, np.ndarray] = {}  # newest frame per camera (for reports)
         self.twist, self.twist_time, self.gripper = np.zeros(6), -np.inf, 1.0
+        # step_gate(published_at) -> True once a command computed from the sensors published at
+        # published_at (time.monotonic) has arrived; None (default) runs the physics on the clock
+        self.step_gate: Callable[[float], bool] | None = None
+        self.published_at = time.monotonic()
+        self.lockstep = {"steps": 0, "timeouts": 0}
+        self.received = {"arm": 0, "gripper": 0}  # command messages, valid or not
         self.reset_episode(p["seed"], p["target"])
         self.tick_timer = self.create_timer(1.0 / (p["control_rate_hz"] * p["real_time_factor"]), self._tick)
 
@@ -82,11 +99,14 @@ class SimNode(Node):
             raise ValueError(f"target must be one of {self.env.colors} or empty, not {target!r}")
         instruction = self.env.reset(int(seed), target=target or None)
         self.twist, self.twist_time, self.gripper = np.zeros(6), -np.inf, 1.0
+        self.sensors_out = False  # nothing of this episode published yet
+        self.episode_start, self.episode_over = self.sim_time, False
         self.instruction_pub.publish(String(data=instruction))
         self.get_logger().info(f"episode seed {seed}: {instruction!r}")
         return instruction
 
     def _on_twist(self, msg: TwistStamped) -> None:
+        self.received["arm"] += 1
         t = msg.twist
         v = np.array([t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z])
         if np.isfinite(v).all():
@@ -95,6 +115,7 @@ class SimNode(Node):
             self.get_logger().warning("ignored a non-finite twist", throttle_duration_sec=2.0)
 
     def _on_gripper(self, msg: Float64MultiArray) -> None:
+        self.received["gripper"] += 1
         if len(msg.data) != 1 or not np.isfinite(msg.data[0]):
             self.get_logger().warning("ignored a malformed gripper command", throttle_duration_sec=2.0)
             return
@@ -132,12 +153,31 @@ class SimNode(Node):
         done.wait(timeout)
 
     def _tick(self) -> None:
+        if self.episode_over:
+            return
+        if self.step_gate is not None:
+            if not self.sensors_out:  # a new episode: the policy needs its first observation
+                self.publish_sensors()
+                return
+            if not self.step_gate(self.published_at):
+                if time.monotonic() - self.published_at < self.p["lockstep_timeout_s"]:
+                    return  # the policy has not answered the newest sensors yet
+                self.lockstep["timeouts"] += 1
+                self.get_logger().warning("lockstep: no command for the newest sensors in "
+                                          f"{self.p['lockstep_timeout_s']} s, stepping anyway",
+                                          throttle_duration_sec=2.0)
+            self.lockstep["steps"] += 1
         twist = self.twist if self.sim_time - self.twist_time <= self.p["command_timeout_s"] else np.zeros(6)
         self.env.step(np.r_[twist, self.gripper])
         self.sim_time += self.env.dt
+        limit = self.p["max_episode_seconds"]
+        self.episode_over = bool((limit and self.sim_time - self.episode_start >= limit - 1e-9)
+                                 or (self.p["stop_on_success"] and self.env.success()))
         self.publish_sensors()
 
     def publish_sensors(self) -> None:
+        self.published_at = time.monotonic()  # before publishing: any input that arrives is newer
+        self.sensors_out = True
         stamp = self.get_clock().now().to_msg()
         size = self.env.image_size
         for pub, camera in ((self.cam_pub, "static"), (self.hand_pub, "gripper")):
@@ -153,15 +193,29 @@ class SimNode(Node):
         self.joint_pub.publish(js)
 
 
+def lockstep_gate(commander, sim: SimNode) -> Callable[[float], bool]:
+    """A step gate for ``sim``: ``commander`` (a PolicyNode or ExpertNode in the same process) has
+    published a command computed from the sensors published at ``published_at``
+    (``commander.inputs_time_of_last_command``), and the simulator has received every command message
+    it sent (``commander.sent``: arm and gripper topics are delivered independently)."""
+    return lambda published_at: (commander.inputs_time_of_last_command >= published_at
+                                 and sim.received == commander.sent)
+
+
 class ExpertNode(Node):
     """The scripted expert as a ROS node: it reads the simulator's ground truth (same process) and
-    publishes the same twist and gripper commands a policy would, at the control rate."""
+    publishes the same twist and gripper commands a policy would, at the control rate. With
+    ``lockstep`` it answers each published state once (pair it with ``lockstep_gate``), so every
+    recorded command is the action for the observation just before it."""
 
-    def __init__(self, sim: SimNode, **kwargs):
+    def __init__(self, sim: SimNode, lockstep: bool = False, **kwargs):
         from ..sim.expert import ScriptedExpert
 
         super().__init__("scripted_expert", **kwargs)
         self.sim, self.expert, self.active = sim, ScriptedExpert(sim.env), False
+        self.lockstep = lockstep
+        self.inputs_time_of_last_command = -float("inf")  # published_at of the state last answered
+        self.sent = {"arm": 0, "gripper": 0}
         p = sim.p
         self.arm_pub = self.create_publisher(TwistStamped, p["arm_command_topic"], 10)
         self.grip_pub = self.create_publisher(Float64MultiArray, p["gripper_command_topic"], 10)
@@ -177,6 +231,9 @@ class ExpertNode(Node):
     def _tick(self) -> None:
         if not self.active:
             return
+        published_at = self.sim.published_at  # the state the sensors show (lockstep: the current one)
+        if self.lockstep and published_at <= self.inputs_time_of_last_command:
+            return  # this state has its command already
         a = self.expert.act()
         msg = TwistStamped()
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -186,6 +243,9 @@ class ExpertNode(Node):
         p = self.sim.p
         self.grip_pub.publish(Float64MultiArray(data=[p["gripper_open_position"] if a[6] >= 0
                                                       else p["gripper_closed_position"]]))
+        self.sent["arm"] += 1
+        self.sent["gripper"] += 1
+        self.inputs_time_of_last_command = published_at
 
 
 def main(args=None) -> int:
