@@ -117,12 +117,19 @@ def test_tiny_backbones_are_built_for_the_requested_size():
 
 
 @pytest.mark.parametrize("family", ["paligemma", "llava"])
-def test_tiny_backbone_init_std_sets_the_decoder_init(family):
-    def decoder_std(init_std):
+def test_tiny_backbone_init_scale_sets_a_fan_in_init_outside_the_vision_encoder(family):
+    def stds(init_scale):
         torch.manual_seed(0)
-        model = RoboVLM(PolicyConfig.tiny(family, size={"d": 64, "init_std": init_std}))
-        weights = [p for n, p in model.backbone.language_model.named_parameters() if n.endswith("q_proj.weight")]
-        return float(torch.cat([w.flatten() for w in weights]).std())
+        model = RoboVLM(PolicyConfig.tiny(family, size={"d": 64, "init_scale": init_scale}))
+        named = dict(model.backbone.hf.named_parameters())
+        q = torch.cat([p.flatten() for n, p in named.items() if n.endswith("q_proj.weight") and "language" in n])
+        down = torch.cat([p.flatten() for n, p in named.items() if n.endswith("down_proj.weight")])
+        vision = torch.cat([p.flatten() for n, p in named.items() if "vision" in n and n.endswith("q_proj.weight")])
+        return float(q.std()), float(down.std()), float(vision.std())
 
-    assert decoder_std(0.0) == pytest.approx(0.02, rel=0.1)  # the family's initializer_range
-    assert decoder_std(0.125) == pytest.approx(0.125, rel=0.1)  # 1/sqrt(64)
+    q, down, vision = stds(0.0)
+    assert q == pytest.approx(0.02, rel=0.1) and down == pytest.approx(0.02, rel=0.1)  # the family's init
+    q1, down1, vision1 = stds(1.0)
+    assert q1 == pytest.approx(64 ** -0.5, rel=0.1)  # fan-in 64
+    assert down1 == pytest.approx(128 ** -0.5, rel=0.1)  # fan-in 128 (MLP width 2d)
+    assert vision1 == pytest.approx(vision, rel=1e-6)  # the vision encoder keeps its own init

@@ -173,7 +173,7 @@ def test_lockstep_makes_the_episode_independent_of_inference_speed(tmp_path):
     torch.manual_seed(0)
     # a history window of 3: a frame stepped twice would shift every later action
     model = RoboVLM(PolicyConfig.tiny("paligemma", window_size=3, fwd_pred_next_n=1, use_state=True,
-                                      size={"init_std": 0.125}))
+                                      size={"init_scale": 1.0}))
     model.save_pretrained(tmp_path / "ckpt")
     fast, fast_counts = _drive_with_a_policy(tmp_path / "ckpt", 0.0, lockstep=True)
     slow, slow_counts = _drive_with_a_policy(tmp_path / "ckpt", 0.15, lockstep=True)

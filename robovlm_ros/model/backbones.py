@@ -117,10 +117,10 @@ class BackboneSize:
     image: int = 32      # image side in pixels
     patch: int = 8       # vision patch side
     heads: int = 4
-    # std of the decoder's (and projector's) random init; 0 keeps the family's initializer_range (0.02,
-    # chosen for ~2k-wide models). Narrow from-scratch decoders want ~1/sqrt(d): at 0.02 a 64-wide
-    # one starts with near-uniform attention and its output barely depends on the image (see demo.py).
-    init_std: float = 0.0
+    # random init of the Linear layers outside the vision encoder (projector, decoder): N(0, s/sqrt(fan_in)).
+    # 0 keeps the family's init, N(0, 0.02), chosen for ~2k-wide models: a 64-wide decoder then starts with
+    # near-uniform attention and an output that barely depends on the image (see demo.py).
+    init_scale: float = 0.0
 
     @property
     def dv(self) -> int:  # vision width
@@ -253,6 +253,9 @@ def family_spec(name: str) -> FamilySpec:
         raise ValueError(f"unknown backbone family {name!r}; supported: {', '.join(sorted(FAMILIES))}") from None
 
 
+INIT_SCALE_KEY = "robovlm_init_scale"  # BackboneSize.init_scale inside a tiny backbone's HF config
+
+
 def backbone_size(size: "str | dict | BackboneSize" = "tiny", image: int | None = None) -> BackboneSize:
     """A named size (``tiny``, ``small``) or a mapping of BackboneSize fields (``base`` names the size
     it starts from, default tiny); ``image`` overrides the image side (vision towers with absolute
@@ -283,10 +286,8 @@ def tiny_backbone_config(family: str, vocab_size: int, size: "str | dict | Backb
     spec = family_spec(family)
     z = backbone_size(size)
     fields = spec.tiny(vocab_size, z)
-    if z.init_std:
-        fields["initializer_range"] = z.init_std
-        if "text_config" in fields:
-            fields["text_config"]["initializer_range"] = z.init_std
+    if z.init_scale:
+        fields[INIT_SCALE_KEY] = z.init_scale  # travels in config.json; Backbone.from_config applies it
     return config_to_dict(AutoConfig.for_model(spec.model_type, **fields))
 
 
@@ -338,7 +339,16 @@ class Backbone(nn.Module):
         spec = family_spec(family)
         cfg = AutoConfig.for_model(**{**config, "model_type": spec.model_type})
         spec.fix_config(cfg)
-        return cls(family, _hf_class(spec)._from_config(cfg, dtype=torch.float32))
+        hf = _hf_class(spec)._from_config(cfg, dtype=torch.float32)
+        scale = config.get(INIT_SCALE_KEY, 0.0)
+        if scale:
+            encoder = _get(hf, spec.vision[0])
+            skip = {id(m) for m in encoder.modules()}
+            with torch.no_grad():
+                for m in hf.modules():
+                    if isinstance(m, nn.Linear) and id(m) not in skip:
+                        m.weight.normal_(0.0, scale / m.in_features ** 0.5)
+        return cls(family, hf)
 
     @classmethod
     def from_pretrained(cls, family: str, path: str) -> "Backbone":
