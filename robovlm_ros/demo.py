@@ -55,8 +55,9 @@ DEMO_EVERY_BLOCK = True
 def robot_params_file(path: str, topics: dict, real_time_factor: float) -> str:
     """The simulated robot described like a real one (policy.yaml format), for convert. The bags are
     stamped with wall-clock time while the simulation ran up to ``real_time_factor`` times faster, so
-    its 10 Hz control loop appears at up to 10 x real_time_factor Hz in them (convert with
-    every_command: the recording ran in lockstep, one expert command per physics step)."""
+    its 10 Hz control loop appears at up to 10 x real_time_factor Hz in them. The recording ran in
+    lockstep (one expert command per physics step) and is converted with every_command, so this rate
+    only sets the dataset's fps and how long after an arm command its gripper command is looked for."""
     params = {**topics, "control_rate_hz": 10.0 * real_time_factor, "gripper_open_threshold": 0.027}
     with open(path, "w") as f:
         yaml.safe_dump({"robovlm_policy": {"ros__parameters": params}}, f)

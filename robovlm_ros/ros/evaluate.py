@@ -104,8 +104,7 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
                             "trace": np.asarray(trace).tolist(), "frames": frames})
         sim.release_renderer()
         ex.shutdown()
-        stats = {**policy.stats, "lockstep": lockstep, **({"lockstep_" + k: v for k, v in sim.lockstep.items()}
-                                                          if lockstep else {})}
+        stats = {**policy.stats, "lockstep": lockstep, **{f"lockstep_{k}": v for k, v in sim.lockstep.items()}}
     finally:
         for n in nodes:
             n.destroy_node()

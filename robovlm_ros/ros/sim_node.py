@@ -9,10 +9,11 @@ parameter, asking for the ``target`` block if set; the message is the instructio
 ``~/instruction``) and ``~/success``
 (Trigger: success read from the physics). ``real_time_factor`` > 1 runs the clock faster.
 
-Lockstep (the ``step_gate`` attribute, for evaluation in one process): the physics advances only once the gate
-says a command computed from the newest published sensors has arrived, so results do not depend on
-how fast the policy runs on this machine. ``real_time_factor`` is then an upper bound; after
-``lockstep_timeout_s`` of waiting (wall clock) the step is taken anyway and counted.
+Lockstep (the ``step_gate`` attribute, see ``lockstep_gate``; for a policy or the expert in the same
+process): the physics advances only once a command computed from the newest published sensors has
+arrived, so results do not depend on how fast the commander runs on this machine.
+``real_time_factor`` is then an upper bound; after ``lockstep_timeout_s`` of waiting (wall clock)
+the step is taken anyway and counted.
 """
 from __future__ import annotations
 
