@@ -164,9 +164,15 @@ def test_stop_sends_one_hold_then_silence_and_reset_clears_history(system):
 def test_instruction_topic_and_validation(system):
     node, robot = system
     pub = robot.create_publisher(String, f"/{robot.ns}/robovlm_policy/instruction", 10)
-    assert wait_for(lambda: pub.get_subscription_count() > 0, 5.0)
-    pub.publish(String(data="put the block in the bowl"))
-    assert wait_for(lambda: node.get_parameter("instruction").value == "put the block in the bowl", 5.0)
+    assert wait_for(lambda: pub.get_subscription_count() > 0, 10.0)
+
+    def delivered() -> bool:
+        # the publisher can see the subscription before the subscription has matched the publisher
+        # (DDS discovery is per side): a message sent in between is lost, so send until it arrives
+        pub.publish(String(data="put the block in the bowl"))
+        return node.get_parameter("instruction").value == "put the block in the bowl"
+
+    assert wait_for(delivered, 10.0, interval=0.1)
     too_long = robot.set_instruction("x" * 600)
     assert not too_long.successful and "longer" in too_long.reason
     assert node.get_parameter("instruction").value == "put the block in the bowl"
