@@ -57,6 +57,7 @@ setup(
         # datasets and training
         "pyarrow>=15",
         "lightning>=2.4,<3",
+        "torchmetrics>=1.4,<2",  # held-out R^2 and gripper accuracy during validation
         "tqdm>=4.60",
         # simulated robot, evaluation plots
         "mujoco>=3.2",

@@ -84,6 +84,36 @@ def test_training_lowers_the_loss_and_exports_a_runnable_checkpoint(tmp_path, da
         assert np.all(a[:6] <= np.array(stats["action"]["q99"][:6]) + 1e-6)
 
 
+def test_validation_reports_held_out_r2_and_gripper_accuracy(tmp_path, dataset):
+    """val/r2_arm* and val/gripper_accuracy are what the exported policy gives on the held-out episodes."""
+    import torch
+
+    from robovlm_ros.model import RoboVLM
+    from robovlm_ros.train.run import build
+
+    cfg = load_train_config(write_config(tmp_path / "cfg.yaml", dataset, tmp_path / "run",
+                                         optim={"max_steps": 30}, trainer={"checkpoint_every": 30}))
+    export = train(cfg)
+    with open(tmp_path / "run" / "logs" / "metrics.csv") as f:
+        logged = [r for r in csv.DictReader(f) if r.get("val/r2_arm")][-1]
+    assert int(logged["step"]) == 29  # the validation after the last step: the exported weights
+    policy = RoboVLM.from_pretrained(export).eval()
+    _, _, data = build(cfg)  # the same split (seeded), the exported policy's preprocessing
+    loader = torch.utils.data.DataLoader(data.val_ds, batch_size=8, collate_fn=data.collate)
+    pred, target = [], []
+    with torch.no_grad():
+        for b in loader:
+            pred.append(policy.predict_normalized(b)[:, 0].numpy())
+            target.append(b["actions"][:, -1, 0].numpy())
+    pred, target = np.concatenate(pred), np.concatenate(target)
+    assert len(pred) == len(data.val_ds) > 2
+    r2 = 1 - ((pred - target) ** 2).sum(0) / ((target - target.mean(0)) ** 2).sum(0)
+    for i in range(6):
+        assert float(logged[f"val/r2_arm{i}"]) == pytest.approx(r2[i], rel=1e-3, abs=1e-4)
+    assert float(logged["val/r2_arm"]) == pytest.approx(r2[:6].mean(), rel=1e-3, abs=1e-4)
+    assert float(logged["val/gripper_accuracy"]) == pytest.approx(np.mean((pred[:, 6] > 0) == (target[:, 6] > 0)))
+
+
 def test_resume_continues_with_the_same_loss_curve(tmp_path, dataset):
     full = load_train_config(write_config(tmp_path / "a.yaml", dataset, tmp_path / "full", optim={"max_steps": 22},
                                           trainer={"checkpoint_every": 7}))
