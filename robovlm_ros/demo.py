@@ -73,6 +73,16 @@ def print_results(policy: dict, baseline: dict | None) -> None:
           f"{'' if baseline is None else format(baseline['success_rate'], '>9.0%'):>10}")
 
 
+def add_grounding(report: dict, checkpoint: str, image_size: int, device: str = "cpu") -> None:
+    """Adds the first-command grounding probe (sim/grounding.py) to an evaluation report and prints it."""
+    from .sim.grounding import first_command_grounding, runner_act
+
+    g = first_command_grounding(runner_act(checkpoint, device), image_size=image_size)
+    report["first_command_grounding"] = g
+    print(f"first command toward the named block: {g['hit_rate']:.0%} of {g['trials']} "
+          f"(chance {g['chance']:.0%}; {g['layouts']} held-out layouts x each instruction, arm at home)")
+
+
 def run_eval(args) -> int:
     from .ros.evaluate import evaluate, save_report
 
@@ -81,6 +91,7 @@ def run_eval(args) -> int:
     policy = evaluate(args.checkpoint, **kw)
     baseline = evaluate(args.checkpoint, wrong_instruction=True, **kw) if args.baseline else None
     print_results(policy, baseline)
+    add_grounding(policy, args.checkpoint, args.image_size, args.device)
     files = save_report(policy, args.out, baseline)
     if args.json:
         shutil.copyfile(files[0], args.json)
@@ -125,8 +136,10 @@ def run_demo(args) -> int:
     policy = evaluate(checkpoint, **kw)
     baseline = evaluate(checkpoint, wrong_instruction=True, **kw)
     print_results(policy, baseline)
+    add_grounding(policy, checkpoint, DEMO_IMAGE_SIZE)
     files = save_report(policy, os.path.join(out, "eval"), baseline)
     summary = {"success_rate": policy["success_rate"], "baseline_success_rate": baseline["success_rate"],
+               "first_command_grounding": policy["first_command_grounding"]["hit_rate"],
                "episodes": policy["episodes"], "checkpoint": checkpoint, "seconds": round(time.time() - t_start, 1)}
     if checkpoint != SHIPPED_POLICY:  # provenance travels with the checkpoint (see sim/demo_policy/made_by.json)
         write_json(os.path.join(checkpoint, MADE_BY), {

@@ -32,6 +32,8 @@ def test_record_convert_train_eval_end_to_end_small(tmp_path):
         assert r["node_stats"]["steps"] > 0  # the policy node really drove the simulated arm
     # baseline episodes ask for another block than the one success is measured on
     assert all(e["asked"] != e["task"] for e in report["baseline"]["results"])
+    g = report["policy"]["first_command_grounding"]  # the grounding probe ran on the trained policy
+    assert g["trials"] == 120 and g["hit_rate"] == g["hits"] / 120 and s["first_command_grounding"] == g["hit_rate"]
     trace = np.asarray(report["policy"]["results"][0]["trace"])
     assert trace.shape[1] == 8 and np.isfinite(trace).all()
     for name in ("success_per_task.png", "action_trace.png", "frames.png"):

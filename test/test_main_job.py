@@ -66,3 +66,7 @@ def test_the_main_job_evaluates_the_shipped_policy_and_reports_it(tmp_path):
     for name, r in (("policy", policy), ("baseline", baseline)):
         n = sum(e["success"] for e in r["results"])
         assert f"{name} {round(100 * r['success_rate'])} % ({n}/30)" in readme
+    g = policy["first_command_grounding"]
+    assert g["trials"] == 3 * g["layouts"] == 120 and g["hit_rate"] == g["hits"] / 120
+    assert f"first command toward the named block: {g['hit_rate']:.0%} of 120" in run.stdout
+    assert f"first command heads for the named block in {round(100 * g['hit_rate'])} % ({g['hits']}/120)" in readme

@@ -111,3 +111,25 @@ def test_both_cameras_see_every_block_at_the_start_of_every_episode():
             assert _block_pixels(static, color) >= 4, (seed, color, "static")
             assert _block_pixels(hand, color) >= 9, (seed, color, "gripper")
     env.close()
+
+
+def test_grounding_probe_scores_the_expert_1_and_an_instruction_blind_policy_one_third():
+    from robovlm_ros.sim.grounding import first_command_grounding
+
+    env = TabletopEnv(image_size=32)
+    expert = ScriptedExpert(env)
+
+    def oracle(obs, instruction, blind=False):
+        env.target = "red" if blind else instruction.split()[-2]  # "pick up the <colour> block"
+        expert.reset()
+        return expert.act()
+
+    informed = first_command_grounding(oracle, layouts=12, env=env)
+    blind = first_command_grounding(lambda o, i: oracle(o, i, blind=True), layouts=12, env=env)
+    assert informed["trials"] == blind["trials"] == 36
+    assert informed["hit_rate"] == 1.0
+    assert blind["hits"] == 12  # exactly one block of each layout is the one it always heads for
+
+    # layouts whose blocks call for similar first commands are skipped; the blind score stays exactly 1/3
+    strict = first_command_grounding(lambda o, i: oracle(o, i, blind=True), layouts=12, env=env, min_gap=0.2)
+    assert strict["skipped_layouts"] > 0 and strict["hits"] == 12
