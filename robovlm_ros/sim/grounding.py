@@ -41,6 +41,7 @@ def first_command_grounding(act: Act, layouts: int = 40, seed0: int = GROUNDING_
     """Hit rate of ``act``'s first command over ``layouts`` usable layouts x every instruction.
     ``min_gap`` (m/s): the expert's first commands for any two blocks must differ by more than this.
     ``env``: the simulator to probe in (default: a new one at ``image_size``)."""
+    own_env = env is None
     env = env or TabletopEnv(image_size=image_size)
     hits, used, skipped, seed = 0, 0, 0, seed0
     try:
@@ -61,7 +62,8 @@ def first_command_grounding(act: Act, layouts: int = 40, seed0: int = GROUNDING_
                 xy = np.asarray(act(obs, instruction_for(color)), dtype=np.float64)[:2]
                 hits += int(np.argmin(np.linalg.norm(commands - xy, axis=-1)) == i)
     finally:
-        env.close()
+        if own_env:
+            env.close()  # its renderer; a caller's simulator stays as it was
     trials = used * len(env.colors)
     return {"layouts": used, "skipped_layouts": skipped, "trials": trials, "hits": hits,
             "hit_rate": hits / trials, "chance": 1 / len(env.colors), "seed0": seed0}
