@@ -62,15 +62,14 @@ class PolicyModule(L.LightningModule):
             self.val_gripper.update((pred[valid, 6] > 0).long(), (target[valid, 6] > 0).long())
 
     def on_validation_epoch_end(self) -> None:
-        if self.val_r2.total < 2:  # R^2 needs two samples (a validation run can be shorter)
-            self.val_r2.reset(), self.val_gripper.reset()
-            return
-        r2 = self.val_r2.compute()
-        self.log("val/r2_arm", r2.mean(), sync_dist=False)
-        for i, v in enumerate(r2):
-            self.log(f"val/r2_arm{i}", v, sync_dist=False)
-        self.log("val/gripper_accuracy", self.val_gripper.compute(), sync_dist=False)
-        self.val_r2.reset(), self.val_gripper.reset()
+        if self.val_r2.total >= 2:  # R^2 needs two samples (a validation run can be shorter)
+            r2 = self.val_r2.compute()  # compute() syncs across processes itself
+            self.log("val/r2_arm", r2.mean(), sync_dist=False)
+            for i, v in enumerate(r2):
+                self.log(f"val/r2_arm{i}", v, sync_dist=False)
+            self.log("val/gripper_accuracy", self.val_gripper.compute(), sync_dist=False)
+        self.val_r2.reset()
+        self.val_gripper.reset()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["robovlm_ros"] = {"batches_seen": self.batches_seen}
