@@ -126,10 +126,20 @@ def run_demo(args) -> int:
         params = robot_params_file(os.path.join(out, "sim_robot.yaml"), rec["topics"], rec["speed"])
         print_reports(convert_bags([os.path.join(out, "episodes")], os.path.join(out, "dataset"), params,
                                    overwrite=True, progress=False, every_command=True)[:3])
-        print("3/4 training")
         cfg = {**DEMO_TRAIN, "output_dir": os.path.join(out, "run"),
                "data": {**DEMO_TRAIN["data"], "datasets": [os.path.join(out, "dataset")]},
                "optim": {**DEMO_TRAIN["optim"], "max_steps": args.steps}}
+        questions = 0
+        if args.grounding_questions:
+            from .sim.grounding_vqa import write_grounding_vqa
+
+            # the recorded layouts: seed i // 3 for episode i with every block demonstrated, else seed i
+            layouts = range(-(-args.demos // 3) if DEMO_EVERY_BLOCK else args.demos)
+            questions = write_grounding_vqa(os.path.join(out, "grounding_vqa"), layouts,
+                                            image_size=DEMO_IMAGE_SIZE, actuation_noise=args.actuation_noise)
+            print(f"    {questions} grounding questions about the recorded layouts (vision-language co-training)")
+            cfg["data"]["vl_datasets"] = [os.path.join(out, "grounding_vqa", "vqa.jsonl")]
+        print("3/4 training")
         with open(os.path.join(out, "train.yaml"), "w") as f:
             yaml.safe_dump(cfg, f, sort_keys=False)
         shutil.rmtree(cfg["output_dir"], ignore_errors=True)
@@ -147,10 +157,12 @@ def run_demo(args) -> int:
     if checkpoint != SHIPPED_POLICY:  # provenance travels with the checkpoint (see sim/demo_policy/made_by.json)
         write_json(os.path.join(checkpoint, MADE_BY), {
             "command": "robovlm-ros demo --retrain " + " ".join(
-                f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("demos", "actuation_noise", "steps", "episodes")),
+                f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("demos", "actuation_noise", "steps", "episodes"))
+            + (" --grounding-questions" if args.grounding_questions else ""),
             "expert_episodes": {k: rec[k] for k in ("recorded", "successful")},
+            "grounding_questions": questions,
             "train_config": {k: v for k, v in cfg.items() if k not in ("output_dir", "data")} | {
-                "data": {k: v for k, v in cfg["data"].items() if k != "datasets"}},
+                "data": {k: v for k, v in cfg["data"].items() if k not in ("datasets", "vl_datasets")}},
             "evaluation": summary})
     print(f"\ndemo: policy {summary['success_rate']:.0%} vs baseline (wrong instruction) "
           f"{summary['baseline_success_rate']:.0%} on {summary['episodes']} held-out episodes "
@@ -186,6 +198,9 @@ def add_parsers(sub) -> None:
     d.add_argument("--demos", type=int, default=DEMO_EPISODES, help="expert episodes to record (with --retrain)")
     d.add_argument("--actuation-noise", type=float, default=DEMO_ACTUATION_NOISE,
                    help="sim_node's tracking error while recording the expert (with --retrain)")
+    d.add_argument("--grounding-questions", action="store_true",
+                   help="co-train with questions about the recorded layouts, asked with the instruction itself "
+                        "(\"pick up the red block\" -> \"row 4 column 2\", sim/grounding_vqa.py); with --retrain")
     d.add_argument("--steps", type=int, default=DEMO_TRAIN["optim"]["max_steps"], help="training steps")
     d.add_argument("--episodes", type=int, default=30, help="held-out evaluation episodes")
     d.add_argument("--speed", type=float, default=2.0,

@@ -16,11 +16,13 @@ from robovlm_ros.demo import DEMO_ACTUATION_NOISE, DEMO_IMAGE_SIZE  # noqa: E402
 from robovlm_ros.sim.tabletop import TabletopEnv  # noqa: E402
 
 
-def test_record_convert_train_eval_end_to_end_small(tmp_path):
-    """robovlm-ros demo --retrain at toy scale: recorder + sim_node + expert -> convert -> train -> eval."""
+def test_record_convert_train_eval_end_to_end_small(tmp_path, capsys):
+    """robovlm-ros demo --retrain at toy scale: recorder + sim_node + expert -> convert -> train -> eval,
+    co-training with grounding questions about the recorded layout."""
     summary = tmp_path / "summary.json"
     rc = main(["demo", "--retrain", "--demos", "3", "--steps", "8", "--episodes", "2", "--out", str(tmp_path / "demo"),
-               "--speed", "3", "--json", str(summary)])
+               "--speed", "3", "--json", str(summary), "--grounding-questions"])
+    printed = capsys.readouterr().out
     assert rc == 0
     s = json.loads(summary.read_text())
     assert s["episodes"] == 2 and 0.0 <= s["success_rate"] <= 1.0 and 0.0 <= s["baseline_success_rate"] <= 1.0
@@ -65,3 +67,10 @@ def test_record_convert_train_eval_end_to_end_small(tmp_path):
     assert made_by["command"].startswith("robovlm-ros demo --retrain --demos 3 ")
     assert made_by["expert_episodes"]["recorded"] == 3 and made_by["train_config"]["optim"]["max_steps"] == 8
     assert made_by["evaluation"]["success_rate"] == s["success_rate"]
+    # the questions are about the one recorded layout (seed 0), asked with the task's instructions,
+    # and training read every one of them
+    questions = [json.loads(line) for line in (tmp_path / "demo" / "grounding_vqa" / "vqa.jsonl").read_text().splitlines()]
+    assert {q["image"].split("_")[0] for q in questions} == {"img/0"}
+    assert {q["prompt"] for q in questions} == set(tasks) and len(questions) >= 6
+    assert made_by["grounding_questions"] == len(questions) and f"'vl_samples': {len(questions)}" in printed
+    assert made_by["command"].endswith(" --grounding-questions")
