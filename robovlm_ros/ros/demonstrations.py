@@ -51,7 +51,8 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
         ex = SingleThreadedExecutor()
         for n in nodes:
             ex.add_node(n)
-        threading.Thread(target=ex.spin, daemon=True).start()
+        spinner = threading.Thread(target=ex.spin, daemon=True)
+        spinner.start()
         time.sleep(0.5)  # first sensor messages reach the recorder
         for i in tqdm(range(episodes), desc="recording", unit="episode", disable=not progress):
             if every_block:
@@ -86,6 +87,7 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
             _call(client, f"/{ns}/episode_recorder/stop")
         sim.release_renderer()
         ex.shutdown()
+        spinner.join(timeout=5.0)  # the spin loop must be out of its wait set before the nodes are destroyed
     finally:
         for n in nodes:
             n.destroy_node()

@@ -104,6 +104,7 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
                             "trace": np.asarray(trace).tolist(), "frames": frames})
         sim.release_renderer()
         ex.shutdown()
+        spinner.join(timeout=5.0)  # the spin loop must be out of its wait set before the nodes are destroyed
         stats = {**policy.stats, "lockstep": lockstep, **{f"lockstep_{k}": v for k, v in sim.lockstep.items()}}
     finally:
         for n in nodes:
