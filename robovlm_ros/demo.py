@@ -133,9 +133,7 @@ def run_demo(args) -> int:
         if args.grounding_questions:
             from .sim.grounding_vqa import write_grounding_vqa
 
-            # the recorded layouts: seed i // 3 for episode i with every block demonstrated, else seed i
-            layouts = range(-(-args.demos // 3) if DEMO_EVERY_BLOCK else args.demos)
-            questions = write_grounding_vqa(os.path.join(out, "grounding_vqa"), layouts,
+            questions = write_grounding_vqa(os.path.join(out, "grounding_vqa"), rec["layouts"],
                                             image_size=DEMO_IMAGE_SIZE, actuation_noise=args.actuation_noise)
             print(f"    {questions} grounding questions about the recorded layouts (vision-language co-training)")
             cfg["data"]["vl_datasets"] = [os.path.join(out, "grounding_vqa", "vqa.jsonl")]

@@ -70,7 +70,15 @@ def test_same_seeds_same_questions_and_images_and_a_rewrite_replaces_the_old(tmp
     assert sorted(os.listdir(tmp_path)) == ["a", "b"]  # no temporary directory left behind
     with pytest.raises(ValueError):
         write_grounding_vqa(a, [6], frames=())
-    assert {q["image"] for q in read(a)} == {"img/5_0.png"}  # a failed write keeps the old version
+    assert {q["image"] for q in read(a)} == {"img/5_0.png"}  # a refused write keeps the old version
+
+    def seeds_then_interrupted():
+        yield 6
+        raise KeyboardInterrupt  # e.g. Ctrl-C after the first layout was rendered
+    with pytest.raises(KeyboardInterrupt):
+        write_grounding_vqa(a, seeds_then_interrupted(), frames=(0,))
+    assert {q["image"] for q in read(a)} == {"img/5_0.png"}  # an interrupted write keeps it too
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]  # and leaves no partial directory behind
 
 
 def test_the_questions_load_as_co_training_data_with_the_instruction_as_prompt(tmp_path):

@@ -22,8 +22,9 @@ from .sim_node import ExpertNode, SimNode, lockstep_gate, namespaced_topics
 def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_size: int = 64,
                           speed: float = 3.0, max_seconds: float = 6.0, actuation_noise: float = 0.0,
                           every_block: bool = False, progress: bool = True) -> dict:
-    """Returns {"recorded": n, "successful": k, "topics": {...}, "speed": real-time factor} (topics as
-    recorded and the bags' clock rate, for convert).
+    """Returns {"recorded": n, "successful": k, "layouts": [seeds], "topics": {...}, "speed": real-time
+    factor}: the seeds of the recorded layouts, and the topics as recorded and the bags' clock rate
+    (for convert).
     ``actuation_noise``: sim_node's tracking error while recording (see TabletopEnv): the expert then
     demonstrates recoveries too, which closed-loop imitation needs.
     ``every_block``: each layout (seed) is recorded once per block, so the same images come with
@@ -35,7 +36,7 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
     ns = f"demo_{uuid.uuid4().hex[:8]}"
     topics = namespaced_topics(ns)
     nodes = []
-    successful = 0
+    successful, layouts = 0, []
     try:
         sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
             **topics, "image_size": image_size, "real_time_factor": speed, "actuation_noise": actuation_noise}.items()])
@@ -57,9 +58,13 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
         for i in tqdm(range(episodes), desc="recording", unit="episode", disable=not progress):
             if every_block:
                 n = len(sim.env.colors)
-                sim.set_parameters([Parameter("seed", value=seed0 + i // n), Parameter("target", value=sim.env.colors[i % n])])
+                seed = seed0 + i // n
+                sim.set_parameters([Parameter("seed", value=seed), Parameter("target", value=sim.env.colors[i % n])])
             else:
-                sim.set_parameters([Parameter("seed", value=seed0 + i)])
+                seed = seed0 + i
+                sim.set_parameters([Parameter("seed", value=seed)])
+            if not layouts or layouts[-1] != seed:  # seeds come in order
+                layouts.append(seed)
             instruction = _call(client, f"/{ns}/sim_node/reset").message
             recorder.set_parameters([Parameter("instruction", value=instruction)])
             time.sleep(0.15 / speed)  # sensors of the new episode arrive before recording starts
@@ -92,4 +97,4 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
         for n in nodes:
             n.destroy_node()
         rclpy.try_shutdown()
-    return {"recorded": episodes, "successful": successful, "topics": topics, "speed": speed}
+    return {"recorded": episodes, "successful": successful, "layouts": layouts, "topics": topics, "speed": speed}
