@@ -53,6 +53,9 @@ DEMO_EPISODES = 240  # expert episodes recorded for training (80 layouts x 3 blo
 DEMO_ACTUATION_NOISE = 0.5
 # every layout is demonstrated once per block: the images alone then never decide the target
 DEMO_EVERY_BLOCK = True
+DEMO_STATE = "demo_run.json"  # in --out: the arguments of demo --retrain and the stages it has finished
+DEMO_STAGE_DIRS = ("episodes", "dataset", "grounding_vqa", "run")  # what demo --retrain makes in --out
+RETRAIN_ARGS = ("demos", "actuation_noise", "steps", "grounding_questions")  # what a resumed run must repeat
 
 
 def robot_params_file(path: str, topics: dict, real_time_factor: float) -> str:
@@ -102,12 +105,38 @@ def run_eval(args) -> int:
     return 0
 
 
+def demo_state(out: str, arguments: dict, fresh: bool) -> tuple[dict, callable]:
+    """The progress of ``demo --retrain`` in ``out`` (DEMO_STATE), so that an interrupted run resumes
+    where it stopped when the same command is given again. Returns the state and ``mark(stage, value)``,
+    which records a finished stage atomically."""
+    if os.path.exists(out) and fresh:
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, DEMO_STATE)
+    if os.path.exists(path):
+        with open(path) as f:
+            state = json.load(f)
+        if state["arguments"] != arguments:
+            raise SystemExit(f"{out} holds a demo run made with {state['arguments']}, not {arguments}: give those "
+                             f"arguments to resume it, or pass --fresh (deletes it) or another --out")
+    elif set(os.listdir(out)) & set(DEMO_STAGE_DIRS):  # (an eval/ of the shipped policy may be there)
+        raise SystemExit(f"{out} holds pipeline files but no {DEMO_STATE}: pass --fresh (deletes it) or another --out")
+    else:
+        state = {"arguments": arguments}
+        write_json(path, state)
+
+    def mark(stage: str, value) -> None:
+        state[stage] = value
+        write_json(path, state)
+    return state, mark
+
+
 def run_demo(args) -> int:
     from .data.convert import convert_bags, print_reports
-    from .ros.demonstrations import record_demonstrations
+    from .ros.demonstrations import record_demonstrations, recorded_episodes
     from .ros.evaluate import evaluate, save_report
     from .train.config import load_train_config
-    from .train.run import train
+    from .train.run import EXPORT_DIR, train
 
     out = os.path.abspath(args.out)
     checkpoint = SHIPPED_POLICY
@@ -115,17 +144,23 @@ def run_demo(args) -> int:
     if args.retrain or not os.path.exists(os.path.join(SHIPPED_POLICY, "config.json")):
         if not args.retrain:
             print(f"no shipped policy at {SHIPPED_POLICY}: training one (robovlm-ros demo --retrain)")
-        if os.path.exists(out) and args.fresh:
-            shutil.rmtree(out)
-        os.makedirs(out, exist_ok=True)
+        state, mark = demo_state(out, {k: getattr(args, k) for k in RETRAIN_ARGS}, args.fresh)
+        episodes = os.path.join(out, "episodes")
         print(f"1/4 recording {args.demos} scripted-expert episodes through sim_node + episode_recorder")
-        rec = record_demonstrations(os.path.join(out, "episodes"), args.demos, image_size=DEMO_IMAGE_SIZE,
+        before = len(recorded_episodes(episodes))
+        if before:
+            print(f"    resuming: {before} recorded before")
+        rec = record_demonstrations(episodes, args.demos, image_size=DEMO_IMAGE_SIZE, resume=True,
                                     actuation_noise=args.actuation_noise, every_block=DEMO_EVERY_BLOCK)
         print(f"    {rec['successful']}/{rec['recorded']} expert episodes succeeded")
         print("2/4 converting the bags")
-        params = robot_params_file(os.path.join(out, "sim_robot.yaml"), rec["topics"], rec["speed"])
-        print_reports(convert_bags([os.path.join(out, "episodes")], os.path.join(out, "dataset"), params,
-                                   overwrite=True, progress=False, every_command=True)[:3])
+        if not state.get("converted"):
+            params = robot_params_file(os.path.join(out, "sim_robot.yaml"), rec["topics"], rec["speed"])
+            print_reports(convert_bags([episodes], os.path.join(out, "dataset"), params,
+                                       overwrite=True, progress=False, every_command=True)[:3])
+            mark("converted", True)
+        else:
+            print("    converted before")
         cfg = {**DEMO_TRAIN, "output_dir": os.path.join(out, "run"),
                "data": {**DEMO_TRAIN["data"], "datasets": [os.path.join(out, "dataset")]},
                "optim": {**DEMO_TRAIN["optim"], "max_steps": args.steps}}
@@ -133,15 +168,27 @@ def run_demo(args) -> int:
         if args.grounding_questions:
             from .sim.grounding_vqa import write_grounding_vqa
 
-            questions = write_grounding_vqa(os.path.join(out, "grounding_vqa"), rec["layouts"],
-                                            image_size=DEMO_IMAGE_SIZE, actuation_noise=args.actuation_noise)
+            if state.get("questions") is None:
+                mark("questions", write_grounding_vqa(os.path.join(out, "grounding_vqa"), rec["layouts"],
+                                                      image_size=DEMO_IMAGE_SIZE, actuation_noise=args.actuation_noise))
+            questions = state["questions"]
             print(f"    {questions} grounding questions about the recorded layouts (vision-language co-training)")
             cfg["data"]["vl_datasets"] = [os.path.join(out, "grounding_vqa", "vqa.jsonl")]
         print("3/4 training")
         with open(os.path.join(out, "train.yaml"), "w") as f:
             yaml.safe_dump(cfg, f, sort_keys=False)
-        shutil.rmtree(cfg["output_dir"], ignore_errors=True)
-        checkpoint = train(load_train_config(os.path.join(out, "train.yaml")))
+        checkpoint = os.path.join(cfg["output_dir"], EXPORT_DIR)
+        if state.get("trained") and os.path.exists(os.path.join(checkpoint, "config.json")):
+            print(f"    trained before: {checkpoint}")
+        else:
+            # an interrupted run continues from its last Lightning checkpoint (saved every checkpoint_every steps)
+            resume = os.path.exists(os.path.join(cfg["output_dir"], "checkpoints", "last.ckpt"))
+            if resume:
+                print("    resuming from the last checkpoint")
+            else:
+                shutil.rmtree(cfg["output_dir"], ignore_errors=True)
+            checkpoint = train(load_train_config(os.path.join(out, "train.yaml")), resume=resume)
+            mark("trained", True)
     print(f"{'4/4 ' if checkpoint != SHIPPED_POLICY else ''}evaluating {checkpoint} on {args.episodes} held-out episodes")
     kw = dict(episodes=args.episodes, image_size=DEMO_IMAGE_SIZE, speed=args.speed)
     policy = evaluate(checkpoint, **kw)
@@ -155,7 +202,7 @@ def run_demo(args) -> int:
     if checkpoint != SHIPPED_POLICY:  # provenance travels with the checkpoint (see sim/demo_policy/made_by.json)
         write_json(os.path.join(checkpoint, MADE_BY), {
             "command": "robovlm-ros demo --retrain " + " ".join(
-                f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("demos", "actuation_noise", "steps", "episodes"))
+                f"--{k.replace('_', '-')} {getattr(args, k)}" for k in (*RETRAIN_ARGS[:3], "episodes"))
             + (" --grounding-questions" if args.grounding_questions else ""),
             "expert_episodes": {k: rec[k] for k in ("recorded", "successful")},
             "grounding_questions": questions,
@@ -204,6 +251,7 @@ def add_parsers(sub) -> None:
     d.add_argument("--speed", type=float, default=2.0,
                    help="simulated seconds per wall-clock second at most (evaluation runs in lockstep)")
     d.add_argument("--out", default="robovlm_demo", help="working directory")
-    d.add_argument("--fresh", action="store_true", help="delete --out first")
+    d.add_argument("--fresh", action="store_true",
+                   help="delete --out first (else an interrupted --retrain with the same arguments resumes there)")
     d.add_argument("--json", help="write the summary as JSON")
     d.set_defaults(func=run_demo)

@@ -41,7 +41,8 @@ def test_record_convert_train_eval_end_to_end_small(tmp_path, capsys):
     for name in ("success_per_task.png", "action_trace.png", "frames.png"):
         assert (tmp_path / "demo" / "eval" / name).stat().st_size > 1000
     episodes = [d for d in os.listdir(tmp_path / "demo" / "episodes") if not d.startswith(".")]
-    assert len(episodes) == 3  # one rosbag2 per recorded expert episode
+    # one rosbag2 per recorded expert episode, and how they were recorded (for resuming)
+    assert sorted(episodes)[-1] == "recording.json" and len(episodes) == 4
     # one layout demonstrated once per block: three episodes, three instructions
     tasks = pq.read_table(tmp_path / "demo" / "dataset" / "meta" / "tasks.parquet").column("task").to_pylist()
     assert sorted(tasks) == [f"pick up the {c} block" for c in ("blue", "green", "red")]
@@ -74,3 +75,56 @@ def test_record_convert_train_eval_end_to_end_small(tmp_path, capsys):
     assert {q["prompt"] for q in questions} == set(tasks) and len(questions) >= 6
     assert made_by["grounding_questions"] == len(questions) and f"'vl_samples': {len(questions)}" in printed
     assert made_by["command"].endswith(" --grounding-questions")
+
+    # the same command again resumes instead of redoing: nothing recorded, converted or trained twice
+    dataset_mtime = os.stat(tmp_path / "demo" / "dataset" / "meta" / "info.json").st_mtime_ns
+    weights = (tmp_path / "demo" / "run" / "checkpoint" / "model.safetensors").read_bytes()
+    argv = ["demo", "--retrain", "--demos", "3", "--steps", "8", "--episodes", "1", "--out", str(tmp_path / "demo"),
+            "--speed", "3", "--grounding-questions"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "resuming: 3 recorded before" in printed and "converted before" in printed and "trained before" in printed
+    assert sorted(d for d in os.listdir(tmp_path / "demo" / "episodes") if not d.startswith(".")) == sorted(episodes)
+    assert os.stat(tmp_path / "demo" / "dataset" / "meta" / "info.json").st_mtime_ns == dataset_mtime
+    # training stopped before its export: it continues from the last Lightning checkpoint (at its last step
+    # here, so nothing is left to fit and the export holds the same weights)
+    state = json.loads((tmp_path / "demo" / "demo_run.json").read_text())
+    assert state["converted"] and state["trained"] and state["questions"] == len(questions)
+    del state["trained"]
+    (tmp_path / "demo" / "demo_run.json").write_text(json.dumps(state))
+    os.remove(tmp_path / "demo" / "run" / "checkpoint" / "config.json")
+    assert main(argv) == 0
+    assert "resuming from the last checkpoint" in capsys.readouterr().out
+    assert (tmp_path / "demo" / "run" / "checkpoint" / "model.safetensors").read_bytes() == weights
+    # other arguments would mix two runs: refused with the way out named
+    with pytest.raises(SystemExit, match="--fresh"):
+        main([*argv[:5], "9", *argv[6:]])
+    # nor is a folder with another pipeline's files in it taken over (before anything is recorded)
+    (tmp_path / "other" / "dataset").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="no demo_run.json"):
+        main([*argv[:9], str(tmp_path / "other"), *argv[10:]])
+    assert os.listdir(tmp_path / "other") == ["dataset"]
+
+
+def test_recording_resumes_after_an_interruption(tmp_path):
+    """record_demonstrations(resume=True) keeps the complete episodes, records the rest on the same
+    topics in the same layout/block order, and refuses to mix in episodes recorded otherwise."""
+    from robovlm_ros.ros.demonstrations import record_demonstrations, recorded_episodes
+
+    out = str(tmp_path / "episodes")
+    first = record_demonstrations(out, 2, image_size=32, speed=4.0, every_block=True, progress=False)
+    kept = [m["name"] for m in recorded_episodes(out)]
+    assert len(kept) == 2
+    with pytest.raises(FileExistsError):  # without resume nothing is appended to a run's episodes
+        record_demonstrations(out, 4, image_size=32, speed=4.0, every_block=True, progress=False)
+    with pytest.raises(ValueError, match="recorded with"):
+        record_demonstrations(out, 4, image_size=48, speed=4.0, every_block=True, progress=False, resume=True)
+    rest = record_demonstrations(out, 4, image_size=32, speed=4.0, every_block=True, progress=False, resume=True)
+    metas = recorded_episodes(out)
+    assert [m["name"] for m in metas[:2]] == kept and len(metas) == 4
+    assert rest["topics"] == first["topics"] and rest["layouts"] == [0, 1] and rest["recorded"] == 4
+    assert rest["successful"] == sum(m["success"] for m in metas)
+    assert [m["instruction"] for m in metas] == [f"pick up the {c} block" for c in ("red", "green", "blue", "red")]
+    assert all(set(m["messages"]) == set(first["topics"].values()) for m in metas)  # one namespace for all
+    again = record_demonstrations(out, 4, image_size=32, speed=4.0, every_block=True, progress=False, resume=True)
+    assert again == rest and len(recorded_episodes(out)) == 4  # complete: nothing recorded

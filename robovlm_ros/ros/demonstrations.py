@@ -5,6 +5,8 @@ robot (cameras, joint states, the commands the arm received) and writes one rosb
 """
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 import uuid
@@ -14,14 +16,34 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from std_srvs.srv import SetBool
 
-from .episode_recorder import EpisodeRecorder
+from ..atomic_io import write_json
+from ..sim.scene import COLORS
+from .episode_recorder import EPISODE_FILE, EpisodeRecorder
 from .evaluate import _call
 from .sim_node import ExpertNode, SimNode, lockstep_gate, namespaced_topics
 
 
+BLOCKS = list(COLORS)  # sim_node's block colours, in the order every_block demonstrates them
+RECORDING_FILE = "recording.json"  # how the episodes in a folder were recorded (for resuming)
+
+
+def recorded_episodes(output_dir: str) -> list[dict]:
+    """The ``episode.json`` of every complete episode in ``output_dir``, in recording order (episodes
+    appear there complete or not at all, see episode_recorder)."""
+    if not os.path.isdir(output_dir):
+        return []
+    metas = []
+    for d in os.listdir(output_dir):
+        path = os.path.join(output_dir, d, EPISODE_FILE)
+        if not d.startswith(".") and os.path.exists(path):
+            with open(path) as f:
+                metas.append(json.load(f))
+    return sorted(metas, key=lambda m: m["start_time_ns"])
+
+
 def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_size: int = 64,
                           speed: float = 3.0, max_seconds: float = 6.0, actuation_noise: float = 0.0,
-                          every_block: bool = False, progress: bool = True) -> dict:
+                          every_block: bool = False, progress: bool = True, resume: bool = False) -> dict:
     """Returns {"recorded": n, "successful": k, "layouts": [seeds], "topics": {...}, "speed": real-time
     factor}: the seeds of the recorded layouts, and the topics as recorded and the bags' clock rate
     (for convert).
@@ -29,14 +51,51 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
     demonstrates recoveries too, which closed-loop imitation needs.
     ``every_block``: each layout (seed) is recorded once per block, so the same images come with
     every instruction and only the instruction tells which block to take (else the target is drawn
-    from the seed and a policy can fit layouts without reading the instruction)."""
+    from the seed and a policy can fit layouts without reading the instruction).
+    ``resume``: keep the complete episodes already in ``output_dir`` (an interrupted call with the same
+    arguments, or fewer episodes; checked against its ``recording.json``) and record only the rest, on
+    the same topics."""
     from tqdm import tqdm
 
-    rclpy.init()
-    ns = f"demo_{uuid.uuid4().hex[:8]}"
+    settings = {"seed0": seed0, "image_size": image_size, "speed": speed,
+                "max_seconds": max_seconds, "actuation_noise": actuation_noise, "every_block": every_block}
+    done = recorded_episodes(output_dir)
+    info_path = os.path.join(output_dir, RECORDING_FILE)
+    if done and resume:
+        info = {}
+        if os.path.exists(info_path):
+            with open(info_path) as f:
+                info = json.load(f)
+        if info.get("settings") != settings:
+            raise ValueError(f"cannot resume: the {len(done)} episodes in {output_dir} were recorded with "
+                             f"{info.get('settings', 'unknown settings')}, not {settings}")
+        if len(done) > episodes:
+            raise ValueError(f"cannot resume: {output_dir} already holds {len(done)} episodes, more than {episodes}")
+        if every_block:  # a missing or foreign episode shifts the instructions out of their order
+            for i, m in enumerate(done):
+                if f" {BLOCKS[i % len(BLOCKS)]} " not in f" {m['instruction']} ":
+                    raise ValueError(f"cannot resume: episode {i + 1} in {output_dir} ({m['name']}: "
+                                     f"{m['instruction']!r}) is not the {BLOCKS[i % len(BLOCKS)]} block's")
+        ns = info["namespace"]
+    else:
+        if done:
+            raise FileExistsError(f"{output_dir} already holds {len(done)} episodes: resume them or record elsewhere")
+        ns = f"demo_{uuid.uuid4().hex[:8]}"
+        os.makedirs(output_dir, exist_ok=True)
+        write_json(info_path, {"settings": settings, "namespace": ns})
     topics = namespaced_topics(ns)
+    layouts = []
+    for i in range(episodes):
+        seed = seed0 + (i // len(BLOCKS) if every_block else i)
+        if not layouts or layouts[-1] != seed:
+            layouts.append(seed)
+    result = {"recorded": episodes, "layouts": layouts, "topics": topics, "speed": speed}
+    successful = sum(bool(m["success"]) for m in done)
+    if len(done) == episodes:
+        return {**result, "successful": successful}
+
+    rclpy.init()
     nodes = []
-    successful, layouts = 0, []
     try:
         sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
             **topics, "image_size": image_size, "real_time_factor": speed, "actuation_noise": actuation_noise}.items()])
@@ -55,16 +114,12 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
         spinner = threading.Thread(target=ex.spin, daemon=True)
         spinner.start()
         time.sleep(0.5)  # first sensor messages reach the recorder
-        for i in tqdm(range(episodes), desc="recording", unit="episode", disable=not progress):
+        for i in tqdm(range(len(done), episodes), desc="recording", unit="episode", disable=not progress,
+                      initial=len(done), total=episodes):
+            params = [Parameter("seed", value=seed0 + (i // len(BLOCKS) if every_block else i))]
             if every_block:
-                n = len(sim.env.colors)
-                seed = seed0 + i // n
-                sim.set_parameters([Parameter("seed", value=seed), Parameter("target", value=sim.env.colors[i % n])])
-            else:
-                seed = seed0 + i
-                sim.set_parameters([Parameter("seed", value=seed)])
-            if not layouts or layouts[-1] != seed:  # seeds come in order
-                layouts.append(seed)
+                params.append(Parameter("target", value=BLOCKS[i % len(BLOCKS)]))
+            sim.set_parameters(params)
             instruction = _call(client, f"/{ns}/sim_node/reset").message
             recorder.set_parameters([Parameter("instruction", value=instruction)])
             time.sleep(0.15 / speed)  # sensors of the new episode arrive before recording starts
@@ -97,4 +152,4 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
         for n in nodes:
             n.destroy_node()
         rclpy.try_shutdown()
-    return {"recorded": episodes, "successful": successful, "layouts": layouts, "topics": topics, "speed": speed}
+    return {**result, "successful": successful}
