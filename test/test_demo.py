@@ -1,6 +1,10 @@
 """The simulated pipeline at small scale through the real nodes."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -107,24 +111,41 @@ def test_record_convert_train_eval_end_to_end_small(tmp_path, capsys):
 
 
 def test_recording_resumes_after_an_interruption(tmp_path):
-    """record_demonstrations(resume=True) keeps the complete episodes, records the rest on the same
-    topics in the same layout/block order, and refuses to mix in episodes recorded otherwise."""
+    """``kill`` stops a recording at once and leaves only complete episodes (with rclpy's own signal
+    handler it shut the context down under the spinning nodes and failed 11 s later with "service did
+    not answer"); record_demonstrations(resume=True) keeps them, records the rest on the same topics
+    in the same layout/block order, and refuses to mix in episodes recorded otherwise."""
     from robovlm_ros.ros.demonstrations import record_demonstrations, recorded_episodes
 
     out = str(tmp_path / "episodes")
-    first = record_demonstrations(out, 2, image_size=32, speed=4.0, every_block=True, progress=False)
+    kw = dict(image_size=32, speed=4.0, every_block=True, progress=False)
+    script = (f"from robovlm_ros.ros.demonstrations import record_demonstrations as r; "
+              f"r({out!r}, 100, **{kw!r})")
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(recorded_episodes(out)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the recording did not stop")
+    assert proc.returncode == -signal.SIGTERM, err[-2000:]
     kept = [m["name"] for m in recorded_episodes(out)]
-    assert len(kept) == 2
+    assert 2 <= len(kept) < 100
+    n = len(kept) + 2
     with pytest.raises(FileExistsError):  # without resume nothing is appended to a run's episodes
-        record_demonstrations(out, 4, image_size=32, speed=4.0, every_block=True, progress=False)
+        record_demonstrations(out, n, **kw)
     with pytest.raises(ValueError, match="recorded with"):
-        record_demonstrations(out, 4, image_size=48, speed=4.0, every_block=True, progress=False, resume=True)
-    rest = record_demonstrations(out, 4, image_size=32, speed=4.0, every_block=True, progress=False, resume=True)
+        record_demonstrations(out, n, **{**kw, "image_size": 48}, resume=True)
+    rest = record_demonstrations(out, n, **kw, resume=True)
     metas = recorded_episodes(out)
-    assert [m["name"] for m in metas[:2]] == kept and len(metas) == 4
-    assert rest["topics"] == first["topics"] and rest["layouts"] == [0, 1] and rest["recorded"] == 4
+    assert [m["name"] for m in metas[:len(kept)]] == kept and len(metas) == n
+    assert rest["layouts"] == list(range((n + 2) // 3)) and rest["recorded"] == n
     assert rest["successful"] == sum(m["success"] for m in metas)
-    assert [m["instruction"] for m in metas] == [f"pick up the {c} block" for c in ("red", "green", "blue", "red")]
-    assert all(set(m["messages"]) == set(first["topics"].values()) for m in metas)  # one namespace for all
-    again = record_demonstrations(out, 4, image_size=32, speed=4.0, every_block=True, progress=False, resume=True)
-    assert again == rest and len(recorded_episodes(out)) == 4  # complete: nothing recorded
+    colors = ("red", "green", "blue")
+    assert [m["instruction"] for m in metas] == [f"pick up the {colors[i % 3]} block" for i in range(n)]
+    assert all(set(m["messages"]) == set(rest["topics"].values()) for m in metas)  # one namespace for all
+    again = record_demonstrations(out, n, **kw, resume=True)
+    assert again == rest and len(recorded_episodes(out)) == n  # complete: nothing recorded

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import uuid
 
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from std_srvs.srv import SetBool
 
@@ -21,6 +19,7 @@ from ..sim.scene import COLORS
 from .episode_recorder import EPISODE_FILE, EpisodeRecorder
 from .evaluate import _call
 from .sim_node import ExpertNode, SimNode, lockstep_gate, namespaced_topics
+from .spin import NodesInBackground
 
 
 BLOCKS = list(COLORS)  # sim_node's block colours, in the order every_block demonstrates them
@@ -94,9 +93,7 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
     if len(done) == episodes:
         return {**result, "successful": successful}
 
-    rclpy.init()
-    nodes = []
-    try:
+    with NodesInBackground() as ros:
         sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
             **topics, "image_size": image_size, "real_time_factor": speed, "actuation_noise": actuation_noise}.items()])
         # lockstep: each physics step waits for the expert's command for the state just published, so
@@ -107,12 +104,8 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
         recorder = EpisodeRecorder(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
             **topics, "output_dir": output_dir, "max_input_age_s": 1.0}.items()])
         client = rclpy.create_node("demo_client", namespace=ns)
-        nodes = [sim, expert, recorder, client]
-        ex = SingleThreadedExecutor()
-        for n in nodes:
-            ex.add_node(n)
-        spinner = threading.Thread(target=ex.spin, daemon=True)
-        spinner.start()
+        ros.add(sim, expert, recorder, client)
+        ros.start()
         time.sleep(0.5)  # first sensor messages reach the recorder
         for i in tqdm(range(len(done), episodes), desc="recording", unit="episode", disable=not progress,
                       initial=len(done), total=episodes):
@@ -146,10 +139,4 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
                     time.sleep(0.005)
             _call(client, f"/{ns}/episode_recorder/stop")
         sim.release_renderer()
-        ex.shutdown()
-        spinner.join(timeout=5.0)  # the spin loop must be out of its wait set before the nodes are destroyed
-    finally:
-        for n in nodes:
-            n.destroy_node()
-        rclpy.try_shutdown()
     return {**result, "successful": successful}

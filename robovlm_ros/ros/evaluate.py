@@ -15,13 +15,11 @@ simulator on its clock, as a real robot would, to see the effect of inference la
 from __future__ import annotations
 
 import os
-import threading
 import time
 import uuid
 
 import numpy as np
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
@@ -30,6 +28,7 @@ from ..runtime import PolicyRunner
 from ..sim.tabletop import instruction_for
 from .policy_node import PolicyNode
 from .sim_node import SimNode, lockstep_gate, namespaced_topics
+from .spin import NodesInBackground
 
 EVAL_SEED0 = 100_000  # held-out seeds: demonstrations use small seeds
 
@@ -54,11 +53,9 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
     """Run ``episodes`` seeded episodes; returns per-episode results, per-task and overall success."""
     from tqdm import tqdm
 
-    rclpy.init()
     ns = f"eval_{uuid.uuid4().hex[:8]}"
     topics = namespaced_topics(ns)
-    nodes = []
-    try:
+    with NodesInBackground() as ros:
         runner = PolicyRunner(checkpoint, device=device, execute_steps=1)
         policy = PolicyNode(runner=runner, namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
             # in lockstep the simulator waits for the policy: inputs age only while it renders
@@ -72,12 +69,8 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
         if lockstep:  # set before the executor spins: no tick has run yet
             sim.step_gate = lockstep_gate(policy, sim)
         client = rclpy.create_node("eval_client", namespace=ns)
-        nodes = [sim, policy, client]
-        ex = SingleThreadedExecutor()
-        for n in nodes:
-            ex.add_node(n)
-        spinner = threading.Thread(target=ex.spin, daemon=True)
-        spinner.start()
+        ros.add(sim, policy, client)
+        ros.start()
         results = []
         for i in tqdm(range(episodes), desc="evaluating", unit="episode", disable=not progress):
             seed = seed0 + i
@@ -103,13 +96,7 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
                             "success": bool(success), "seconds": round(sim.sim_time - t0, 2),
                             "trace": np.asarray(trace).tolist(), "frames": frames})
         sim.release_renderer()
-        ex.shutdown()
-        spinner.join(timeout=5.0)  # the spin loop must be out of its wait set before the nodes are destroyed
         stats = {**policy.stats, "lockstep": lockstep, **{f"lockstep_{k}": v for k, v in sim.lockstep.items()}}
-    finally:
-        for n in nodes:
-            n.destroy_node()
-        rclpy.try_shutdown()
     return summarize(results, stats)
 
 

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Callable
 
 import rclpy
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 
 def run_node(make_node: Callable[[], Node], name: str, args=None) -> int:
@@ -29,3 +32,35 @@ def run_node(make_node: Callable[[], Node], name: str, args=None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+class NodesInBackground:
+    """rclpy for a script that drives nodes from its main thread (evaluation, recording demonstrations):
+    ``add`` the nodes, ``start`` spins them in a thread; leaving the ``with`` block stops the spinning
+    before the nodes are destroyed and shuts rclpy down, also on an exception.
+
+    Ctrl-C raises KeyboardInterrupt in the main thread. (rclpy's own SIGINT handler would shut the
+    context down under the spin thread and leave the main thread waiting forever for messages.)"""
+
+    def __enter__(self) -> "NodesInBackground":
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+        self.nodes: list[Node] = []
+        self.executor = SingleThreadedExecutor()
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        return self
+
+    def add(self, *nodes: Node) -> None:
+        for node in nodes:
+            self.nodes.append(node)
+            self.executor.add_node(node)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def __exit__(self, *exc) -> None:
+        self.executor.shutdown()
+        if self.thread.is_alive():  # the spin loop must be out of its wait set before the nodes are destroyed
+            self.thread.join(timeout=5.0)
+        for node in self.nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()
