@@ -17,9 +17,8 @@ from std_srvs.srv import SetBool
 from ..atomic_io import write_json
 from ..sim.scene import COLORS
 from .episode_recorder import EPISODE_FILE, EpisodeRecorder
-from .evaluate import _call
 from .sim_node import ExpertNode, SimNode, lockstep_gate, namespaced_topics
-from .spin import NodesInBackground
+from .spin import NodesInBackground, ServiceCaller
 
 
 BLOCKS = list(COLORS)  # sim_node's block colours, in the order every_block demonstrates them
@@ -104,6 +103,7 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
         recorder = EpisodeRecorder(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
             **topics, "output_dir": output_dir, "max_input_age_s": 1.0}.items()])
         client = rclpy.create_node("demo_client", namespace=ns)
+        call = ServiceCaller(client)
         ros.add(sim, expert, recorder, client)
         ros.start()
         time.sleep(0.5)  # first sensor messages reach the recorder
@@ -113,14 +113,14 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
             if every_block:
                 params.append(Parameter("target", value=BLOCKS[i % len(BLOCKS)]))
             sim.set_parameters(params)
-            instruction = _call(client, f"/{ns}/sim_node/reset").message
+            instruction = call(f"/{ns}/sim_node/reset").message
             recorder.set_parameters([Parameter("instruction", value=instruction)])
             time.sleep(0.15 / speed)  # sensors of the new episode arrive before recording starts
-            if not _call(client, f"/{ns}/episode_recorder/start").success:
+            if not call(f"/{ns}/episode_recorder/start").success:
                 raise RuntimeError("the recorder refused to start")
             # the same seeded episode again (nothing has moved): its first sensors are now in the bag,
             # so the expert's first command has its observation
-            _call(client, f"/{ns}/sim_node/reset")
+            call(f"/{ns}/sim_node/reset")
             t0 = sim.sim_time
             expert.start()
             # keep lifting a moment after success so the episode shows the block held up
@@ -131,12 +131,7 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
             ok = sim.env.success()
             successful += ok
             if not ok:
-                req = SetBool.Request(data=False)
-                cli = client.create_client(SetBool, f"/{ns}/episode_recorder/set_success")
-                cli.wait_for_service(timeout_sec=5)
-                fut = cli.call_async(req)
-                while not fut.done():
-                    time.sleep(0.005)
-            _call(client, f"/{ns}/episode_recorder/stop")
+                call(f"/{ns}/episode_recorder/set_success", SetBool, SetBool.Request(data=False))
+            call(f"/{ns}/episode_recorder/stop")
         sim.release_renderer()
     return {**result, "successful": successful}

@@ -21,30 +21,15 @@ import uuid
 import numpy as np
 import rclpy
 from rclpy.parameter import Parameter
-from std_srvs.srv import Trigger
 
 from ..atomic_io import write_json
 from ..runtime import PolicyRunner
 from ..sim.tabletop import instruction_for
 from .policy_node import PolicyNode
 from .sim_node import SimNode, lockstep_gate, namespaced_topics
-from .spin import NodesInBackground
+from .spin import NodesInBackground, ServiceCaller
 
 EVAL_SEED0 = 100_000  # held-out seeds: demonstrations use small seeds
-
-
-def _call(node, name, timeout=10.0):
-    client = node.create_client(Trigger, name)
-    if not client.wait_for_service(timeout_sec=timeout):
-        raise RuntimeError(f"service {name} not available")
-    future = client.call_async(Trigger.Request())
-    deadline = time.monotonic() + timeout
-    while not future.done() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    node.destroy_client(client)
-    if not future.done():
-        raise RuntimeError(f"service {name} did not answer")
-    return future.result()
 
 
 def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_seconds: float = 6.0,
@@ -69,20 +54,21 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
         if lockstep:  # set before the executor spins: no tick has run yet
             sim.step_gate = lockstep_gate(policy, sim)
         client = rclpy.create_node("eval_client", namespace=ns)
+        call = ServiceCaller(client)
         ros.add(sim, policy, client)
         ros.start()
         results = []
         for i in tqdm(range(episodes), desc="evaluating", unit="episode", disable=not progress):
             seed = seed0 + i
             sim.set_parameters([Parameter("seed", value=seed)])
-            instruction = _call(client, f"/{ns}/sim_node/reset").message
+            instruction = call(f"/{ns}/sim_node/reset").message
             target = sim.env.target
             asked = target
             if wrong_instruction:
                 others = [c for c in sim.env.colors if c != target]
                 asked = others[seed % len(others)]
             policy.set_parameters([Parameter("instruction", value=instruction_for(asked))])
-            if not _call(client, f"/{ns}/robovlm_policy/start").success:
+            if not call(f"/{ns}/robovlm_policy/start").success:
                 raise RuntimeError("the policy node refused to start")
             t0, frames, trace = sim.episode_start, [], []
             while not sim.episode_over:  # the simulator stops itself: at success or after max_seconds
@@ -90,8 +76,8 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
                     frames.append(sim.last_images["static"].copy())
                 trace.append(np.r_[sim.sim_time - t0, sim.twist, sim.gripper])
                 time.sleep(0.02 / speed)
-            success = _call(client, f"/{ns}/sim_node/success").success
-            _call(client, f"/{ns}/robovlm_policy/stop")
+            success = call(f"/{ns}/sim_node/success").success
+            call(f"/{ns}/robovlm_policy/stop")
             results.append({"seed": seed, "task": instruction, "asked": instruction_for(asked),
                             "success": bool(success), "seconds": round(sim.sim_time - t0, 2),
                             "trace": np.asarray(trace).tolist(), "frames": frames})
