@@ -202,7 +202,7 @@ def run_demo(args) -> int:
     if checkpoint != SHIPPED_POLICY:  # provenance travels with the checkpoint (see sim/demo_policy/made_by.json)
         write_json(os.path.join(checkpoint, MADE_BY), {
             "command": "robovlm-ros demo --retrain " + " ".join(
-                f"--{k.replace('_', '-')} {getattr(args, k)}" for k in (*RETRAIN_ARGS[:3], "episodes"))
+                f"--{k.replace('_', '-')} {getattr(args, k)}" for k in (*RETRAIN_ARGS, "episodes") if k != "grounding_questions")
             + (" --grounding-questions" if args.grounding_questions else ""),
             "expert_episodes": {k: rec[k] for k in ("recorded", "successful")},
             "grounding_questions": questions,

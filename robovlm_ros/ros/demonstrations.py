@@ -82,12 +82,8 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
         os.makedirs(output_dir, exist_ok=True)
         write_json(info_path, {"settings": settings, "namespace": ns})
     topics = namespaced_topics(ns)
-    layouts = []
-    for i in range(episodes):
-        seed = seed0 + (i // len(BLOCKS) if every_block else i)
-        if not layouts or layouts[-1] != seed:
-            layouts.append(seed)
-    result = {"recorded": episodes, "layouts": layouts, "topics": topics, "speed": speed}
+    seeds = [seed0 + (i // len(BLOCKS) if every_block else i) for i in range(episodes)]  # layout of episode i
+    result = {"recorded": episodes, "layouts": list(dict.fromkeys(seeds)), "topics": topics, "speed": speed}
     successful = sum(bool(m["success"]) for m in done)
     if len(done) == episodes:
         return {**result, "successful": successful}
@@ -109,7 +105,7 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
         time.sleep(0.5)  # first sensor messages reach the recorder
         for i in tqdm(range(len(done), episodes), desc="recording", unit="episode", disable=not progress,
                       initial=len(done), total=episodes):
-            params = [Parameter("seed", value=seed0 + (i // len(BLOCKS) if every_block else i))]
+            params = [Parameter("seed", value=seeds[i])]
             if every_block:
                 params.append(Parameter("target", value=BLOCKS[i % len(BLOCKS)]))
             sim.set_parameters(params)

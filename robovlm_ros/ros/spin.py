@@ -41,8 +41,11 @@ class NodesInBackground:
     ``add`` the nodes, ``start`` spins them in a thread; leaving the ``with`` block stops the spinning
     before the nodes are destroyed and shuts rclpy down, also on an exception.
 
-    Ctrl-C raises KeyboardInterrupt in the main thread. (rclpy's own SIGINT handler would shut the
-    context down under the spin thread and leave the main thread waiting forever for messages.)"""
+    Without rclpy's signal handler a signal acts on the script as Python's defaults say: Ctrl-C
+    raises KeyboardInterrupt in the main thread, ``kill`` ends the process at once. rclpy's handler
+    shut the context down under the spin thread instead: after ``kill`` the main thread failed 11 s
+    later on an unanswered service call, and in a background run (SIGINT ignored) Ctrl-C's signal
+    left it waiting forever."""
 
     def __enter__(self) -> "NodesInBackground":
         rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
