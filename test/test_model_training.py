@@ -127,3 +127,38 @@ def test_bad_batches_raise_clear_errors():
     batch["data_source"] = "vl"
     with pytest.raises(ValueError, match="vl_rgb"):
         model(batch)
+
+
+@pytest.mark.parametrize("space", ["continuous", "discrete"])
+def test_validation_scores_actions_with_one_backbone_pass_where_the_loss_has_them(space):
+    """Continuous: the loss pass's newest chunk is predict_normalized's, and validation runs the
+    backbone once per batch; discrete: teacher forcing predicts nothing, validation decodes itself."""
+    from robovlm_ros.train.config import OptimConfig
+    from robovlm_ros.train.module import PolicyModule
+
+    model = RoboVLM(PolicyConfig.tiny("llava", action_space=space)).eval()
+    batch = make_batch(model, b=3)
+    with torch.no_grad():
+        out = model(batch, return_prediction=True)
+        expected = model.predict_normalized(batch)
+    assert expected.shape == (3, model.config.fwd_pred_next_n, 7)
+    if space == "continuous":
+        assert torch.equal(out["prediction"], expected)
+    else:
+        assert "prediction" not in out
+    calls = []
+    decode = model.backbone.decode  # counted, and still the real model
+    model.backbone.decode = lambda *a, **k: (calls.append(1), decode(*a, **k))[1]
+    module = PolicyModule(model, OptimConfig())
+    module.log = lambda *a, **k: None  # no Trainer attached: logging is not what is tested here
+    with torch.no_grad():
+        module.validation_step(batch, 0)
+    assert module.val_r2.total == 3
+    # the scores are those of predict_normalized's first step
+    first, target = expected[:, 0].float(), batch["actions"][:, -1, 0].float()
+    assert torch.allclose(module.val_r2.residual, ((first[:, :6] - target[:, :6]) ** 2).sum(0))
+    assert module.val_gripper.compute() == ((first[:, 6] > 0) == (target[:, 6] > 0)).float().mean()
+    if space == "continuous":
+        assert len(calls) == 1
+    else:
+        assert len(calls) > 1  # the loss pass plus cached greedy decoding

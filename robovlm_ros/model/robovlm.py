@@ -174,7 +174,14 @@ class RoboVLM(nn.Module):
         hidden, _ = self.backbone.decode(embeds, mask, self.positions(mask))
         return unflatten(hidden)[:, :, -self.config.latent_num:]
 
-    def _continuous_loss(self, batch: dict) -> dict:
+    @staticmethod
+    def _newest_chunk(arm: torch.Tensor, grip_logits: torch.Tensor) -> torch.Tensor:
+        """Head outputs [B, W, chunk, 6], [B, W, chunk] -> newest frame's chunk [B, chunk, 7], gripper +-1."""
+        arm, grip = arm[:, -1], grip_logits[:, -1]
+        grip = torch.where(grip > 0, 1.0, -1.0).to(arm.dtype)
+        return torch.cat([arm, grip.unsqueeze(-1)], dim=-1)
+
+    def _continuous_loss(self, batch: dict, return_prediction: bool = False) -> dict:
         arm, grip_logits = self.head(self.action_features(batch))  # [B, W, chunk, 6], [B, W, chunk]
         target = batch["actions"].to(arm.dtype)  # [B, W, chunk, 7] normalised
         mask = batch.get("action_mask")
@@ -190,8 +197,11 @@ class RoboVLM(nn.Module):
         loss_arm = (arm_err * mask).sum() / denom
         loss_gripper = (grip_err * mask).sum() / denom
         acc = (((grip_logits > 0).to(arm.dtype) == grip_target).to(arm.dtype) * mask).sum() / denom
-        return {"loss_action": loss_arm + self.config.gripper_loss_weight * loss_gripper,
-                "loss_arm": loss_arm, "loss_gripper": loss_gripper, "acc_gripper": acc.detach()}
+        out = {"loss_action": loss_arm + self.config.gripper_loss_weight * loss_gripper,
+               "loss_arm": loss_arm, "loss_gripper": loss_gripper, "acc_gripper": acc.detach()}
+        if return_prediction:
+            out["prediction"] = self._newest_chunk(arm.detach(), grip_logits.detach())
+        return out
 
     # ------------------------------------------------------------------------------------------
     # discrete actions
@@ -309,8 +319,14 @@ class RoboVLM(nn.Module):
     # ------------------------------------------------------------------------------------------
     # public API
     # ------------------------------------------------------------------------------------------
-    def forward(self, batch: dict) -> dict:
-        """Training step: returns ``loss`` and its parts (see RoboVLMs batch keys in DESIGN.md)."""
+    def forward(self, batch: dict, return_prediction: bool = False) -> dict:
+        """Training step: returns ``loss`` and its parts (see RoboVLMs batch keys in DESIGN.md).
+
+        ``return_prediction`` adds ``prediction``, the newest frame's normalised chunk [B, chunk, 7]
+        (what ``predict_normalized`` gives in eval mode), where the loss pass already computes it:
+        continuous actions only. Validation uses it to score actions without a second backbone pass;
+        discrete actions are teacher-forced in the loss, so their prediction needs its own decoding.
+        """
         sources = batch.get("data_source", "action")
         sources = {sources} if isinstance(sources, str) else set(sources)
         out: dict = {}
@@ -318,7 +334,10 @@ class RoboVLM(nn.Module):
         if "action" in sources:
             if "actions" not in batch:
                 raise ValueError("data_source 'action' needs 'actions' in the batch")
-            parts = self._continuous_loss(batch) if self.config.action_space == "continuous" else self._discrete_loss(batch)
+            if self.config.action_space == "continuous":
+                parts = self._continuous_loss(batch, return_prediction)
+            else:
+                parts = self._discrete_loss(batch)
             out.update(parts)
             total = parts["loss_action"]
         if sources & set(VL_SOURCES):
@@ -337,10 +356,7 @@ class RoboVLM(nn.Module):
     def predict_normalized(self, batch: dict, use_cache: bool = True) -> torch.Tensor:
         """Action chunk of the newest frame of each window, normalised: [B, chunk, 7], gripper +-1."""
         if self.config.action_space == "continuous":
-            arm, grip = self.head(self.action_features(batch))
-            arm, grip = arm[:, -1], grip[:, -1]  # newest frame: [B, chunk, 6], [B, chunk]
-            grip = torch.where(grip > 0, 1.0, -1.0).to(arm.dtype)
-            return torch.cat([arm, grip.unsqueeze(-1)], dim=-1)
+            return self._newest_chunk(*self.head(self.action_features(batch)))
         chunk = self.decode_actions(batch, use_cache=use_cache)
         grip = torch.where(chunk[..., -1:] > 0, 1.0, -1.0).to(chunk.dtype)
         return torch.cat([chunk[..., :-1], grip], dim=-1)

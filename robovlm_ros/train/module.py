@@ -52,9 +52,13 @@ class PolicyModule(L.LightningModule):
         return out["loss"]
 
     def validation_step(self, batch, batch_idx):
-        self._log_parts(self.policy(batch), "val", batch["rgb"].shape[0])
+        out = self.policy(batch, return_prediction=True)
+        chunk = out.pop("prediction", None)  # continuous: from the loss pass, no second backbone run
+        if chunk is None:
+            chunk = self.policy.predict_normalized(batch)
+        self._log_parts(out, "val", batch["rgb"].shape[0])
         # the action the robot would execute next: first step of the newest frame's chunk, normalised
-        pred = self.policy.predict_normalized(batch)[:, 0].float()  # [B, 7]
+        pred = chunk[:, 0].float()  # [B, 7]
         target = batch["actions"][:, -1, 0].float()                 # [B, 7]
         valid = batch["action_mask"][:, -1, 0].bool()
         if valid.any():
