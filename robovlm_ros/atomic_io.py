@@ -54,11 +54,16 @@ def swap_in(tmp: str, target: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json(path: str, data) -> None:
-    """``path`` holds the old JSON or the new one, never a mix (written to ``path.tmp``, flushed, renamed)."""
+def write_text(path: str, text: str) -> None:
+    """``path`` holds the old text or the new one, never a mix (written to ``path.tmp``, flushed, renamed)."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
+    with open(tmp, "w", newline="") as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json(path: str, data) -> None:
+    """``path`` holds the old JSON or the new one, never a mix."""
+    write_text(path, json.dumps(data, indent=2))

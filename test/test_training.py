@@ -49,8 +49,11 @@ def write_config(path, dataset, out, **sections):
 
 
 def losses(run_dir):
+    """train/loss per logged step; a step logged twice fails (a resumed run must not repeat rows)."""
     with open(os.path.join(run_dir, "logs", "metrics.csv")) as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    steps = [int(r["step"]) for r in rows]
+    assert len(steps) == len(set(steps)), f"steps logged twice: {sorted(s for s in steps if steps.count(s) > 1)}"
     return {int(r["step"]): float(r["train/loss"]) for r in rows}
 
 
@@ -114,24 +117,29 @@ def test_validation_reports_held_out_r2_and_gripper_accuracy(tmp_path, dataset):
     assert float(logged["val/gripper_accuracy"]) == pytest.approx(np.mean((pred[:, 6] > 0) == (target[:, 6] > 0)))
 
 
-def test_resume_continues_with_the_same_loss_curve(tmp_path, dataset):
+def test_resume_continues_with_the_same_loss_curve_and_keeps_the_log(tmp_path, dataset):
     full = load_train_config(write_config(tmp_path / "a.yaml", dataset, tmp_path / "full", optim={"max_steps": 22},
                                           trainer={"checkpoint_every": 7}))
     train(full)
     part = load_train_config(write_config(tmp_path / "b.yaml", dataset, tmp_path / "part", optim={"max_steps": 22},
                                           trainer={"checkpoint_every": 7}))
-    part.optim.max_steps = 14  # "interrupted" after 14 steps: mid-epoch (11 batches per epoch)
+    part.optim.max_steps = 12  # "interrupted" after 12 steps: mid-epoch (11 batches per epoch), 5 past a checkpoint
     train(part)
+    ckpts = tmp_path / "part" / "checkpoints"
+    os.replace(ckpts / "step-000007.ckpt", ckpts / "last.ckpt")  # killed before a last.ckpt at step 12
     before = losses(tmp_path / "part")
+    assert sorted(before) == list(range(12))
     with pytest.raises(FileExistsError, match="--resume"):
         train(part)
     part.optim.max_steps = 22
     train(part, resume=True)
     a, after = losses(tmp_path / "full"), losses(tmp_path / "part")
-    assert min(after) == max(before) + 1  # continues at the next step, nothing repeated or skipped
-    assert sorted({**before, **after}) == sorted(a) and len(a) == 22
-    for step, value in {**before, **after}.items():
+    # one curve: the steps before the checkpoint kept, those after it trained and logged once more
+    assert sorted(after) == sorted(a) == list(range(22))
+    for step, value in after.items():
         assert value == pytest.approx(a[step], rel=1e-5), f"step {step}: {value} vs {a[step]}"
+    for step in range(7):
+        assert after[step] == before[step]  # the rows written before the interruption, unchanged
 
 
 def test_config_errors_are_clear(tmp_path, dataset):

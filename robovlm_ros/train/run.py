@@ -3,7 +3,7 @@
 Output directory layout:
     train_config.yaml    the resolved configuration
     checkpoints/         Lightning checkpoints (every ``checkpoint_every`` steps + last.ckpt), atomic
-    logs/                CSV or TensorBoard logs
+    logs/                CSV or TensorBoard logs (a resumed run continues them)
     checkpoint/          the exported policy (DESIGN.md checkpoint directory) that policy_node loads
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ..data.dataset import LeRobotEpisodes, dataset_stats
 from ..model import Normalizer, RoboVLM
 from .config import TrainConfig, load_train_config
 from .data import PolicyDataModule, seed_everything
+from .logs import ResumableCSVLogger, checkpoint_step
 from .module import PolicyModule
 
 EXPORT_DIR = "checkpoint"
@@ -49,12 +50,13 @@ def build(cfg: TrainConfig):
     return model, PolicyModule(model, cfg.optim), PolicyDataModule(cfg.data, model, cfg.seed, sources)
 
 
-def make_trainer(cfg: TrainConfig) -> L.Trainer:
+def make_trainer(cfg: TrainConfig, resume_step: int | None = None) -> L.Trainer:
+    """``resume_step``: the step of the checkpoint a resumed run continues from (keeps earlier logs)."""
     t, out = cfg.trainer, cfg.output_dir
     if t.logger == "tensorboard":
         logger = L.pytorch.loggers.TensorBoardLogger(out, name="logs", version="")
     elif t.logger == "csv":
-        logger = L.pytorch.loggers.CSVLogger(out, name="logs", version="")
+        logger = ResumableCSVLogger(out, name="logs", version="", resume_step=resume_step)
     else:
         raise ValueError(f"trainer.logger must be csv or tensorboard, not {t.logger!r}")
     strategy = t.strategy
@@ -88,7 +90,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> str | None:
         raise FileExistsError(f"{cfg.output_dir} already holds a run: pass --resume to continue it, "
                               f"or choose another output_dir")
     model, module, data = build(cfg)
-    trainer = make_trainer(cfg)
+    trainer = make_trainer(cfg, resume_step=checkpoint_step(last) if resume else None)
     if trainer.is_global_zero:
         with open(os.path.join(cfg.output_dir, "train_config.yaml"), "w") as f:
             yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
