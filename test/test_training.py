@@ -142,6 +142,23 @@ def test_resume_continues_with_the_same_loss_curve_and_keeps_the_log(tmp_path, d
         assert after[step] == before[step]  # the rows written before the interruption, unchanged
 
 
+def test_output_that_is_not_a_terminal_gets_progress_lines(tmp_path, dataset):
+    """A log file gets one line every log_every steps with the logged loss, not progress-bar updates."""
+    cfg = write_config(tmp_path / "p.yaml", dataset, tmp_path / "run", optim={"max_steps": 12},
+                       trainer={"progress_bar": True, "log_every": 4, "checkpoint_every": 12})
+    proc = subprocess.run([sys.executable, "-m", "robovlm_ros.cli", "train", "--config", cfg], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "\r" not in proc.stdout + proc.stderr
+    lines = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("step ")]
+    assert [ln[1] for ln in lines] == ["4/12", "8/12", "12/12"]
+    logged = losses(tmp_path / "run")
+    for ln in lines:  # the loss of the step just trained (logged at its 0-based index)
+        assert ln[2] == "loss" and float(ln[3]) == pytest.approx(logged[int(ln[1].split("/")[0]) - 1], abs=1e-4)
+        assert ln[5] == "s/step" and float(ln[4]) > 0 and ln[6] == "eta"
+    assert lines[-1][7] == "0:00:00"
+
+
 def test_config_errors_are_clear(tmp_path, dataset):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"data": {"datasets": [str(dataset)], "batchsize": 2}}))

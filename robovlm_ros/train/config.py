@@ -45,7 +45,7 @@ class TrainerConfig:
     log_every: int = 10
     val_every: int = 0            # optimiser steps between validations (0 = at every checkpoint)
     checkpoint_every: int = 100   # optimiser steps between resumable checkpoints
-    progress_bar: bool = True
+    progress_bar: bool = True     # on a terminal; other output gets a line every log_every steps
 
 
 @dataclass

@@ -9,6 +9,7 @@ Output directory layout:
 from __future__ import annotations
 
 import os
+import sys
 
 import lightning as L
 import torch
@@ -20,7 +21,7 @@ from ..data.dataset import LeRobotEpisodes, dataset_stats
 from ..model import Normalizer, RoboVLM
 from .config import TrainConfig, load_train_config
 from .data import PolicyDataModule, seed_everything
-from .logs import ResumableCSVLogger, checkpoint_step
+from .logs import ProgressLines, ResumableCSVLogger, checkpoint_step
 from .module import PolicyModule
 
 EXPORT_DIR = "checkpoint"
@@ -68,14 +69,19 @@ def make_trainer(cfg: TrainConfig, resume_step: int | None = None) -> L.Trainer:
     ckpt = ModelCheckpoint(dirpath=os.path.join(out, "checkpoints"), filename="step-{step:06d}",
                            auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every, save_top_k=-1,
                            save_last=True)
+    callbacks = [ckpt, LearningRateMonitor(logging_interval="step")]
+    # the bar only where someone watches it; a log file gets a line every log_every steps instead
+    progress_bar = t.progress_bar and sys.stderr.isatty()
+    if t.progress_bar and not progress_bar:
+        callbacks.append(ProgressLines(t.log_every))
     return L.Trainer(
         max_steps=cfg.optim.max_steps, accumulate_grad_batches=cfg.optim.accumulate,
         gradient_clip_val=cfg.optim.grad_clip or None, precision=t.precision, accelerator=t.accelerator,
         devices=t.devices, num_nodes=t.num_nodes, strategy=strategy, logger=logger,
-        callbacks=[ckpt, LearningRateMonitor(logging_interval="step")], log_every_n_steps=t.log_every,
+        callbacks=callbacks, log_every_n_steps=t.log_every,
         # the training stream is endless (see ResumableSampler): validate every N steps, not per epoch
         val_check_interval=(t.val_every or t.checkpoint_every) * cfg.optim.accumulate, check_val_every_n_epoch=None,
-        enable_progress_bar=t.progress_bar, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
+        enable_progress_bar=progress_bar, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
         default_root_dir=out, num_sanity_val_steps=0,
     )
 
