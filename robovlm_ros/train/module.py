@@ -59,7 +59,7 @@ class PolicyModule(L.LightningModule):
         self._log_parts(out, "val", batch["rgb"].shape[0])
         # the action the robot would execute next: first step of the newest frame's chunk, normalised
         pred = chunk[:, 0].float()  # [B, 7]
-        target = batch["actions"][:, -1, 0].float()                 # [B, 7]
+        target = batch["actions"][:, -1, 0].float()  # [B, 7]
         valid = batch["action_mask"][:, -1, 0].bool()
         if valid.any():
             self.val_r2.update(pred[valid, :6], target[valid, :6])
