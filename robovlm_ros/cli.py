@@ -10,8 +10,7 @@ from .data import convert
 from .train import run as train_run
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("MUJOCO_GL", "egl")  # the simulator renders offscreen on the CPU
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robovlm-ros", description="VLA policies for ROS 2 robots")
     sub = parser.add_subparsers(dest="command", required=True)
     convert.add_parser(sub)
@@ -19,7 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_parsers(sub)
     check.add_parser(sub)
     bench.add_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")  # the simulator renders offscreen on the CPU
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

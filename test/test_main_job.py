@@ -70,3 +70,20 @@ def test_the_main_job_evaluates_the_shipped_policy_and_reports_it(tmp_path):
     assert g["trials"] == 3 * g["layouts"] == 120 and g["hit_rate"] == g["hits"] / 120
     assert f"first command toward the named block: {g['hit_rate']:.0%} of 120" in run.stdout
     assert f"first command heads for the named block in {round(100 * g['hit_rate'])} % ({g['hits']}/120)" in readme
+
+
+def test_the_shipped_policy_is_what_demo_retrain_makes_with_its_defaults():
+    """README documents `robovlm-ros demo --retrain` as the command that made the shipped policy: the
+    command recorded in its made_by.json must parse to the same arguments as that bare command, and
+    the recipe it was trained with must be the one the demo trains with now."""
+    from robovlm_ros.cli import build_parser
+    from robovlm_ros.demo import DEMO_TRAIN, RETRAIN_ARGS
+
+    made_by = json.loads(open(os.path.join(REPO, "robovlm_ros", "sim", "demo_policy", "made_by.json")).read())
+    recorded = build_parser().parse_args(shlex.split(made_by["command"])[1:])
+    bare = build_parser().parse_args(["demo", "--retrain"])
+    for k in (*RETRAIN_ARGS, "episodes"):
+        assert getattr(recorded, k) == getattr(bare, k), k
+    assert made_by["train_config"] == {k: v for k, v in DEMO_TRAIN.items() if k != "data"} | {"data": DEMO_TRAIN["data"]}
+    assert made_by["expert_episodes"]["recorded"] == bare.demos
+    assert made_by["grounding_questions"] > 0
