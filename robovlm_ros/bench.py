@@ -2,7 +2,8 @@
 
 Measures (a small random-weight policy by default, or a checkpoint's architecture):
   * policy step p50/p99 for window 1 and window W, with and without the cross-step cache (post history);
-  * discrete decoding of a whole chunk with and without the KV cache;
+  * discrete decoding of a whole chunk with and without the KV cache (on CUDA also the growing cache
+    without the CUDA graph, the path the graph replaced);
   * the node's own overhead at 640x480 with two cameras streamed from another process: image message
     transport + decoding, plus inference job -> command published minus the model time.
 Targets (issue 3, on a 2-core CPU): window-W cached step <= 1.5x the window-1 step; KV-cached
@@ -10,6 +11,7 @@ decoding >= 3x faster than uncached; node overhead p50 <= 5 ms.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import time
@@ -97,6 +99,9 @@ def run(args) -> int:
     disc = make(window_size=1, action_space="discrete", fwd_pred_next_n=10).to(args.device).eval()
     report["decode"] = {"kv_cache": decode_latency(disc, True, args.reps),
                         "no_cache": decode_latency(disc, False, args.reps)}
+    if args.device.startswith("cuda"):  # "kv_cache" replays a CUDA graph there; the growing cache for comparison
+        disc.decoding = "dynamic"
+        report["decode"]["kv_cache_no_graph"] = decode_latency(disc, True, args.reps)
     s = report["step"]
     report["ratios"] = {
         f"window{w}_cache_vs_window1": s[f"window{w}_cache"]["p50_ms"] / s["window1"]["p50_ms"],
@@ -139,15 +144,25 @@ def run(args) -> int:
     return 0
 
 
+def _size(text: str) -> str | dict:
+    if text in ("tiny", "small"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither tiny, small nor a JSON size") from None
+
+
 def add_parser(sub) -> None:
     from .model.backbones import FAMILIES
 
     p = sub.add_parser("bench", help="latency of the policy step, discrete decoding and the ROS node",
                        description=__doc__)
     p.add_argument("--backbone", default="paligemma", choices=sorted(FAMILIES), help="random-weight backbone family")
-    p.add_argument("--size", default="small", choices=["tiny", "small"],
-                   help="random-weight model size: small (~3.5M parameters, 224 px) lets compute, not Python "
-                        "overhead, dominate the timings")
+    p.add_argument("--size", default="small", type=_size,
+                   help="random-weight model size: tiny, small (~3.5M parameters, 224 px: compute, not Python "
+                        "overhead, dominates the timings) or a JSON size, e.g. "
+                        "'{\"base\": \"small\", \"d\": 1024, \"layers\": 8, \"heads\": 16}'")
     p.add_argument("--checkpoint", help="benchmark this checkpoint's architecture instead of a tiny one")
     p.add_argument("--window", type=int, default=8)
     p.add_argument("--steps", type=int, default=40)

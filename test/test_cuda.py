@@ -73,6 +73,32 @@ def test_discrete_decoding_with_kv_cache_on_cuda_equals_uncached():
     assert len(torch.unique(cached)) > 10
 
 
+@pytest.mark.parametrize("family", ["paligemma", "llava"])
+def test_cuda_graph_decoding_equals_the_growing_cache(family):
+    """On CUDA the KV-cached decoding replays a captured graph of one step (model/static_decoding.py):
+    it must give the growing cache's tokens, over repeated calls with other inputs in between."""
+    from robovlm_ros.model import PolicyConfig, RoboVLM
+    from robovlm_ros.model.synthetic import synthetic_batch
+
+    model = RoboVLM(PolicyConfig.tiny(family, action_space="discrete")).cuda().eval()
+    with torch.no_grad():  # spread the argmax over many bins, as in test_model_inference
+        for p in model.backbone.language_model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.3)
+        model.backbone.lm_head.weight.normal_(0, 1.0)
+    for seed in (0, 1, 0):
+        batch = synthetic_batch(model, batch_size=2, seed=seed)
+        del batch["actions"]
+        model.decoding = "dynamic"
+        growing = model.decode_actions(batch, use_cache=True)
+        model.decoding = "auto"
+        graphed = model.decode_actions(batch, use_cache=True)
+        assert torch.equal(graphed, growing)
+        assert len(torch.unique(graphed)) > 10
+    (state,) = model._static_decoder._states.values()
+    assert state.graph is not None  # the graph was captured, not the eager fallback
+
+
 @pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
 def test_training_on_the_gpu_exports_a_checkpoint_the_cpu_runs_alike(tmp_path, precision):
     dataset = make_dataset(tmp_path / "ds")

@@ -31,21 +31,31 @@ def test_backbone_kv_cache_matches_full_forward(family):
 # dominate the context), so token equality would prove little there; the test above covers its cache.
 @pytest.mark.parametrize("family", ["paligemma", "llava", "qwen2_vl", "idefics3"])
 @pytest.mark.parametrize("history", ["post", "pre"])
-def test_kv_cached_decoding_matches_uncached(family, history):
+@pytest.mark.parametrize("decoding", ["dynamic", "static"])
+def test_kv_cached_decoding_matches_uncached(family, history, decoding):
+    """Both caches: the growing one, and the preallocated one the GPU replays as a CUDA graph (here
+    the same step eagerly). The static decoder is reused across calls, so a second batch and the
+    first one again must come out right too (nothing left over from the call before)."""
+    from robovlm_ros.model.static_decoding import supports_static_decoding
+
     model = RoboVLM(PolicyConfig.tiny(family, action_space="discrete", history_type=history)).eval()
+    model.decoding = decoding
+    assert supports_static_decoding(model.backbone)
     # spread the argmax over many bins (an untrained model tends to repeat one token)
     with torch.no_grad():
         for p in model.backbone.language_model.parameters():
             if p.ndim == 2:
                 p.normal_(0, 0.3)
         model.backbone.lm_head.weight.normal_(0, 1.0)
-    batch = make_batch(model, b=2)
-    del batch["actions"]
-    cached = model.decode_actions(batch, use_cache=True)
-    uncached = model.decode_actions(batch, use_cache=False)
-    assert cached.shape == (2, model.config.fwd_pred_next_n, 7)  # the whole chunk, not one step
-    assert torch.equal(cached, uncached)
-    assert len(torch.unique(cached)) > 10, "degenerate decoding: the comparison would prove little"
+    batches = [make_batch(model, b=2, seed=seed) for seed in (0, 1, 0)]
+    for batch in batches:
+        del batch["actions"]
+        cached = model.decode_actions(batch, use_cache=True)
+        uncached = model.decode_actions(batch, use_cache=False)
+        assert cached.shape == (2, model.config.fwd_pred_next_n, 7)  # the whole chunk, not one step
+        assert torch.equal(cached, uncached)
+        assert len(torch.unique(cached)) > 10, "degenerate decoding: the comparison would prove little"
+    assert (model._static_decoder is not None) == (decoding == "static")
 
 
 def _features(model, batch):

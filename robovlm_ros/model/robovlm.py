@@ -27,6 +27,7 @@ from .heads import build_head
 from .normalization import Normalizer
 from .processing import PolicyProcessor
 from .resampler import PerceiverResampler
+from .static_decoding import StaticGreedyDecoder, supports_static_decoding
 from .text_tokenizer import load_tokenizer, tiny_tokenizer
 
 IGNORE = -100
@@ -77,6 +78,10 @@ class RoboVLM(nn.Module):
         else:
             special = set(tokenizer.all_special_ids) | {getattr(self.backbone.config, "image_token_id", -1)}
             self.action_tokenizer = ActionTokenizer(self.backbone.vocab_size, special, config.n_bins)
+        # how KV-cached decoding stores its cache: "auto" = preallocated + CUDA graph on CUDA, growing
+        # elsewhere; "static" / "dynamic" force one (greedy_tokens)
+        self.decoding = "auto"
+        self._static_decoder: StaticGreedyDecoder | None = None
         apply_adaptation(self)
 
     # ------------------------------------------------------------------------------------------
@@ -266,6 +271,17 @@ class RoboVLM(nn.Module):
                 embeds = torch.cat([embeds, token_embeds], 1)
         return torch.stack(out, dim=1), cache, mask
 
+    def greedy_tokens(self, embeds, mask, n_tokens: int, use_cache: bool = True) -> torch.Tensor:
+        """``greedy_decode``'s tokens [N, n_tokens] alone, for callers that keep no cache. With the
+        cache on CUDA they are decoded into a preallocated cache by a captured CUDA graph
+        (``decoding`` "auto"; model/static_decoding.py), elsewhere into the growing cache."""
+        static = self.decoding == "static" or (self.decoding == "auto" and embeds.is_cuda)
+        if use_cache and static and supports_static_decoding(self.backbone):
+            if self._static_decoder is None:
+                self._static_decoder = StaticGreedyDecoder(self)
+            return self._static_decoder(embeds, mask, n_tokens)
+        return self.greedy_decode(embeds, mask, n_tokens, use_cache=use_cache)[0]
+
     @torch.no_grad()
     def decode_actions(self, batch: dict, use_cache: bool = True) -> torch.Tensor:
         """Discrete path: greedy chunk for the last frame of every window -> [B, chunk, 7] normalised.
@@ -280,7 +296,7 @@ class RoboVLM(nn.Module):
             last = {k: v[:, -1:] for k, v in batch.items() if k in ("rgb", "hand_rgb", "state")}
             last.update(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             embeds, mask, _ = self._sequences(last, None)
-            tokens = self.greedy_decode(embeds, mask, n, use_cache=use_cache)[0]
+            tokens = self.greedy_tokens(embeds, mask, n, use_cache=use_cache)
         else:
             known = batch.get("actions")
             history: list[torch.Tensor] = []  # [B, n] action tokens of the frames before t
@@ -294,7 +310,7 @@ class RoboVLM(nn.Module):
                 acts = torch.stack(history + [placeholder], 1)  # [B, t+1, n]
                 embeds, mask, _ = self._sequences(part, self.backbone.embed(acts))
                 # cut frame t's (placeholder) action tokens: the prefix ends where decoding starts
-                tokens = self.greedy_decode(embeds[:, :-n], mask[:, :-n], n, use_cache=use_cache)[0]
+                tokens = self.greedy_tokens(embeds[:, :-n], mask[:, :-n], n, use_cache=use_cache)
                 history.append(tokens)
         values = self.action_tokenizer.decode(tokens).reshape(b, c.fwd_pred_next_n, c.action_dim)
         return values
