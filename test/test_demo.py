@@ -16,7 +16,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from robovlm_ros.cli import main  # noqa: E402
 from robovlm_ros.data.dataset import LeRobotEpisodes  # noqa: E402
 from robovlm_ros.data.lerobot import decode_png  # noqa: E402
-from robovlm_ros.demo import DEMO_ACTUATION_NOISE, DEMO_IMAGE_SIZE  # noqa: E402
+from robovlm_ros.demo import DEMO_ACTUATION_NOISE, DEMO_EXECUTE_STEPS, DEMO_IMAGE_SIZE  # noqa: E402
 from robovlm_ros.sim.tabletop import TabletopEnv  # noqa: E402
 
 
@@ -35,7 +35,12 @@ def test_record_convert_train_eval_end_to_end_small(tmp_path, capsys):
         r = report[key]
         assert r["episodes"] == 2 and set(r["per_task"]) <= {f"pick up the {c} block" for c in ("red", "green", "blue")}
         assert all({"seed", "task", "success", "seconds", "trace"} <= set(e) for e in r["results"])
-        assert r["node_stats"]["steps"] > 0  # the policy node really drove the simulated arm
+        stats = r["node_stats"]
+        assert stats["steps"] > 0  # the policy node really drove the simulated arm
+        # the demo executes DEMO_EXECUTE_STEPS actions of each chunk: a prediction every second command
+        # (an episode's first command always comes from a new chunk)
+        assert stats["execute_steps"] == DEMO_EXECUTE_STEPS == 2
+        assert stats["steps"] / 2 <= stats["inferences"] <= stats["steps"] / 2 + r["episodes"]
     # baseline episodes ask for another block than the one success is measured on
     assert all(e["asked"] != e["task"] for e in report["baseline"]["results"])
     g = report["policy"]["first_command_grounding"]  # the grounding probe ran on the trained policy

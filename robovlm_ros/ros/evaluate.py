@@ -34,18 +34,19 @@ EVAL_SEED0 = 100_000  # held-out seeds: demonstrations use small seeds
 
 def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_seconds: float = 6.0,
              wrong_instruction: bool = False, speed: float = 2.0, image_size: int = 64, device: str = "cpu",
-             frames_to_keep: int = 3, progress: bool = True, lockstep: bool = True) -> dict:
-    """Run ``episodes`` seeded episodes; returns per-episode results, per-task and overall success."""
+             frames_to_keep: int = 3, progress: bool = True, lockstep: bool = True, execute_steps: int = 1) -> dict:
+    """Run ``episodes`` seeded episodes; returns per-episode results, per-task and overall success.
+    ``execute_steps``: actions of each predicted chunk executed before the policy predicts again."""
     from tqdm import tqdm
 
     ns = f"eval_{uuid.uuid4().hex[:8]}"
     topics = namespaced_topics(ns)
     with NodesInBackground() as ros:
-        runner = PolicyRunner(checkpoint, device=device, execute_steps=1)
+        runner = PolicyRunner(checkpoint, device=device, execute_steps=execute_steps)
         policy = PolicyNode(runner=runner, namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
             # in lockstep the simulator waits for the policy: inputs age only while it renders
             **topics, "control_rate_hz": 10.0 * speed, "max_input_age_s": 2.0 if lockstep else 0.5 / speed,
-            "execute_steps": 1,
+            "execute_steps": execute_steps,
             "gripper_open_threshold": 0.027, "action_low": [-0.3] * 6, "action_high": [0.3] * 6,
             "max_linear_velocity": 0.3, "max_angular_velocity": 1.5, "wait_for_new_inputs": lockstep}.items()])
         sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
@@ -82,7 +83,8 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
                             "success": bool(success), "seconds": round(sim.sim_time - t0, 2),
                             "trace": np.asarray(trace).tolist(), "frames": frames})
         sim.release_renderer()
-        stats = {**policy.stats, "lockstep": lockstep, **{f"lockstep_{k}": v for k, v in sim.lockstep.items()}}
+        stats = {**policy.stats, "execute_steps": execute_steps, "lockstep": lockstep,
+                 **{f"lockstep_{k}": v for k, v in sim.lockstep.items()}}
     return summarize(results, stats)
 
 

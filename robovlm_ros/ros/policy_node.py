@@ -85,7 +85,8 @@ class PolicyNode(Node):
         self.pending_instruction: str | None = None  # worker hands it to the runner before its next step
         self.last_gripper = 1.0
         self.camera, self.hand, self.joints = _Latest(), _Latest(), _Latest()
-        self.stats = {"steps": 0, "holds": 0, "overruns": 0, "rejected_msgs": 0, "unsafe_actions": 0}
+        # steps: commands from the policy; inferences: chunks predicted (fewer with execute_steps > 1)
+        self.stats = {"steps": 0, "inferences": 0, "holds": 0, "overruns": 0, "rejected_msgs": 0, "unsafe_actions": 0}
         # arrival time (monotonic) of the oldest input behind the newest published command, and the
         # messages sent so far (a lockstep simulator steps once it has received them all)
         self.inputs_time_of_last_command = -float("inf")
@@ -318,6 +319,7 @@ class PolicyNode(Node):
             if self.runner.last_chunk is not chunk_before:
                 inference = self.runner.last_inference_s
                 self.latencies.append(inference)
+                self.stats["inferences"] += 1
                 self.chunk_pub.publish(chunk_message(self.runner.last_chunk))
             stamp = self.get_clock().now().to_msg()
             self.arm_pub.publish(self.commands.arm(action[:6], joints, stamp))
