@@ -3,7 +3,8 @@
 Measures (a small random-weight policy by default, or a checkpoint's architecture):
   * policy step p50/p99 for window 1 and window W, with and without the cross-step cache (post history);
   * discrete decoding of a whole chunk with and without the KV cache (on CUDA also the growing cache
-    without the CUDA graph, the path the graph replaced);
+    without the CUDA graph, the path the graph replaced, and a discrete ``pre``-history step of
+    window W with and without the graph);
   * the node's own overhead at 640x480 with two cameras streamed from another process: image message
     transport + decoding, plus inference job -> command published minus the model time.
 Targets (issue 3, on a 2-core CPU): window-W cached step <= 1.5x the window-1 step; KV-cached
@@ -102,6 +103,12 @@ def run(args) -> int:
     if args.device.startswith("cuda"):  # "kv_cache" replays a CUDA graph there; the growing cache for comparison
         disc.decoding = "dynamic"
         report["decode"]["kv_cache_no_graph"] = decode_latency(disc, True, args.reps)
+        # discrete pre history: the window is one sequence in one preallocated cache, its chunk decoded
+        # by a graph bound to that cache (runtime/incremental.py); on the CPU uncached steps take minutes
+        pre = make(window_size=w, history_type="pre", action_space="discrete", fwd_pred_next_n=10).eval()
+        report["step"][f"discrete_pre{w}_cache"] = step_latency(pre, True, args.steps, args.device)
+        pre.decoding = "dynamic"
+        report["step"][f"discrete_pre{w}_cache_no_graph"] = step_latency(pre, True, args.steps, args.device)
     s = report["step"]
     report["ratios"] = {
         f"window{w}_cache_vs_window1": s[f"window{w}_cache"]["p50_ms"] / s["window1"]["p50_ms"],

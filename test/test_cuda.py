@@ -73,6 +73,22 @@ def test_discrete_decoding_with_kv_cache_on_cuda_equals_uncached():
     assert len(torch.unique(cached)) > 10
 
 
+def test_pre_history_graph_decoding_on_cuda_equals_the_growing_cache(tmp_path):
+    """Discrete ``pre``: the window's sequence in one preallocated cache, the chunk decoded by a graph
+    bound to it; over 11 steps the window fills, then slides (the cache is reset and refilled)."""
+    tiny_model("discrete", "pre").save_pretrained(tmp_path / "ckpt")
+    runs = []
+    for decoding in ("auto", "dynamic"):
+        runner = PolicyRunner(tmp_path / "ckpt", device="cuda", dtype="float32", execute_steps=1)
+        runner.model.decoding = decoding
+        runner.set_instruction("pick up the red block")
+        runs.append(np.stack([runner.step(o) for o in observations(11)]))
+        if decoding == "auto":
+            assert runner.policy._stepper.graph is not None  # captured, not the eager fallback
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert len(np.unique(runs[0][:, 0])) > 3
+
+
 @pytest.mark.parametrize("family", ["paligemma", "llava"])
 def test_cuda_graph_decoding_equals_the_growing_cache(family):
     """On CUDA the KV-cached decoding replays a captured graph of one step (model/static_decoding.py):
@@ -95,8 +111,7 @@ def test_cuda_graph_decoding_equals_the_growing_cache(family):
         graphed = model.decode_actions(batch, use_cache=True)
         assert torch.equal(graphed, growing)
         assert len(torch.unique(graphed)) > 10
-    (state,) = model._static_decoder._states.values()
-    assert state.graph is not None  # the graph was captured, not the eager fallback
+    assert model._static_decoder._stepper.graph is not None  # the graph was captured, not the eager fallback
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])

@@ -26,17 +26,26 @@ def tiny_model(space="continuous", history="post", **kw):
     return model
 
 
-@pytest.mark.parametrize("space,history", [("continuous", "post"), ("continuous", "pre"),
-                                           ("discrete", "post"), ("discrete", "pre")])
+@pytest.mark.parametrize("space,history,decoding", [
+    ("continuous", "post", "auto"), ("continuous", "pre", "auto"), ("discrete", "post", "dynamic"),
+    ("discrete", "pre", "dynamic"), ("discrete", "post", "static"), ("discrete", "pre", "static")])
 @pytest.mark.parametrize("execute_steps", [1, 2])
-def test_cached_stepping_equals_recomputing_the_window(tmp_path, space, history, execute_steps):
+def test_cached_stepping_equals_recomputing_the_window(tmp_path, space, history, decoding, execute_steps):
+    """``decoding`` static: the KV cache preallocated (on CUDA its step is a graph; here eager), for
+    ``pre`` history one cache of a full window kept across frames and reset when the window slides."""
     tiny_model(space, history).save_pretrained(tmp_path / "ckpt")  # the runner loads a real checkpoint
     runs = []
     for use_cache in (True, False):
         runner = PolicyRunner(tmp_path / "ckpt", device="cpu", use_cache=use_cache, execute_steps=execute_steps)
+        runner.model.decoding = decoding
         runner.set_instruction("pick up the red block")
         steps = [runner.step(o) for o in observations(11)]  # window 4: fills, then slides
         runs.append((np.stack(steps), runner.last_chunk))
+        if decoding == "static" and use_cache:  # the preallocated cache was used, not the growing one
+            if history == "pre":
+                assert runner.policy._stepper is not None and runner.policy._seq.cache is runner.policy._stepper.cache
+            else:
+                assert runner.model._static_decoder is not None
     (a, chunk_a), (b, chunk_b) = runs
     assert a.shape == (11, 7)
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)

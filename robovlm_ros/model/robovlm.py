@@ -271,12 +271,16 @@ class RoboVLM(nn.Module):
                 embeds = torch.cat([embeds, token_embeds], 1)
         return torch.stack(out, dim=1), cache, mask
 
+    def static_decoding_on(self, device: torch.device) -> bool:
+        """Whether KV-cached decoding on ``device`` uses a preallocated cache (``decoding``)."""
+        static = self.decoding == "static" or (self.decoding == "auto" and device.type == "cuda")
+        return static and supports_static_decoding(self.backbone)
+
     def greedy_tokens(self, embeds, mask, n_tokens: int, use_cache: bool = True) -> torch.Tensor:
         """``greedy_decode``'s tokens [N, n_tokens] alone, for callers that keep no cache. With the
         cache on CUDA they are decoded into a preallocated cache by a captured CUDA graph
         (``decoding`` "auto"; model/static_decoding.py), elsewhere into the growing cache."""
-        static = self.decoding == "static" or (self.decoding == "auto" and embeds.is_cuda)
-        if use_cache and static and supports_static_decoding(self.backbone):
+        if use_cache and self.static_decoding_on(embeds.device):
             if self._static_decoder is None:
                 self._static_decoder = StaticGreedyDecoder(self)
             return self._static_decoder(embeds, mask, n_tokens)

@@ -7,7 +7,9 @@
   appended, the KV cache of the frames already in the sequence is reused; once the window slides
   (the oldest frame leaves), every remaining frame's keys/values change, so it is rebuilt.
   Discrete ``pre`` frames carry action tokens in the sequence: the chunk decoded at that frame, or for
-  frames where no decoding ran, the actions the robot was executing from then on.
+  frames where no decoding ran, the actions the robot was executing from then on. With static
+  decoding (CUDA) the sequence lives in one preallocated cache of a full window, reset on a rebuild,
+  and the chunk's tokens are decoded by a CUDA graph bound to it (model/static_decoding.py).
 ``use_cache=False`` recomputes the whole window every step (the reference the tests compare with).
 """
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from ..model.static_decoding import GreedyStepper, static_cache
 
 
 @dataclass
@@ -38,6 +42,10 @@ class _Sequence:
 class IncrementalPolicy:
     def __init__(self, model, use_cache: bool = True):
         self.model, self.use_cache = model, use_cache
+        # discrete pre, static decoding: the stepper over the sequence's preallocated cache, kept across
+        # episodes (its graph too) while (S_f, dtype, device) stay
+        self._static_key: tuple | None = None
+        self._stepper: GreedyStepper | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -96,12 +104,20 @@ class IncrementalPolicy:
         m = self.model
         serials = [f.serial for f in window]
         seq = self._seq
+        continuous = m.config.action_space == "continuous"
+        newest = window[-1]
+        if not continuous:  # the newest frame's prefix (its action tokens are what gets decoded)
+            new_seg, new_mask = self._segments([newest], text, None)  # [1, S_f - n_action_slots, D]
+            stepper = self._static_stepper(new_seg, new_seg.shape[1] + m.n_action_slots)
         if seq is None or seq.serials != serials[: len(seq.serials)] or len(seq.serials) >= len(serials):
             bos, bos_mask = m.bos(1, window[0].rgb.device)
-            _, cache = m.extend(bos, bos_mask)
+            cache = None
+            if not continuous and stepper is not None:
+                cache = stepper.cache
+                cache.reset()
+            _, cache = m.extend(bos, bos_mask, cache)
             seq = self._seq = _Sequence(cache=cache, mask=bos_mask)
         todo = window[len(seq.serials):]
-        continuous = m.config.action_space == "continuous"
         given = todo if continuous else todo[:-1]  # frames whose action part is known: one decoder pass
         if given:
             if continuous:
@@ -116,15 +132,38 @@ class IncrementalPolicy:
             seq.serials.extend(f.serial for f in given)
         if continuous:
             return torch.stack(seq.feats[-len(window):])[None]  # [1, W, latent, D]
-        newest = window[-1]
-        seg, seg_mask = self._segments([newest], text, None)
-        tokens, seq.cache, seq.mask = m.greedy_decode(seg, torch.cat([seq.mask, seg_mask], 1), m.n_action_slots,
-                                                      cache=seq.cache)
+        if stepper is None:
+            tokens, seq.cache, seq.mask = m.greedy_decode(new_seg, torch.cat([seq.mask, new_mask], 1),
+                                                          m.n_action_slots, cache=seq.cache)
+        else:
+            seq.mask = torch.cat([seq.mask, new_mask], 1)
+            hidden, _ = m.extend(new_seg, seq.mask, seq.cache)
+            stepper.start(stepper.first_token(hidden), seq.mask)
+            if stepper.use_graph:  # first decoding: capture, then rebuild the cache the warm-up wrote into
+                stepper.capture()
+                self._seq = None
+                return self._pre(window, text)
+            tokens = stepper.decode_rest()
+            seq.mask = torch.cat([seq.mask, seq.mask.new_ones(1, m.n_action_slots - 1)], 1)  # as greedy_decode
         # feed the last token too, so the cache holds the complete segment for the next frame
         seq.mask = torch.cat([seq.mask, seq.mask.new_ones(1, 1)], 1)
-        _, seq.cache = m.extend(m.backbone.embed(tokens[:, -1:]).to(seg.dtype), seq.mask, seq.cache)
+        _, seq.cache = m.extend(m.backbone.embed(tokens[:, -1:]).to(new_seg.dtype), seq.mask, seq.cache)
         seq.serials.append(newest.serial)
         return m.action_tokenizer.decode(tokens[0]).view(-1, m.config.action_dim)
+
+    def _static_stepper(self, seg: torch.Tensor, s_f: int) -> GreedyStepper | None:
+        """The stepper over a preallocated cache of a full window (1 + W * S_f slots), when the model
+        decodes into one on this device; S_f changes with the instruction's length."""
+        m = self.model
+        if not self.use_cache or not m.static_decoding_on(seg.device):
+            return None
+        key = (s_f, seg.dtype, seg.device)
+        if key != self._static_key:
+            max_len = 1 + m.config.window_size * s_f
+            self._stepper = GreedyStepper(m, static_cache(m, max_len), 1, max_len, m.n_action_slots,
+                                          seg.dtype, seg.device, seg.is_cuda)
+            self._static_key = key
+        return self._stepper
 
     def _segments(self, frames: list[Frame], text, action_part):
         """Frame segments of ``frames``: embeds [k, S_f, D], mask [k, S_f]."""
