@@ -259,7 +259,7 @@ class RoboVLM(nn.Module):
         for i in range(n_tokens):
             if not use_cache:
                 hidden, _ = self.backbone.decode(embeds, mask, self.positions(mask))
-            token = allowed[self.backbone.lm_head(hidden[:, -1])[:, allowed].argmax(-1)]  # [N]
+            token = self.next_action_token(hidden, allowed)  # [N]
             out.append(token)
             if i == n_tokens - 1:
                 break
@@ -270,6 +270,11 @@ class RoboVLM(nn.Module):
             else:
                 embeds = torch.cat([embeds, token_embeds], 1)
         return torch.stack(out, dim=1), cache, mask
+
+    def next_action_token(self, hidden: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """hidden [N, L, D] -> the greedy next token [N] after the last position, among ``allowed``
+        (the action bins' vocabulary ids, on hidden's device)."""
+        return allowed[self.backbone.lm_head(hidden[:, -1])[:, allowed].argmax(-1)]
 
     def static_decoding_on(self, device: torch.device) -> bool:
         """Whether KV-cached decoding on ``device`` uses a preallocated cache (``decoding``)."""

@@ -59,7 +59,7 @@ class GreedyStepper:
 
     def first_token(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, L, D] of the prefix -> the first action token [N] (argmax over the action bins)."""
-        return self.allowed[self.model.backbone.lm_head(hidden[:, -1])[:, self.allowed].argmax(-1)]
+        return self.model.next_action_token(hidden, self.allowed)
 
     def start(self, first: torch.Tensor, mask: torch.Tensor) -> None:
         """first [N] decoded from the prefix; mask [N, L] covers the L tokens the cache holds."""

@@ -105,14 +105,14 @@ class IncrementalPolicy:
         serials = [f.serial for f in window]
         seq = self._seq
         continuous = m.config.action_space == "continuous"
-        newest = window[-1]
+        newest, stepper = window[-1], None
         if not continuous:  # the newest frame's prefix (its action tokens are what gets decoded)
             new_seg, new_mask = self._segments([newest], text, None)  # [1, S_f - n_action_slots, D]
             stepper = self._static_stepper(new_seg, new_seg.shape[1] + m.n_action_slots)
         if seq is None or seq.serials != serials[: len(seq.serials)] or len(seq.serials) >= len(serials):
             bos, bos_mask = m.bos(1, window[0].rgb.device)
             cache = None
-            if not continuous and stepper is not None:
+            if stepper is not None:
                 cache = stepper.cache
                 cache.reset()
             _, cache = m.extend(bos, bos_mask, cache)
