@@ -1,6 +1,6 @@
 PYTHON ?= python
 
-.PHONY: install test test-slow test-cuda
+.PHONY: install test test-loaded test-slow test-cuda
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
@@ -8,6 +8,10 @@ install:
 
 test:
 	$(PYTHON) -m pytest
+
+# the default suite next to one busy loop per core (a shared, loaded CI runner)
+test-loaded:
+	.ci/under-load $(PYTHON) -m pytest
 
 test-slow:
 	$(PYTHON) -m pytest -m slow

@@ -1,9 +1,14 @@
 """Shared helpers: tiny policies and synthetic batches (real transformers models, tiny configs)."""
+import ctypes
 import os
+import signal
+import sys
+import time
 
 import pytest
 import torch
 
+from processes import descendants
 from robovlm_ros.model.synthetic import synthetic_batch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -23,3 +28,33 @@ def make_batch(model, b=2, seed=0, instructions=None):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_configure(config):
+    # Become the subreaper of every process a test starts: a grandchild whose parent died is then
+    # re-parented to this process (not to init), so no_process_left_behind sees it too.
+    if sys.platform.startswith("linux"):
+        PR_SET_CHILD_SUBREAPER = 36
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """A test that leaves a process running (a node that ignored SIGTERM, a training run) fails, and
+    the process is killed so that it does not load the machine for the tests after it."""
+    before = {pid for pid, _ in descendants()}
+    yield
+    deadline = time.monotonic() + 5.0  # a child that was just signalled may still be exiting
+    while (left := [(p, c) for p, c in descendants() if p not in before]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid, _ in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid, _ in left:  # reap the ones that are (or became, as this process is their subreaper) children
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    assert not left, f"the test left processes running (killed now): {left}"

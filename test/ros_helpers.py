@@ -12,6 +12,8 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
 
+from robovlm_ros.ros.spin import ServiceCaller
+
 ARM_JOINTS = [f"joint{i}" for i in range(1, 7)]
 
 
@@ -43,6 +45,7 @@ class FakeRobot(Node):
         from diagnostic_msgs.msg import DiagnosticArray
         self.create_subscription(DiagnosticArray, "/diagnostics", self._recorder("diagnostics"), 10)
         self.create_timer(1.0 / rate_hz, self._publish)
+        self.caller = ServiceCaller(self, timeout=30.0)
 
     def _recorder(self, key):
         def record(msg):
@@ -73,28 +76,24 @@ class FakeRobot(Node):
         if self.stream_hand:
             self.hand_pub.publish(self.image())
         if self.stream_joints:
-            names = ARM_JOINTS + ["gripper_joint"]
-            pos = list(self.joint_positions) + [0.04]
-            if self.bad_joints:
-                names, pos = names[1:], pos[1:]  # joint1 missing
-            msg = JointState(name=names, position=[float(p) for p in pos])
-            msg.header.stamp = self.get_clock().now().to_msg()
-            self.joint_pub.publish(msg)
+            self.joint_pub.publish(self.joint_state())
+
+    def joint_state(self):
+        names = ARM_JOINTS + ["gripper_joint"]
+        pos = list(self.joint_positions) + [0.04]
+        if self.bad_joints:
+            names, pos = names[1:], pos[1:]  # joint1 missing
+        msg = JointState(name=names, position=[float(p) for p in pos])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        return msg
 
     def since(self, key, t0):
         with self.lock:
             return [m for t, m in self.received[key] if t >= t0]
 
-    def call(self, srv_type, name, request, timeout=30.0):
-        client = self.create_client(srv_type, name)
-        assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        self.destroy_client(client)
-        assert future.done(), f"service {name} did not answer"
-        return future.result()
+    def call(self, srv_type, name, request):
+        # one kept client per service (ServiceCaller): a client made for one call can lose its answer
+        return self.caller(name, srv_type, request)
 
     def trigger(self, service):
         return self.call(Trigger, f"/{self.ns}/robovlm_policy/{service}", Trigger.Request())
@@ -103,6 +102,13 @@ class FakeRobot(Node):
         value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=text)
         req = SetParameters.Request(parameters=[ParameterMsg(name=name, value=value)])
         return self.call(SetParameters, f"/{self.ns}/robovlm_policy/set_parameters", req).results[0]
+
+
+def call(node, name, srv_type=Trigger, request=None, timeout=30.0):
+    """A blocking service call from the test thread through ``node``'s kept clients (ServiceCaller)."""
+    if not hasattr(node, "_test_caller"):
+        node._test_caller = ServiceCaller(node, timeout=timeout)
+    return node._test_caller(name, srv_type, request)
 
 
 def wait_for(predicate, timeout=10.0, interval=0.02):

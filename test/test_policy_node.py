@@ -3,7 +3,6 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
@@ -13,14 +12,16 @@ import torch
 
 rclpy = pytest.importorskip("rclpy")
 from geometry_msgs.msg import TwistStamped  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.time import Time  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
+from processes import stop_process  # noqa: E402
 from ros_helpers import ARM_JOINTS, FakeRobot, wait_for  # noqa: E402
 from robovlm_ros.model import PolicyConfig, RoboVLM  # noqa: E402
 from robovlm_ros.ros.policy_node import PolicyNode  # noqa: E402
+from robovlm_ros.ros.spin import BackgroundExecutor  # noqa: E402
 from robovlm_ros.runtime import PolicyRunner  # noqa: E402
 
 RATE = 10.0
@@ -36,16 +37,21 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def executor():
+def ros_context():
     rclpy.init()
-    # rclpy's MultiThreadedExecutor delivers a fraction of the messages on 2 cores; the node runs its
-    # inference on its own thread, so one executor thread is what it is designed for
-    ex = SingleThreadedExecutor()
-    thread = threading.Thread(target=ex.spin, daemon=True)
-    thread.start()
-    yield ex
-    ex.shutdown()
+    yield
     rclpy.shutdown()
+
+
+@pytest.fixture
+def executor(ros_context):
+    """One executor thread per test (the node runs its inference on a thread of its own; rclpy's
+    MultiThreadedExecutor delivered a fraction of the messages on 2 cores). Closing it joins the spin
+    thread before the test's nodes are destroyed, so no test can leave a dead executor to the next."""
+    spinner = BackgroundExecutor().start()
+    yield spinner
+    spinner.close()
+    assert not spinner.errors, spinner.errors
 
 
 @pytest.fixture
@@ -65,13 +71,8 @@ def system(executor, checkpoint, request):
                       parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     robot = FakeRobot("fake_robot", ns, node.commands.arm_msg_type, node.commands.gripper_msg_type,
                       compressed_camera=compressed)
-    executor.add_node(node)
-    executor.add_node(robot)
-    yield node, robot
-    executor.remove_node(robot)
-    executor.remove_node(node)
-    robot.destroy_node()
-    node.destroy_node()
+    executor.add(node, robot)  # destroyed by the executor fixture, after its thread has stopped
+    return node, robot
 
 
 def twist_vec(msg):
@@ -110,10 +111,14 @@ def test_camera_loss_holds_within_a_period_and_resumes(system):
     assert wait_for(lambda: len(robot.received["arm"]) >= 3)
     robot.stream_camera = False
     t_stop = time.monotonic()
-    # inputs are stale after max_input_age_s; the hold must come within one control period after that
-    assert wait_for(lambda: any(not twist_vec(m).any() for m in robot.since("arm", t_stop)), 3.0)
+    # inputs are stale after max_input_age_s; the hold must come at the next control tick after that.
+    # How late a tick can be on this machine right now is what the commands so far show: a loaded
+    # machine delays ticks, and the margin scales with the longest gap seen while running.
+    arrivals = [t for t, _ in robot.received["arm"]]
+    tick = max(1.0 / RATE, *np.diff(arrivals))
+    assert wait_for(lambda: any(not twist_vec(m).any() for m in robot.since("arm", t_stop)), 3.0 + 3 * tick)
     first_hold = next(t for t, m in robot.received["arm"] if t >= t_stop and not twist_vec(m).any())
-    assert first_hold - t_stop <= 0.3 + 1.0 / RATE + 0.15
+    assert first_hold - t_stop <= 0.3 + 2 * tick + 0.1
     time.sleep(0.3)
     t_hold = time.monotonic()
     assert all(not twist_vec(m).any() for m in robot.since("arm", t_hold))  # only holds while stale
@@ -130,7 +135,8 @@ def test_malformed_inputs_are_rejected_without_commands(system):
     assert wait_for(lambda: len(robot.received["arm"]) >= 2)
     robot.bad_image = True
     robot.bad_joints = True
-    time.sleep(0.5)  # good inputs age out
+    # good inputs aged out, and no step computed from them is still in flight
+    assert wait_for(lambda: node.hold_reason.startswith("stale inputs") and node._job is None, 5.0)
     t_bad = time.monotonic()
     time.sleep(0.6)
     during = robot.since("arm", t_bad)
@@ -222,15 +228,12 @@ def test_plain_executable_with_params_file(executor, checkpoint, tmp_path):
             "-p", f"arm_command_topic:=/{ns}/arm_cmd", "-p", f"gripper_command_topic:=/{ns}/grip_cmd"]
     proc = subprocess.Popen(args, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     robot = FakeRobot("fake_robot", ns, TwistStamped, Float64MultiArray)
-    executor.add_node(robot)
+    executor.add(robot)
     try:
         assert wait_for(lambda: len(robot.received["arm"]) >= 3, 60.0), "no commands from the executable"
         assert np.isfinite(twist_vec(robot.received["arm"][-1][1])).all()
     finally:
-        executor.remove_node(robot)
-        robot.destroy_node()
-        proc.terminate()
-        out = proc.communicate(timeout=20)[0]
+        out = stop_process(proc)
     assert "policy ready" in out
 
     bad = subprocess.run([sys.executable, "-m", "robovlm_ros.ros.policy_node", "--ros-args", "-p",
@@ -248,7 +251,44 @@ def test_compressed_camera_topic(system):
     assert wait_for(lambda: any(twist_vec(m).any() for m in robot.since("arm", t0)))
     robot.bad_image = True
     assert wait_for(lambda: node.stats["rejected_msgs"] > 3, 3.0)
-    time.sleep(0.5)
+    assert wait_for(lambda: node.hold_reason.startswith("stale inputs") and node._job is None, 5.0)
     t_bad = time.monotonic()
     time.sleep(0.4)
     assert all(not twist_vec(m).any() for m in robot.since("arm", t_bad))
+
+
+@pytest.mark.params(wait_for_new_inputs=True, max_input_age_s=30.0, execute_steps=1)
+def test_lockstep_steps_once_per_step_stamp_and_never_mixes_steps(system):
+    """With wait_for_new_inputs a command comes only from a camera, gripper camera and joint state that
+    carry the same new header stamp: inputs of two different simulator steps are never combined (an
+    arrival-time rule stepped here), and the same step published again gives no second command."""
+    node, robot = system
+    robot.stream_camera = robot.stream_hand = robot.stream_joints = False
+    robot.set_instruction("pick up the red block")
+    assert robot.trigger("start").success
+
+    def deliver(camera_ns, hand_ns, joints_ns):
+        """Publish one set of stamped inputs until the node holds them (sensor QoS may drop one);
+        sending the same stamps again is what a lockstep simulator's resend does."""
+        def sent_and_seen():
+            for pub, msg, t in ((robot.cam_pub, robot.image(), camera_ns), (robot.hand_pub, robot.image(), hand_ns),
+                                (robot.joint_pub, robot.joint_state(), joints_ns)):
+                msg.header.stamp = Time(nanoseconds=t).to_msg()
+                pub.publish(msg)
+            return (node.camera.stamp, node.hand.stamp, node.joints.stamp) == (camera_ns, hand_ns, joints_ns)
+        assert wait_for(sent_and_seen, 10.0, interval=0.2)
+
+    # later than anything streamed before the test stopped the robot's own streams
+    s1 = robot.get_clock().now().nanoseconds + 10**12
+    s2 = s1 + 100_000_000
+    deliver(s1, s1, s1)  # one whole step: it gets its command
+    assert wait_for(lambda: node.inputs_stamp_of_last_command == s1, 10.0)
+    commands = node.stats["steps"]
+    deliver(s2, s2, s1)  # the new step's images with the old step's joint state
+    time.sleep(5 / RATE)  # several control ticks pass
+    assert node.stats["steps"] == commands and node.inputs_stamp_of_last_command == s1
+    deliver(s2, s2, s2)  # the step complete: exactly one command
+    assert wait_for(lambda: node.inputs_stamp_of_last_command == s2, 10.0)
+    deliver(s2, s2, s2)  # the same step again
+    time.sleep(5 / RATE)
+    assert node.stats["steps"] == commands + 1

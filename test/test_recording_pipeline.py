@@ -1,7 +1,6 @@
 """Recorder node over loopback -> rosbag2 -> convert -> LeRobot dataset -> train -> PolicyRunner."""
 import json
 import os
-import threading
 import time
 import uuid
 
@@ -12,7 +11,6 @@ import yaml
 
 rclpy = pytest.importorskip("rclpy")
 from geometry_msgs.msg import TwistStamped  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
@@ -21,9 +19,11 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from ros_helpers import ARM_JOINTS, wait_for  # noqa: E402
+from ros_helpers import call as ros_call  # noqa: E402
 from robovlm_ros.data.convert import convert_bags  # noqa: E402
 from robovlm_ros.data.dataset import LeRobotEpisodes  # noqa: E402
 from robovlm_ros.ros.episode_recorder import EpisodeRecorder  # noqa: E402
+from robovlm_ros.ros.spin import BackgroundExecutor  # noqa: E402
 
 RATE = 10.0
 
@@ -71,40 +71,29 @@ class Demonstrator(Node):
 @pytest.fixture
 def ros_system(tmp_path):
     rclpy.init()
-    ex = SingleThreadedExecutor()
-    thread = threading.Thread(target=ex.spin, daemon=True)
-    thread.start()
+    spinner = BackgroundExecutor().start()
     ns = f"r{uuid.uuid4().hex[:8]}"
     params = {"output_dir": str(tmp_path / "episodes"), "camera_topic": f"/{ns}/camera/image_raw",
               "gripper_camera_topic": f"/{ns}/gripper_camera/image_raw", "joint_states_topic": f"/{ns}/joint_states",
               "arm_command_topic": f"/{ns}/arm_cmd", "gripper_command_topic": f"/{ns}/grip_cmd",
               "max_input_age_s": 0.5}
-    nodes = {}
 
     def start(storage="mcap"):
         rec = EpisodeRecorder(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in
                                                                   {**params, "storage": storage}.items()])
         demo = Demonstrator(ns)
         client = rclpy.create_node("client", namespace=ns)
-        for n in (rec, demo, client):
-            ex.add_node(n)
-        nodes.update(rec=rec, demo=demo, client=client)
+        spinner.add(rec, demo, client)
         return rec, demo, client
 
     yield start, ns, params
-    for n in nodes.values():
-        ex.remove_node(n)
-        n.destroy_node()
-    ex.shutdown()
+    spinner.close()
     rclpy.shutdown()
+    assert not spinner.errors, spinner.errors
 
 
-def call(client, srv, name, req, timeout=10.0):
-    cli = client.create_client(srv, name)
-    assert cli.wait_for_service(timeout_sec=timeout)
-    fut = cli.call_async(req)
-    assert wait_for(fut.done, timeout)
-    return fut.result()
+def call(client, srv, name, req):
+    return ros_call(client, name, srv, req)
 
 
 def params_file(tmp_path, ns):

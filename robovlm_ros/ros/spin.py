@@ -1,16 +1,20 @@
 """Entry-point plumbing shared by the package's executables."""
 from __future__ import annotations
 
+import faulthandler
 import sys
 import threading
 import time
 from typing import Callable
 
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.exceptions import InvalidHandle
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from std_srvs.srv import Trigger
+
+TEARDOWN_LIMIT_S = 10.0  # an executable that has not finished its teardown by then exits hard
 
 
 def run_node(make_node: Callable[[], Node], name: str, args=None) -> int:
@@ -28,47 +32,100 @@ def run_node(make_node: Callable[[], Node], name: str, args=None) -> int:
         return 1
     try:
         rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Teardown can hang inside the DDS layer (a policy_node was seen spinning in rcl_node_fini
+        # for minutes after SIGTERM): faulthandler's watchdog is a C thread that needs no GIL, so it
+        # prints where the process hangs and ends it after TEARDOWN_LIMIT_S.
+        faulthandler.dump_traceback_later(TEARDOWN_LIMIT_S, exit=True)
         node.destroy_node()
         rclpy.try_shutdown()
+        faulthandler.cancel_dump_traceback_later()
     return 0
 
 
-class NodesInBackground:
-    """rclpy for a script that drives nodes from its main thread (evaluation, recording demonstrations):
-    ``add`` the nodes, ``start`` spins them in a thread; leaving the ``with`` block stops the spinning
-    before the nodes are destroyed and shuts rclpy down, also on an exception.
+class BackgroundExecutor:
+    """Spins nodes in a thread of their own, and stops safely.
 
-    Without rclpy's signal handler a signal acts on the script as Python's defaults say: Ctrl-C
-    raises KeyboardInterrupt in the main thread, ``kill`` ends the process at once. rclpy's handler
-    shut the context down under the spin thread instead: after ``kill`` the main thread failed 11 s
-    later on an unanswered service call, and in a background run (SIGINT ignored) Ctrl-C's signal
-    left it waiting forever."""
+    ``close`` stops the spin loop and joins its thread *before* the nodes are destroyed: destroying a
+    node while the executor still waits on its entities raised ``InvalidHandle`` in the spin thread,
+    which then died, and every later service call timed out (seen under CPU load in the node tests).
+    The loop also survives an entity destroyed under a pending wait, and records an exception raised
+    by a callback (``errors``) instead of dying with it."""
 
-    def __enter__(self) -> "NodesInBackground":
-        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    def __init__(self, context=None, poll_s: float = 0.1):
+        self.executor = SingleThreadedExecutor(context=context)
         self.nodes: list[Node] = []
-        self.executor = SingleThreadedExecutor()
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        return self
+        self.errors: list[BaseException] = []
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, name="ros_spin", daemon=True)
 
     def add(self, *nodes: Node) -> None:
         for node in nodes:
             self.nodes.append(node)
             self.executor.add_node(node)
 
-    def start(self) -> None:
+    def start(self) -> "BackgroundExecutor":
         self.thread.start()
+        return self
 
-    def __exit__(self, *exc) -> None:
-        self.executor.shutdown()
-        if self.thread.is_alive():  # the spin loop must be out of its wait set before the nodes are destroyed
-            self.thread.join(timeout=5.0)
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.executor.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=self.poll_s)
+            except ExternalShutdownException:
+                return
+            except InvalidHandle:
+                continue  # an entity destroyed while the executor waited on it: the next wait drops it
+            except Exception as e:  # a callback failed: keep the other nodes running, report it
+                self.errors.append(e)
+                rclpy.logging.get_logger("ros_spin").error(f"callback failed: {e!r}")
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop spinning, join the spin thread, then destroy the nodes (in the order added)."""
+        self._stop.set()
+        if self.thread.is_alive():
+            self.executor.wake()
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                raise RuntimeError(f"the spin thread did not stop in {timeout:.0f} s (a callback is blocked)")
+        self.executor.shutdown(timeout_sec=timeout)
         for node in self.nodes:
             node.destroy_node()
-        rclpy.try_shutdown()
+        self.nodes = []
+
+
+class NodesInBackground:
+    """rclpy for a script that drives nodes from its main thread (evaluation, recording demonstrations):
+    ``add`` the nodes, ``start`` spins them in a thread (BackgroundExecutor); leaving the ``with``
+    block stops the spinning before the nodes are destroyed and shuts rclpy down, also on an exception.
+
+    Without rclpy's signal handler a signal acts on the script as Python's defaults say: Ctrl-C
+    raises KeyboardInterrupt in the main thread, ``kill`` ends the process at once. rclpy's handler
+    would shut the context down under the spin thread instead, leaving the main thread waiting on
+    service calls that can no longer be answered."""
+
+    def __enter__(self) -> "NodesInBackground":
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+        self.spinner = BackgroundExecutor()
+        return self
+
+    def add(self, *nodes: Node) -> None:
+        self.spinner.add(*nodes)
+
+    def start(self) -> None:
+        self.spinner.start()
+
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            self.spinner.close()
+        finally:
+            rclpy.try_shutdown()
+        if exc_type is None and self.spinner.errors:
+            raise RuntimeError(f"{len(self.spinner.errors)} ROS callbacks failed, the first: "
+                               f"{self.spinner.errors[0]!r}") from self.spinner.errors[0]
 
 
 class ServiceCaller:
