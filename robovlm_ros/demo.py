@@ -21,11 +21,8 @@ SHIPPED_POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sim",
 MADE_BY = "made_by.json"  # how a demo checkpoint was made: command, recipe, expert episodes, results
 DEMO_IMAGE_SIZE = 64
 
-# The policy trained by the demo (and shipped in sim/demo_policy). Executing DEMO_EXECUTE_STEPS actions
-# per chunk it reaches 87 % success on the demo's 30 held-out episodes (81 % of 100) against 0 % for the
-# wrong-instruction baseline, and its first command heads for the named block in 99 % of the grounding
-# probe's trials (README.md). Each choice below fixed a failure measured on the way, in isolation or on
-# other data:
+# The policy trained by the demo (and shipped in sim/demo_policy; its results are in README.md). Each
+# choice below fixed a failure measured on the way, in isolation or on other data:
 # - window_size 1: with a history window the policy reads the arm's motion between frames and repeats
 #   it (the expert's commands are smooth), which fits the data but never starts a motion in closed
 #   loop; one frame forces it to act on what the cameras show.
@@ -100,12 +97,21 @@ def add_grounding(report: dict, checkpoint: str, image_size: int, device: str = 
           f"(chance {g['chance']:.0%}; {g['layouts']} held-out layouts x each instruction, arm at home)")
 
 
+def select_cpu_kernels(choice: str) -> None:
+    """``pinned``: the generic CPU kernels, so the evaluation repeats on any x86 machine (README)."""
+    if choice == "pinned":
+        from .runtime.cpu_kernels import pin_cpu_kernels
+
+        pin_cpu_kernels()
+
+
 def run_eval(args) -> int:
+    select_cpu_kernels(args.cpu_kernels)
     from .ros.evaluate import evaluate, save_report
 
     kw = dict(episodes=args.episodes, seed0=args.seed0, max_seconds=args.max_seconds, speed=args.speed,
               image_size=args.image_size, device=args.device, lockstep=not args.realtime,
-              execute_steps=args.execute_steps)
+              execute_steps=args.execute_steps, actuation_noise=args.actuation_noise, noise_seed=args.noise_seed)
     policy = evaluate(args.checkpoint, **kw)
     baseline = evaluate(args.checkpoint, wrong_instruction=True, **kw) if args.baseline else None
     print_results(policy, baseline)
@@ -144,6 +150,7 @@ def demo_state(out: str, arguments: dict, fresh: bool) -> tuple[dict, callable]:
 
 
 def run_demo(args) -> int:
+    select_cpu_kernels(args.cpu_kernels)
     from .data.convert import convert_bags, print_reports
     from .ros.demonstrations import record_demonstrations, recorded_episodes
     from .ros.evaluate import evaluate, save_report
@@ -232,6 +239,13 @@ def run_demo(args) -> int:
     return 0
 
 
+def add_cpu_kernels_option(parser) -> None:
+    parser.add_argument("--cpu-kernels", choices=("pinned", "native"), default="pinned",
+                        help="pinned (default): torch, oneDNN and MKL use their generic CPU kernels, so the result "
+                             "is the same on every x86 machine; native: the fastest kernels for this CPU (results "
+                             "then differ slightly between CPUs, README 'What varies')")
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("eval", help="closed-loop evaluation of a checkpoint in the simulated robot",
                        description=__doc__)
@@ -249,6 +263,11 @@ def add_parsers(sub) -> None:
                    help="actions of each predicted chunk executed before predicting again (the demo uses "
                         f"{DEMO_EXECUTE_STEPS}; 1 = replan every control step)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--actuation-noise", type=float, default=0.0,
+                   help="the simulated arm's relative velocity-tracking error, e.g. 1e-6 to see how much the "
+                        "success rate rests on exact arithmetic")
+    p.add_argument("--noise-seed", type=int, default=0, help="another draw of that noise for the same episodes")
+    add_cpu_kernels_option(p)
     p.add_argument("--baseline", action="store_true", help="also evaluate with a wrong instruction")
     p.add_argument("--out", default="eval_report", help="directory for report.json and plots")
     p.add_argument("--json", help="also copy report.json here")
@@ -270,5 +289,6 @@ def add_parsers(sub) -> None:
     d.add_argument("--out", default="robovlm_demo", help="working directory")
     d.add_argument("--fresh", action="store_true",
                    help="delete --out first (else an interrupted --retrain with the same arguments resumes there)")
+    add_cpu_kernels_option(d)
     d.add_argument("--json", help="write the summary as JSON")
     d.set_defaults(func=run_demo)

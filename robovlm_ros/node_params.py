@@ -41,8 +41,9 @@ POLICY_PARAMS: dict[str, tuple] = {
     "max_linear_velocity": (0.25, "norm bound of arm values 0..2 (m/s for twist)", True, (1e-6, 1e9)),
     "max_angular_velocity": (1.0, "norm bound of arm values 3..5 (rad/s for twist)", True, (1e-6, 1e9)),
     "autostart": (False, "start controlling as soon as an instruction is set", True, None),
-    "wait_for_new_inputs": (False, "step only once every input has a new message since the last step (lockstep "
-                                   "simulation); a real arm controller wants a command every period", True, None),
+    "wait_for_new_inputs": (False, "step only on a new set of inputs that all carry the same header stamp (a "
+                                   "lockstep simulator stamps one step's messages alike); a real arm controller "
+                                   "wants a command every period", True, None),
 }
 
 

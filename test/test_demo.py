@@ -25,7 +25,8 @@ def test_record_convert_train_eval_end_to_end_small(tmp_path, capsys):
     co-training with grounding questions about the recorded layout."""
     summary = tmp_path / "summary.json"
     rc = main(["demo", "--retrain", "--demos", "3", "--steps", "8", "--episodes", "2", "--out", str(tmp_path / "demo"),
-               "--speed", "3", "--json", str(summary), "--grounding-questions"])
+               "--speed", "3", "--json", str(summary), "--grounding-questions",
+               "--cpu-kernels", "native"])  # pinning needs a fresh process: this one computed already
     printed = capsys.readouterr().out
     assert rc == 0
     s = json.loads(summary.read_text())
@@ -89,7 +90,7 @@ def test_record_convert_train_eval_end_to_end_small(tmp_path, capsys):
     dataset_mtime = os.stat(tmp_path / "demo" / "dataset" / "meta" / "info.json").st_mtime_ns
     weights = (tmp_path / "demo" / "run" / "checkpoint" / "model.safetensors").read_bytes()
     argv = ["demo", "--retrain", "--demos", "3", "--steps", "8", "--episodes", "1", "--out", str(tmp_path / "demo"),
-            "--speed", "3", "--grounding-questions"]
+            "--speed", "3", "--grounding-questions", "--cpu-kernels", "native"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "resuming: 3 recorded before" in printed and "converted before" in printed and "trained before" in printed

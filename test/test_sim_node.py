@@ -1,6 +1,5 @@
 """sim_node over real rclpy: the scripted expert solves seeded episodes through the ROS topics."""
 import os
-import threading
 import uuid
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -9,20 +8,19 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 rclpy = pytest.importorskip("rclpy")
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from ros_helpers import wait_for  # noqa: E402
+from ros_helpers import call, wait_for  # noqa: E402
 from robovlm_ros.ros.sim_node import ExpertNode, SimNode  # noqa: E402
+from robovlm_ros.ros.spin import BackgroundExecutor  # noqa: E402
 
 
 @pytest.fixture
 def sim_system(request):
     rclpy.init()
-    ex = SingleThreadedExecutor()
     ns = f"s{uuid.uuid4().hex[:8]}"
     topics = {"camera_topic": f"/{ns}/camera/image_raw", "gripper_camera_topic": f"/{ns}/gripper_camera/image_raw",
               "joint_states_topic": f"/{ns}/joint_states", "arm_command_topic": f"/{ns}/arm_cmd",
@@ -33,24 +31,14 @@ def sim_system(request):
                                                        **extra}.items()])
     expert = ExpertNode(sim, namespace=ns)
     client = rclpy.create_node("client", namespace=ns)
-    for n in (sim, expert, client):
-        ex.add_node(n)
-    thread = threading.Thread(target=ex.spin, daemon=True)
-    thread.start()
+    spinner = BackgroundExecutor()
+    spinner.add(sim, expert, client)
+    spinner.start()
     yield sim, expert, client, ns, topics
     sim.release_renderer()
-    ex.shutdown()
-    for n in (sim, expert, client):
-        n.destroy_node()
+    spinner.close()
     rclpy.shutdown()
-
-
-def call(client, name):
-    cli = client.create_client(Trigger, name)
-    assert cli.wait_for_service(timeout_sec=10)
-    fut = cli.call_async(Trigger.Request())
-    assert wait_for(fut.done, 10)
-    return fut.result()
+    assert not spinner.errors, spinner.errors
 
 
 def test_expert_solves_seeded_episodes_through_the_topics(sim_system):
@@ -149,18 +137,14 @@ def _drive_with_a_policy(checkpoint, delay_s, lockstep, steps=24):
     applied = []
     env_step = sim.env.step
     sim.env.step = lambda action: (applied.append(np.asarray(action, float).copy()), env_step(action))[1]
-    ex = SingleThreadedExecutor()
-    for n in (sim, policy):
-        ex.add_node(n)
-    thread = threading.Thread(target=ex.spin, daemon=True)
-    thread.start()
+    spinner = BackgroundExecutor()
+    spinner.add(sim, policy)
+    spinner.start()
     try:
         assert wait_for(lambda: len(applied) >= steps, 60)
         sim.release_renderer()
     finally:
-        ex.shutdown()
-        for n in (sim, policy):
-            n.destroy_node()
+        spinner.close()
         rclpy.shutdown()
     return np.stack(applied[:steps]), dict(sim.lockstep)
 
@@ -183,3 +167,51 @@ def test_lockstep_makes_the_episode_independent_of_inference_speed(tmp_path):
     # free-running, the slow policy's commands land steps late: the comparison above can fail
     late, _ = _drive_with_a_policy(tmp_path / "ckpt", 0.15, lockstep=False)
     assert not np.array_equal(late, fast)
+
+
+@pytest.mark.parametrize("sim_system", [{"lockstep_resend_s": 0.3}], indirect=True)
+def test_lockstep_publishes_an_unanswered_step_again_under_its_stamp(sim_system):
+    """Every message of one step carries the step's stamp; a step nobody answered is published again
+    under the same stamp (a lost sensor message must not stall lockstep) and the physics waits."""
+    sim, expert, client, ns, topics = sim_system
+    got = {"joints": [], "camera": []}
+    stamp = lambda m: m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec  # noqa: E731
+    client.create_subscription(JointState, topics["joint_states_topic"], lambda m: got["joints"].append(stamp(m)),
+                               qos_profile_sensor_data)
+    client.create_subscription(Image, topics["camera_topic"], lambda m: got["camera"].append(stamp(m)),
+                               qos_profile_sensor_data)
+    answered = set()
+    sim.step_gate = lambda stamp_ns: stamp_ns in answered
+    assert wait_for(lambda: sim.lockstep["resends"] >= 1, 10)
+    held, steps = sim.stamp_ns, sim.lockstep["steps"]
+    for v in got.values():
+        v.clear()
+    assert wait_for(lambda: len(got["joints"]) >= 2 and len(got["camera"]) >= 2, 10)  # published again and again
+    assert set(got["joints"]) == set(got["camera"]) == {held} and sim.lockstep["steps"] == steps
+    answered.add(held)  # the command for it arrives: the physics steps, the next step gets a new stamp
+    assert wait_for(lambda: sim.lockstep["steps"] > steps and sim.stamp_ns > held, 10)
+
+
+def test_an_evaluation_fails_loudly_when_lockstep_breaks(tmp_path, monkeypatch):
+    """A policy that does not answer a step within the lockstep limit stops the evaluation with an
+    error, instead of a result that depends on this machine's speed."""
+    import time
+
+    import torch
+
+    from robovlm_ros.model import PolicyConfig, RoboVLM
+    from robovlm_ros.ros import evaluate as ev
+    from robovlm_ros.runtime import PolicyRunner
+
+    torch.manual_seed(0)
+    RoboVLM(PolicyConfig.tiny("paligemma", fwd_pred_next_n=1, image_size=32)).save_pretrained(tmp_path / "ckpt")
+
+    class StuckRunner(PolicyRunner):
+        def step(self, obs):
+            time.sleep(2.0)
+            return super().step(obs)
+
+    monkeypatch.setattr(ev, "PolicyRunner", StuckRunner)
+    monkeypatch.setattr(ev, "LOCKSTEP_TIMEOUT_S", 0.5)
+    with pytest.raises(RuntimeError, match="lockstep broke in episode seed 100000"):
+        ev.evaluate(str(tmp_path / "ckpt"), episodes=1, image_size=32, speed=4.0, progress=False)

@@ -122,6 +122,8 @@ def record_demonstrations(output_dir: str, episodes: int, seed0: int = 0, image_
             # keep lifting a moment after success so the episode shows the block held up
             while sim.sim_time - t0 < max_seconds and not (sim.env.success() and expert.expert.phase == "lift"
                                                             and sim.env.block_position(sim.env.target)[2] > 0.15):
+                if sim.lockstep["timeouts"]:  # a step without its command: the bag would pair them wrongly
+                    raise RuntimeError(f"lockstep broke while recording episode {i}: the expert did not answer")
                 time.sleep(0.01)
             expert.stop()
             ok = sim.env.success()

@@ -7,8 +7,8 @@ success or after ``max_seconds`` of simulated time. ``wrong_instruction`` asks f
 the one success is measured on (the baseline).
 
 ``lockstep`` (the default): the simulator advances one control period only once the policy node has
-published a command computed from the newest sensors, so the success rate measures the policy, not
-how fast this machine runs it (free-running at ``speed`` x real time on 2 CPU cores, a policy that
+published a command computed from the newest sensors (matched by the stamp the simulator puts on
+all messages of a step), so the success rate measures the policy, not how fast this machine runs it (free-running at ``speed`` x real time on 2 CPU cores, a policy that
 succeeds in lockstep can fail only because its commands arrive late). ``lockstep=False`` runs the
 simulator on its clock, as a real robot would, to see the effect of inference latency.
 """
@@ -18,25 +18,32 @@ import os
 import time
 import uuid
 
+import mujoco
 import numpy as np
 import rclpy
 from rclpy.parameter import Parameter
 
 from ..atomic_io import write_json
 from ..runtime import PolicyRunner
+from ..runtime.cpu_kernels import cpu_numerics
 from ..sim.tabletop import instruction_for
 from .policy_node import PolicyNode
 from .sim_node import SimNode, lockstep_gate, namespaced_topics
 from .spin import NodesInBackground, ServiceCaller
 
 EVAL_SEED0 = 100_000  # held-out seeds: demonstrations use small seeds
+LOCKSTEP_TIMEOUT_S = 60.0  # longest wait for one command in lockstep before the evaluation fails
 
 
 def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_seconds: float = 6.0,
              wrong_instruction: bool = False, speed: float = 2.0, image_size: int = 64, device: str = "cpu",
-             frames_to_keep: int = 3, progress: bool = True, lockstep: bool = True, execute_steps: int = 1) -> dict:
+             frames_to_keep: int = 3, progress: bool = True, lockstep: bool = True, execute_steps: int = 1,
+             actuation_noise: float = 0.0, noise_seed: int = 0) -> dict:
     """Run ``episodes`` seeded episodes; returns per-episode results, per-task and overall success.
-    ``execute_steps``: actions of each predicted chunk executed before the policy predicts again."""
+    ``execute_steps``: actions of each predicted chunk executed before the policy predicts again.
+    ``actuation_noise`` / ``noise_seed``: the simulated arm's relative tracking error (TabletopEnv).
+    Each result carries a digest of every action the physics applied, so two runs can be compared
+    step for step (same digest: bit-identical episodes)."""
     from tqdm import tqdm
 
     ns = f"eval_{uuid.uuid4().hex[:8]}"
@@ -44,48 +51,64 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
     with NodesInBackground() as ros:
         runner = PolicyRunner(checkpoint, device=device, execute_steps=execute_steps)
         policy = PolicyNode(runner=runner, namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
-            # in lockstep the simulator waits for the policy: inputs age only while it renders
-            **topics, "control_rate_hz": 10.0 * speed, "max_input_age_s": 2.0 if lockstep else 0.5 / speed,
+            # in lockstep the simulator waits for the policy, however long it takes on this machine: inputs
+            # never count as stale (a hold would restart the history and change the episode)
+            **topics, "control_rate_hz": 10.0 * speed, "max_input_age_s": LOCKSTEP_TIMEOUT_S if lockstep else 0.5 / speed,
             "execute_steps": execute_steps,
             "gripper_open_threshold": 0.027, "action_low": [-0.3] * 6, "action_high": [0.3] * 6,
             "max_linear_velocity": 0.3, "max_angular_velocity": 1.5, "wait_for_new_inputs": lockstep}.items()])
         sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
             **topics, "image_size": image_size, "real_time_factor": speed, "max_episode_seconds": max_seconds,
-            "stop_on_success": True}.items()])
+            "stop_on_success": True, "lockstep_timeout_s": LOCKSTEP_TIMEOUT_S, "actuation_noise": actuation_noise,
+            "noise_seed": noise_seed}.items()])
         if lockstep:  # set before the executor spins: no tick has run yet
             sim.step_gate = lockstep_gate(policy, sim)
         client = rclpy.create_node("eval_client", namespace=ns)
         call = ServiceCaller(client)
         ros.add(sim, policy, client)
         ros.start()
-        results = []
-        for i in tqdm(range(episodes), desc="evaluating", unit="episode", disable=not progress):
-            seed = seed0 + i
-            sim.set_parameters([Parameter("seed", value=seed)])
-            instruction = call(f"/{ns}/sim_node/reset").message
-            target = sim.env.target
-            asked = target
-            if wrong_instruction:
-                others = [c for c in sim.env.colors if c != target]
-                asked = others[seed % len(others)]
-            policy.set_parameters([Parameter("instruction", value=instruction_for(asked))])
-            if not call(f"/{ns}/robovlm_policy/start").success:
-                raise RuntimeError("the policy node refused to start")
-            t0, frames, trace = sim.episode_start, [], []
-            while not sim.episode_over:  # the simulator stops itself: at success or after max_seconds
-                if len(frames) < frames_to_keep and sim.sim_time - t0 >= len(frames) * max_seconds / frames_to_keep:
-                    frames.append(sim.last_images["static"].copy())
-                trace.append(np.r_[sim.sim_time - t0, sim.twist, sim.gripper])
-                time.sleep(0.02 / speed)
-            success = call(f"/{ns}/sim_node/success").success
-            call(f"/{ns}/robovlm_policy/stop")
-            results.append({"seed": seed, "task": instruction, "asked": instruction_for(asked),
-                            "success": bool(success), "seconds": round(sim.sim_time - t0, 2),
-                            "trace": np.asarray(trace).tolist(), "frames": frames})
-        sim.release_renderer()
+        try:
+            results = [run_episode(sim, policy, call, seed0 + i, wrong_instruction, max_seconds, speed, frames_to_keep)
+                       for i in tqdm(range(episodes), desc="evaluating", unit="episode", disable=not progress)]
+        finally:
+            sim.release_renderer()  # on the executor thread that owns its context, also after an error
         stats = {**policy.stats, "execute_steps": execute_steps, "lockstep": lockstep,
                  **{f"lockstep_{k}": v for k, v in sim.lockstep.items()}}
-    return summarize(results, stats)
+    report = summarize(results, stats)
+    report["conditions"] = {"actuation_noise": actuation_noise, "noise_seed": noise_seed,
+                            "numerics": {**cpu_numerics(), "mujoco": mujoco.__version__, "renderer": sim.env.renderer_info}}
+    return report
+
+
+def run_episode(sim: SimNode, policy: PolicyNode, call: ServiceCaller, seed: int, wrong_instruction: bool,
+                max_seconds: float, speed: float, frames_to_keep: int) -> dict:
+    """One seeded episode: reset the simulator, instruct and start the policy, wait for the physics to
+    stop (success or time limit). ``wrong_instruction`` names another block than the one scored."""
+    ns = sim.get_namespace()
+    sim.set_parameters([Parameter("seed", value=seed)])
+    instruction = call(f"{ns}/sim_node/reset").message
+    asked = sim.env.target
+    if wrong_instruction:
+        others = [c for c in sim.env.colors if c != asked]
+        asked = others[seed % len(others)]
+    policy.set_parameters([Parameter("instruction", value=instruction_for(asked))])
+    if not call(f"{ns}/robovlm_policy/start").success:
+        raise RuntimeError("the policy node refused to start")
+    t0, frames, trace = sim.episode_start, [], []
+    while not sim.episode_over:  # the simulator stops itself: at success or after max_seconds
+        if sim.lockstep["timeouts"]:
+            raise RuntimeError(f"lockstep broke in episode seed {seed}: the policy sent no command for a "
+                               f"published step in {LOCKSTEP_TIMEOUT_S:.0f} s, so the simulator stepped "
+                               "without it and the result would depend on this machine's speed")
+        if len(frames) < frames_to_keep and sim.sim_time - t0 >= len(frames) * max_seconds / frames_to_keep:
+            frames.append(sim.last_images["static"].copy())
+        trace.append(np.r_[sim.sim_time - t0, sim.twist, sim.gripper])
+        time.sleep(0.02 / speed)
+    success = call(f"{ns}/sim_node/success").success
+    call(f"{ns}/robovlm_policy/stop")
+    return {"seed": seed, "task": instruction, "asked": instruction_for(asked), "success": bool(success),
+            "seconds": round(sim.sim_time - t0, 2), "steps": round((sim.sim_time - t0) / sim.env.dt),
+            "actions_sha1": sim.applied.hexdigest(), "trace": np.asarray(trace).tolist(), "frames": frames}
 
 
 def summarize(results: list[dict], node_stats: dict | None = None) -> dict:

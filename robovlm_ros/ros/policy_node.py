@@ -7,9 +7,11 @@ them before its next step and publishes only while the node is still running, so
 before ~/stop is never sent after it. Every control tick takes the
 newest inputs; if any is missing or older than ``max_input_age_s`` the arm gets a hold command
 instead (and the history restarts once inputs are back). A tick that finds the worker still busy is
-counted as an overrun and skipped. ``inputs_time_of_last_command`` (which inputs the newest command
-came from) and ``sent`` (messages published) let a simulator in the same process step in lockstep
-with the policy (see sim_node.lockstep_gate).
+counted as an overrun and skipped. With ``wait_for_new_inputs`` a step needs a new set of inputs that
+all carry the same header stamp (a simulator in lockstep stamps the messages of one step alike);
+``inputs_stamp_of_last_command`` (the stamp of the inputs behind the newest command) and ``sent``
+(messages published) let such a simulator in the same process step in lockstep with the policy
+(see sim_node.lockstep_gate).
 """
 from __future__ import annotations
 
@@ -38,13 +40,15 @@ MAX_INSTRUCTION_CHARS = 512
 
 
 class _Latest:
-    """Newest value of one input and when it arrived (monotonic clock: robust to unsynced stamps)."""
+    """Newest value of one input, when it arrived (monotonic clock: robust to unsynced stamps) and its
+    header stamp in nanoseconds (which step of a lockstep simulator it shows)."""
 
     def __init__(self):
-        self.value, self.t = None, None
+        self.value, self.t, self.stamp = None, None, None
 
-    def set(self, value) -> None:
+    def set(self, value, stamp) -> None:
         self.value, self.t = value, time.monotonic()
+        self.stamp = stamp.sec * 1_000_000_000 + stamp.nanosec
 
     def age(self, now: float) -> float:
         return float("inf") if self.t is None else now - self.t
@@ -87,11 +91,11 @@ class PolicyNode(Node):
         self.camera, self.hand, self.joints = _Latest(), _Latest(), _Latest()
         # steps: commands from the policy; inferences: chunks predicted (fewer with execute_steps > 1)
         self.stats = {"steps": 0, "inferences": 0, "holds": 0, "overruns": 0, "rejected_msgs": 0, "unsafe_actions": 0}
-        # arrival time (monotonic) of the oldest input behind the newest published command, and the
-        # messages sent so far (a lockstep simulator steps once it has received them all)
-        self.inputs_time_of_last_command = -float("inf")
+        # header stamp of the inputs behind the newest published command, and the messages sent so far
+        # (a lockstep simulator steps once it has received them all)
+        self.inputs_stamp_of_last_command = -1
         self.sent = {"arm": 0, "gripper": 0}
-        self._newest_input_of_last_job = -float("inf")  # for wait_for_new_inputs
+        self._stamp_of_last_job = -1  # for wait_for_new_inputs
         self.latencies: deque[float] = deque(maxlen=200)  # inference seconds per predicted chunk
         self.input_ms: deque[float] = deque(maxlen=200)  # image message: transport + decode
         self.step_overhead_ms: deque[float] = deque(maxlen=200)  # job -> commands out, minus runner.step
@@ -137,7 +141,7 @@ class PolicyNode(Node):
         def on_image(msg):
             t0 = time.time()
             try:
-                slot.set(decode_image(msg))
+                slot.set(decode_image(msg), msg.header.stamp)
                 stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
                 # transport (when the sender stamps with the same clock) + decoding, in ms
                 transport = t0 - stamp if 0 < t0 - stamp < 1.0 else 0.0
@@ -163,7 +167,7 @@ class PolicyNode(Node):
             self.stats["rejected_msgs"] += 1
             self.get_logger().warning(f"rejected joint state: {problem}", throttle_duration_sec=2.0)
             return
-        self.joints.set((arm, grip))
+        self.joints.set((arm, grip), msg.header.stamp)
 
     def _state(self, arm: np.ndarray, grip) -> np.ndarray:
         if grip is None:
@@ -255,10 +259,11 @@ class PolicyNode(Node):
                 return
             self.hold_reason = ""
             arm, grip = self.joints.value
-            arrivals = [self.camera.t, self.joints.t] + ([self.hand.t] if self.uses_hand else [])
-            inputs_t = min(arrivals)
-            if self.p["wait_for_new_inputs"] and inputs_t <= self._newest_input_of_last_job:
-                return  # some input has not changed since the last step: stepping again would repeat it
+            slots = [self.camera, self.joints] + ([self.hand] if self.uses_hand else [])
+            stamp = self.joints.stamp
+            if self.p["wait_for_new_inputs"] and (any(s.stamp != stamp for s in slots)
+                                                  or stamp <= self._stamp_of_last_job):
+                return  # not yet one new step's inputs: stepping now would mix or repeat steps
             obs = {"rgb": self.camera.value, "state": self._state(arm, grip)}
             if self.uses_hand:
                 obs["hand_rgb"] = self.hand.value
@@ -266,8 +271,8 @@ class PolicyNode(Node):
             if self._job is not None:
                 self.stats["overruns"] += 1
                 return
-            self._job = (obs, arm, inputs_t)
-            self._newest_input_of_last_job = max(arrivals)
+            self._job = (obs, arm, stamp)
+            self._stamp_of_last_job = stamp
             self._work.notify()
 
     def _work_loop(self) -> None:
@@ -277,10 +282,10 @@ class PolicyNode(Node):
                     self._work.wait()
                 if not self._alive:
                     return
-                obs, joints, inputs_t = self._job
+                obs, joints, inputs_stamp = self._job
             try:
                 t_job = time.perf_counter()
-                self._step(obs, joints, t_job, inputs_t)
+                self._step(obs, joints, t_job, inputs_stamp)
             except Exception as e:  # never let the inference thread die: hold and report
                 self.get_logger().error(f"policy step failed: {e!r}", throttle_duration_sec=2.0)
                 with self.lock:
@@ -289,7 +294,7 @@ class PolicyNode(Node):
                 with self._work:
                     self._job = None
 
-    def _step(self, obs: dict, joints: np.ndarray, t_job: float, inputs_t: float) -> None:
+    def _step(self, obs: dict, joints: np.ndarray, t_job: float, inputs_stamp: int) -> None:
         with self.lock:
             if not self.running:
                 return
@@ -329,7 +334,7 @@ class PolicyNode(Node):
             self.step_overhead_ms.append(1000 * (time.perf_counter() - t_job - runner_s))
             self.runtime_overhead_ms.append(1000 * (runner_s - inference))
             self.last_gripper = float(action[6])
-            self.inputs_time_of_last_command = inputs_t
+            self.inputs_stamp_of_last_command = inputs_stamp
             self.stats["steps"] += 1
 
     def _publish_hold(self) -> None:

@@ -9,14 +9,18 @@ parameter, asking for the ``target`` block if set; the message is the instructio
 ``~/instruction``) and ``~/success``
 (Trigger: success read from the physics). ``real_time_factor`` > 1 runs the clock faster.
 
-Lockstep (the ``step_gate`` attribute, see ``lockstep_gate``; for a policy or the expert in the same
-process): the physics advances only once a command computed from the newest published sensors has
-arrived, so results do not depend on how fast the commander runs on this machine.
-``real_time_factor`` is then an upper bound; after ``lockstep_timeout_s`` of waiting (wall clock)
-the step is taken anyway and counted.
+Every publish stamps the two images and the joint state of one physics step with the same header
+stamp, strictly increasing (``stamp_ns``): the stamp names the step, so a consumer can tell which
+messages belong together. Lockstep (the ``step_gate`` attribute, see ``lockstep_gate``; for a policy
+or the expert in the same process): the physics advances only once a command computed from exactly
+the newest published step has arrived, so results do not depend on how fast the commander runs on
+this machine. ``real_time_factor`` is then an upper bound. Unanswered for ``lockstep_resend_s`` (a
+sensor message lost), the same step is published again, same stamp; after ``lockstep_timeout_s`` the
+step is taken anyway and counted in ``lockstep["timeouts"]`` (an evaluation treats that as an error).
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 import threading
 import time
@@ -27,6 +31,7 @@ from geometry_msgs.msg import TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+from rclpy.time import Time
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -51,9 +56,12 @@ PARAMS = {
     "max_episode_seconds": (0.0, "the physics stops after this many simulated seconds of an episode, until the "
                                  "next ~/reset (0: never)"),
     "stop_on_success": (False, "the physics stops once the task succeeds, until the next ~/reset"),
-    "lockstep_timeout_s": (2.0, "with a step gate (lockstep): longest wait for the policy, wall-clock seconds"),
+    "lockstep_resend_s": (1.0, "with a step gate (lockstep): publish the unanswered step again after this wait, "
+                               "wall-clock seconds"),
+    "lockstep_timeout_s": (60.0, "with a step gate (lockstep): longest wait for the policy, wall-clock seconds"),
     "actuation_noise": (0.0, "velocity-tracking error: each commanded twist component is scaled by 1 + N(0, this), "
                              "redrawn every 5 steps and seeded by the episode (0: an ideal arm)"),
+    "noise_seed": (0, "another draw of the actuation noise for the same episodes (0: the episode's own)"),
 }
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -74,7 +82,7 @@ class SimNode(Node):
         p = {name: self.get_parameter(name).value for name in PARAMS}
         self.p = p
         self.env = env or TabletopEnv(image_size=p["image_size"], control_hz=p["control_rate_hz"],
-                                      actuation_noise=p["actuation_noise"])
+                                      actuation_noise=p["actuation_noise"], noise_seed=p["noise_seed"])
         self.cam_pub = self.create_publisher(Image, p["camera_topic"], qos_profile_sensor_data)
         self.hand_pub = self.create_publisher(Image, p["gripper_camera_topic"], qos_profile_sensor_data)
         self.joint_pub = self.create_publisher(JointState, p["joint_states_topic"], qos_profile_sensor_data)
@@ -86,11 +94,14 @@ class SimNode(Node):
         self.sim_time = 0.0
         self.last_images: dict[str, np.ndarray] = {}  # newest frame per camera (for reports)
         self.twist, self.twist_time, self.gripper = np.zeros(6), -np.inf, 1.0
-        # step_gate(published_at) -> True once a command computed from the sensors published at
-        # published_at (time.monotonic) has arrived; None (default) runs the physics on the clock
-        self.step_gate: Callable[[float], bool] | None = None
-        self.published_at = time.monotonic()
-        self.lockstep = {"steps": 0, "timeouts": 0}
+        # step_gate(stamp_ns) -> True once a command computed from the sensors stamped stamp_ns has
+        # arrived; None (default) runs the physics on the clock
+        self.step_gate: Callable[[int], bool] | None = None
+        self.stamp_ns = 0  # header stamp of the newest published step (nanoseconds)
+        self.published_at = time.monotonic()  # when it was last published (wall clock, for the waits)
+        self.step_started = self.published_at  # when it was first published
+        self._sensor_msgs: list[tuple] = []  # (publisher, message) of the newest step, for a resend
+        self.lockstep = {"steps": 0, "resends": 0, "timeouts": 0}
         self.received = {"arm": 0, "gripper": 0}  # command messages, valid or not
         self.reset_episode(p["seed"], p["target"])
         self.tick_timer = self.create_timer(1.0 / (p["control_rate_hz"] * p["real_time_factor"]), self._tick)
@@ -100,6 +111,7 @@ class SimNode(Node):
             raise ValueError(f"target must be one of {self.env.colors} or empty, not {target!r}")
         instruction = self.env.reset(int(seed), target=target or None)
         self.twist, self.twist_time, self.gripper = np.zeros(6), -np.inf, 1.0
+        self.applied = hashlib.sha1()  # of every action the physics applied this episode (float64 bytes)
         self.sensors_out = False  # nothing of this episode published yet
         self.episode_start, self.episode_over = self.sim_time, False
         self.instruction_pub.publish(String(data=instruction))
@@ -160,16 +172,22 @@ class SimNode(Node):
             if not self.sensors_out:  # a new episode: the policy needs its first observation
                 self.publish_sensors()
                 return
-            if not self.step_gate(self.published_at):
-                if time.monotonic() - self.published_at < self.p["lockstep_timeout_s"]:
-                    return  # the policy has not answered the newest sensors yet
+            if not self.step_gate(self.stamp_ns):
+                waited = time.monotonic() - self.step_started
+                if waited < self.p["lockstep_timeout_s"]:
+                    if time.monotonic() - self.published_at >= self.p["lockstep_resend_s"]:
+                        self.lockstep["resends"] += 1  # a sensor message may be lost: the same step again
+                        self._publish(self._sensor_msgs)
+                    return  # the policy has not answered the newest step yet
                 self.lockstep["timeouts"] += 1
-                self.get_logger().warning("lockstep: no command for the newest sensors in "
-                                          f"{self.p['lockstep_timeout_s']} s, stepping anyway",
-                                          throttle_duration_sec=2.0)
+                self.get_logger().error("lockstep: no command for the newest sensors in "
+                                        f"{self.p['lockstep_timeout_s']} s, stepping anyway",
+                                        throttle_duration_sec=2.0)
             self.lockstep["steps"] += 1
         twist = self.twist if self.sim_time - self.twist_time <= self.p["command_timeout_s"] else np.zeros(6)
-        self.env.step(np.r_[twist, self.gripper])
+        action = np.r_[twist, self.gripper].astype(np.float64)
+        self.applied.update(action.tobytes())
+        self.env.step(action)
         self.sim_time += self.env.dt
         limit = self.p["max_episode_seconds"]
         self.episode_over = bool((limit and self.sim_time - self.episode_start >= limit - 1e-9)
@@ -177,30 +195,41 @@ class SimNode(Node):
         self.publish_sensors()
 
     def publish_sensors(self) -> None:
-        self.published_at = time.monotonic()  # before publishing: any input that arrives is newer
+        """Publish the current step: both cameras and the joint state under one new stamp."""
         self.sensors_out = True
-        stamp = self.get_clock().now().to_msg()
+        # strictly increasing, so that two steps never share a stamp (the clock can stand still)
+        self.stamp_ns = max(self.get_clock().now().nanoseconds, self.stamp_ns + 1)
+        stamp = Time(nanoseconds=self.stamp_ns).to_msg()
         size = self.env.image_size
+        msgs = []
         for pub, camera in ((self.cam_pub, "static"), (self.hand_pub, "gripper")):
             # rendering stays on this (executor) thread: an EGL context belongs to the thread that made it
             self.last_images[camera] = self.env.render(camera)
             msg = Image(height=size, width=size, encoding="rgb8", step=3 * size,
                         data=self.last_images[camera].tobytes())
             msg.header.stamp, msg.header.frame_id = stamp, camera
-            pub.publish(msg)
+            msgs.append((pub, msg))
         js = JointState(name=ARM_JOINTS + ["gripper_joint"],
                         position=[float(x) for x in self.env.joint_positions()] + [self.env.gripper_width()])
         js.header.stamp = stamp
-        self.joint_pub.publish(js)
+        msgs.append((self.joint_pub, js))
+        self._sensor_msgs = msgs
+        self.step_started = time.monotonic()
+        self._publish(msgs)
+
+    def _publish(self, msgs: list[tuple]) -> None:
+        self.published_at = time.monotonic()
+        for pub, msg in msgs:
+            pub.publish(msg)
 
 
-def lockstep_gate(commander, sim: SimNode) -> Callable[[float], bool]:
+def lockstep_gate(commander, sim: SimNode) -> Callable[[int], bool]:
     """A step gate for ``sim``: ``commander`` (a PolicyNode or ExpertNode in the same process) has
-    published a command computed from the sensors published at ``published_at``
-    (``commander.inputs_time_of_last_command``), and the simulator has received every command message
+    published a command computed from the sensors stamped ``stamp_ns``
+    (``commander.inputs_stamp_of_last_command``), and the simulator has received every command message
     it sent (``commander.sent``: arm and gripper topics are delivered independently)."""
-    return lambda published_at: (commander.inputs_time_of_last_command >= published_at
-                                 and sim.received == commander.sent)
+    return lambda stamp_ns: (commander.inputs_stamp_of_last_command == stamp_ns
+                             and sim.received == commander.sent)
 
 
 class ExpertNode(Node):
@@ -215,7 +244,7 @@ class ExpertNode(Node):
         super().__init__("scripted_expert", **kwargs)
         self.sim, self.expert, self.active = sim, ScriptedExpert(sim.env), False
         self.lockstep = lockstep
-        self.inputs_time_of_last_command = -float("inf")  # published_at of the state last answered
+        self.inputs_stamp_of_last_command = -1  # stamp_ns of the step last answered
         self.sent = {"arm": 0, "gripper": 0}
         p = sim.p
         self.arm_pub = self.create_publisher(TwistStamped, p["arm_command_topic"], 10)
@@ -232,9 +261,9 @@ class ExpertNode(Node):
     def _tick(self) -> None:
         if not self.active:
             return
-        published_at = self.sim.published_at  # the state the sensors show (lockstep: the current one)
-        if self.lockstep and published_at <= self.inputs_time_of_last_command:
-            return  # this state has its command already
+        stamp_ns = self.sim.stamp_ns  # the step the sensors show (lockstep: the current one)
+        if self.lockstep and stamp_ns == self.inputs_stamp_of_last_command:
+            return  # this step has its command already
         a = self.expert.act()
         msg = TwistStamped()
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -246,7 +275,7 @@ class ExpertNode(Node):
                                                       else p["gripper_closed_position"]]))
         self.sent["arm"] += 1
         self.sent["gripper"] += 1
-        self.inputs_time_of_last_command = published_at
+        self.inputs_stamp_of_last_command = stamp_ns
 
 
 def main(args=None) -> int:

@@ -40,11 +40,12 @@ class TabletopEnv:
     loop under- or overshoots. Being proportional to the command it leaves standing still exact, so
     precise final alignment stays possible. Recording demonstrations with it makes the expert show
     how to recover from being off its path (noise injection, as in DART, Laskey et al. 2017); the
-    recorded command stays the expert's own."""
+    recorded command stays the expert's own. ``noise_seed`` > 0 draws another noise sequence for the
+    same episodes (to measure how a policy's success spreads under small perturbations)."""
 
     def __init__(self, image_size: int = 96, control_hz: float = 10.0, actuation_noise: float = 0.0,
-                 noise_hold: int = 5):
-        self.actuation_noise, self.noise_hold = float(actuation_noise), int(noise_hold)
+                 noise_hold: int = 5, noise_seed: int = 0):
+        self.actuation_noise, self.noise_hold, self.noise_seed = float(actuation_noise), int(noise_hold), int(noise_seed)
         self._noise_rng, self._noise, self._steps = np.random.default_rng(0), np.zeros(6), 0
         self.model = mujoco.MjModel.from_xml_string(scene_xml(image_size))
         self.data = mujoco.MjData(self.model)
@@ -52,6 +53,7 @@ class TabletopEnv:
         self.substeps = int(round(self.dt / self.model.opt.timestep))
         self.image_size = image_size
         self._renderer = None  # created on first render: physics-only use needs no GL context
+        self.renderer_info = ""  # the OpenGL renderer that draws the cameras (once one has rendered)
         self.colors = list(COLORS)
         self.tcp_id = self.model.site("tcp").id
         self.target = self.colors[0]
@@ -60,7 +62,7 @@ class TabletopEnv:
     def reset(self, seed: int, target: str | None = None) -> str:
         """Blocks at seeded random places (>= 9 cm apart), arm at home; returns the instruction."""
         rng = np.random.default_rng(seed)
-        self._noise_rng = np.random.default_rng([seed, 1])
+        self._noise_rng = np.random.default_rng([seed, 1] + ([self.noise_seed] if self.noise_seed else []))
         self._noise, self._steps = np.zeros(6), 0
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
@@ -133,5 +135,17 @@ class TabletopEnv:
         """[S, S, 3] uint8 RGB from "static" or "gripper" (MUJOCO_GL=egl renders on the CPU)."""
         if self._renderer is None:
             self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            self.renderer_info = gl_renderer()
         self._renderer.update_scene(self.data, camera=camera)
         return self._renderer.render().copy()
+
+
+def gl_renderer() -> str:
+    """The current OpenGL context's renderer and version (e.g. Mesa llvmpipe): images, and so a
+    policy's inputs, can differ between renderers."""
+    try:
+        from OpenGL import GL
+
+        return " / ".join(GL.glGetString(k).decode() for k in (GL.GL_RENDERER, GL.GL_VERSION))
+    except Exception as e:  # no PyOpenGL, or a backend without a current context: say so, do not fail
+        return f"unknown ({type(e).__name__})"
