@@ -166,3 +166,26 @@ def test_existing_dataset_is_not_overwritten_by_accident(tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), params(tmp_path), progress=False)
     assert sorted(os.listdir(tmp_path)) == ["bags", "ds", "robot.yaml"]  # no temporary leftovers
+
+
+def test_without_a_gripper_joint_the_state_shows_the_last_gripper_command(tmp_path):
+    """A robot that reports no gripper joint: the state's gripper is the last gripper command before
+    the frame (+1 before the first), which is what the policy node gives the model (its previous
+    command; test_policy_node checks that side). Conversion used a constant +1 here before."""
+    t0 = 1_000 * MS
+    msgs = [m for m in episode_messages(t0=t0) if m[0] != "/joints"]
+    msgs += [("/joints", "sensor_msgs/msg/JointState", t0 + k * 50 * MS + MS, joints(t0 + k * 50 * MS, k, names=JOINTS))
+             for k in range(40)]
+    closed = set(range(5, 13))  # commands 5..12 close the gripper
+    f64 = lambda v: T["std_msgs/msg/Float64MultiArray"](  # noqa: E731
+        layout=T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0), data=np.array([v]))
+    msgs += [("/grip", "std_msgs/msg/Float64MultiArray", t0 + j * 100 * MS + 11 * MS, f64(0.0 if j in closed else 0.04))
+             for j in range(20)]  # just after arm command j, as the policy node sends them
+    write_bag(tmp_path / "bags" / "ep1", msgs)
+    reports = convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"),
+                           params(tmp_path, gripper_joint="", gripper_command_topic="/grip"), progress=False)
+    assert reports[0].status == "converted" and reports[0].frames == 20
+    ep = LeRobotEpisodes(str(tmp_path / "ds")).episodes[0]
+    commanded = np.array([-1.0 if j in closed else 1.0 for j in range(20)])
+    np.testing.assert_array_equal(ep["action"][:, 6], commanded)
+    np.testing.assert_array_equal(ep["state"][:, 6], np.r_[1.0, commanded[:-1]])

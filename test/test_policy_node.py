@@ -292,3 +292,30 @@ def test_lockstep_steps_once_per_step_stamp_and_never_mixes_steps(system):
     deliver(s2, s2, s2)  # the same step again
     time.sleep(5 / RATE)
     assert node.stats["steps"] == commands + 1
+
+
+@pytest.mark.params(gripper_joint="")
+def test_without_a_gripper_joint_the_state_is_the_last_gripper_command_of_the_episode(system):
+    """No gripper joint: the model's state shows the node's previous gripper command, open at the start
+    of every episode, as the bag converter builds it (test_convert). The node used to carry the last
+    command of the previous episode into the next one."""
+    node, robot = system
+    seen, step = [], node.runner.step
+
+    def closing_step(obs):  # the policy closes the gripper at every step
+        seen.append(obs["state"][6])
+        action = step(obs)
+        action[6] = -1.0
+        return action
+
+    node.runner.step = closing_step
+    robot.set_instruction("pick up the red block")
+    assert robot.trigger("start").success
+    assert wait_for(lambda: len(seen) >= 3, 10.0)
+    assert robot.trigger("stop").success
+    assert wait_for(lambda: node._job is None, 10.0)  # a step still computing when stopped has finished
+    assert seen[0] == 1.0 and all(g == -1.0 for g in seen[1:])  # open, then the previous command
+    first_run = len(seen)
+    assert robot.trigger("start").success  # a new episode: open again, not the last episode's close
+    assert wait_for(lambda: len(seen) >= first_run + 2, 10.0)
+    assert seen[first_run] == 1.0 and seen[first_run + 1] == -1.0

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..node_params import load_params_file
 from ..runtime.images import ImageDecodeError, decode_image
-from .actions import FrameError, arm_from_command, gripper_from_command, state_from_joints
+from ..robot.messages import GRIPPER_OPEN, FrameError, arm_from_command, gripper_from_command, state_from_joints
 from .align import align
 from .bags import BagError, find_bags, read_episode
 from .lerobot import LeRobotWriter
@@ -48,6 +48,13 @@ class EpisodeConverter:
             img = cv2.resize(img, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
         return img
 
+    def _gripper_at(self, streams: dict, grip_times: list, i: int) -> float:
+        """The i-th recorded gripper command as ±1 (open when there is none: i < 0)."""
+        if i < 0:
+            return GRIPPER_OPEN
+        return gripper_from_command(streams[self.grip_cmd][i][1], self.p["gripper_open_position"],
+                                    self.p["gripper_closed_position"])
+
     def convert(self, episode) -> tuple[dict, BagReport]:
         s = episode.streams
         report = BagReport(episode.path, "converted", instruction=episode.instruction)
@@ -69,15 +76,17 @@ class EpisodeConverter:
                 cam_msg = aligned.picks["camera"][k] if with_commands else aligned.picks["reference"][k]
                 rgb = self._image(cam_msg)
                 hand = self._image(aligned.picks["gripper camera"][k]) if self.hand else None
+                # without a gripper joint the state shows the last gripper command before this frame, as
+                # the policy node's does (its previous command)
+                last_grip = self._gripper_at(s, grip_times, np.searchsorted(grip_times, t, side="left") - 1)
                 state = state_from_joints(aligned.picks["joints"][k], self.p["arm_joints"], self.p["gripper_joint"],
-                                          self.p["gripper_open_threshold"])
+                                          self.p["gripper_open_threshold"], last_grip)
                 if with_commands:
                     arm = arm_from_command(aligned.picks["reference"][k], state[:6])
                     # the gripper command of the same control step is sent just after the arm's: take the
                     # latest one up to half a period after t (commands are actions, not observations)
                     g = np.searchsorted(grip_times, t + half_period, side="right") - 1
-                    grip = (gripper_from_command(s[self.grip_cmd][g][1], self.p["gripper_open_position"],
-                                                 self.p["gripper_closed_position"]) if g >= 0 else state[6])
+                    grip = self._gripper_at(s, grip_times, g) if g >= 0 else state[6]
                     rows["action"].append(np.r_[arm, grip])
             except (ImageDecodeError, FrameError) as e:
                 reason = f"malformed: {e}"

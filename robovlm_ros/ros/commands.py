@@ -19,6 +19,8 @@ from geometry_msgs.msg import TwistStamped
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from ..robot.messages import gripper_position
+
 ARM_TYPES = {"twist": TwistStamped, "float64_array": Float64MultiArray, "joint_trajectory": JointTrajectory}
 GRIPPER_TYPES = {"float64_array": Float64MultiArray, "joint_trajectory": JointTrajectory}
 
@@ -73,7 +75,7 @@ class CommandBuilder:
         return self.arm(np.zeros(6), joint_positions, stamp)
 
     def gripper(self, gripper: float, stamp):
-        position = self.open_position if gripper >= 0 else self.closed_position
+        position = gripper_position(gripper, self.open_position, self.closed_position)
         if self.gripper_type == "float64_array":
             return Float64MultiArray(data=[float(position)])
         point = JointTrajectoryPoint(positions=[float(position)], time_from_start=_duration(self.period_s))

@@ -31,6 +31,7 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from ..node_params import POLICY_PARAMS
+from ..robot.messages import GRIPPER_OPEN, FrameError, gripper_sign, state_from_joints
 from ..runtime import ImageDecodeError, PolicyRunner, SafetyLimits, UnsafeActionError, decode_image
 from .commands import CommandBuilder, chunk_message
 from .params import descriptor
@@ -87,7 +88,7 @@ class PolicyNode(Node):
         self.needs_reset = False  # worker resets the runner's history before its next step
         self.instruction: str | None = None
         self.pending_instruction: str | None = None  # worker hands it to the runner before its next step
-        self.last_gripper = 1.0
+        self.last_gripper = GRIPPER_OPEN  # the last gripper command of this episode (worker thread only)
         self.camera, self.hand, self.joints = _Latest(), _Latest(), _Latest()
         # steps: commands from the policy; inferences: chunks predicted (fewer with execute_steps > 1)
         self.stats = {"steps": 0, "inferences": 0, "holds": 0, "overruns": 0, "rejected_msgs": 0, "unsafe_actions": 0}
@@ -153,28 +154,19 @@ class PolicyNode(Node):
         self.create_subscription(CompressedImage if compressed else Image, topic, on_image, qos_profile_sensor_data)
 
     def _on_joints(self, msg: JointState) -> None:
-        index = {name: i for i, name in enumerate(msg.name)}
-        missing = [j for j in self.p["arm_joints"] + [self.p["gripper_joint"]] if j and j not in index]
-        problem = f"missing joints {missing}" if missing else None
-        if not problem and len(msg.position) != len(msg.name):
-            problem = f"{len(msg.name)} names but {len(msg.position)} positions"
-        if not problem:
-            arm = np.array([msg.position[index[j]] for j in self.p["arm_joints"]], dtype=np.float64)
-            grip = msg.position[index[self.p["gripper_joint"]]] if self.p["gripper_joint"] else None
-            if not np.isfinite(arm).all() or (grip is not None and not np.isfinite(grip)):
-                problem = "non-finite joint positions"
-        if problem:
+        try:  # checked with the function that builds the state, so a stored message always gives one
+            arm = self._state(msg)[:6]
+        except FrameError as e:
             self.stats["rejected_msgs"] += 1
-            self.get_logger().warning(f"rejected joint state: {problem}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"rejected joint state: {e}", throttle_duration_sec=2.0)
             return
-        self.joints.set((arm, grip), msg.header.stamp)
+        self.joints.set((arm, msg), msg.header.stamp)
 
-    def _state(self, arm: np.ndarray, grip) -> np.ndarray:
-        if grip is None:
-            g = self.last_gripper
-        else:
-            g = 1.0 if grip >= self.p["gripper_open_threshold"] else -1.0
-        return np.r_[arm, g]
+    def _state(self, msg: JointState, last_gripper_command: float = GRIPPER_OPEN) -> np.ndarray:
+        """The model's state from a JointState: the bag converter's function, so deployment sees what
+        training saw (without a gripper joint, the last gripper command this episode)."""
+        return state_from_joints(msg, self.p["arm_joints"], self.p["gripper_joint"], self.p["gripper_open_threshold"],
+                                 last_gripper_command)
 
     # ------------------------------------------------------------------ instruction
     def _validate_params(self, params: list[Parameter]) -> SetParametersResult:
@@ -258,20 +250,20 @@ class PolicyNode(Node):
                 self.get_logger().warning(f"holding: {problem}", throttle_duration_sec=2.0)
                 return
             self.hold_reason = ""
-            arm, grip = self.joints.value
+            arm, joint_msg = self.joints.value
             slots = [self.camera, self.joints] + ([self.hand] if self.uses_hand else [])
             stamp = self.joints.stamp
             if self.p["wait_for_new_inputs"] and (any(s.stamp != stamp for s in slots)
                                                   or stamp <= self._stamp_of_last_job):
                 return  # not yet one new step's inputs: stepping now would mix or repeat steps
-            obs = {"rgb": self.camera.value, "state": self._state(arm, grip)}
+            obs = {"rgb": self.camera.value}  # the state is built by the worker (it knows the last command)
             if self.uses_hand:
                 obs["hand_rgb"] = self.hand.value
         with self._work:
             if self._job is not None:
                 self.stats["overruns"] += 1
                 return
-            self._job = (obs, arm, stamp)
+            self._job = (obs, joint_msg, stamp)
             self._stamp_of_last_job = stamp
             self._work.notify()
 
@@ -282,10 +274,10 @@ class PolicyNode(Node):
                     self._work.wait()
                 if not self._alive:
                     return
-                obs, joints, inputs_stamp = self._job
+                obs, joint_msg, inputs_stamp = self._job
             try:
                 t_job = time.perf_counter()
-                self._step(obs, joints, t_job, inputs_stamp)
+                self._step(obs, joint_msg, t_job, inputs_stamp)
             except Exception as e:  # never let the inference thread die: hold and report
                 self.get_logger().error(f"policy step failed: {e!r}", throttle_duration_sec=2.0)
                 with self.lock:
@@ -294,7 +286,7 @@ class PolicyNode(Node):
                 with self._work:
                     self._job = None
 
-    def _step(self, obs: dict, joints: np.ndarray, t_job: float, inputs_stamp: int) -> None:
+    def _step(self, obs: dict, joint_msg: JointState, t_job: float, inputs_stamp: int) -> None:
         with self.lock:
             if not self.running:
                 return
@@ -304,6 +296,10 @@ class PolicyNode(Node):
             self.runner.set_instruction(instruction)
         elif reset:
             self.runner.reset()
+        if instruction is not None or reset:
+            self.last_gripper = GRIPPER_OPEN  # a new episode: no gripper command yet
+        obs["state"] = self._state(joint_msg, self.last_gripper)
+        joints = obs["state"][:6]
         chunk_before = self.runner.last_chunk
         t_runner = time.perf_counter()
         try:
@@ -333,7 +329,7 @@ class PolicyNode(Node):
             self.sent["gripper"] += 1
             self.step_overhead_ms.append(1000 * (time.perf_counter() - t_job - runner_s))
             self.runtime_overhead_ms.append(1000 * (runner_s - inference))
-            self.last_gripper = float(action[6])
+            self.last_gripper = gripper_sign(action[6])
             self.inputs_stamp_of_last_command = inputs_stamp
             self.stats["steps"] += 1
 

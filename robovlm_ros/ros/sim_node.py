@@ -36,6 +36,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
+from ..robot.messages import gripper_from_command, gripper_position
 from ..sim.tabletop import ARM_JOINTS, TabletopEnv
 from .spin import run_node
 
@@ -132,9 +133,7 @@ class SimNode(Node):
         if len(msg.data) != 1 or not np.isfinite(msg.data[0]):
             self.get_logger().warning("ignored a malformed gripper command", throttle_duration_sec=2.0)
             return
-        value = msg.data[0]
-        open_, closed = self.p["gripper_open_position"], self.p["gripper_closed_position"]
-        self.gripper = 1.0 if abs(value - open_) <= abs(value - closed) else -1.0
+        self.gripper = gripper_from_command(msg, self.p["gripper_open_position"], self.p["gripper_closed_position"])
 
     def _on_reset(self, request, response):
         try:
@@ -271,8 +270,8 @@ class ExpertNode(Node):
          msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z) = (float(x) for x in a[:6])
         self.arm_pub.publish(msg)
         p = self.sim.p
-        self.grip_pub.publish(Float64MultiArray(data=[p["gripper_open_position"] if a[6] >= 0
-                                                      else p["gripper_closed_position"]]))
+        self.grip_pub.publish(Float64MultiArray(data=[gripper_position(a[6], p["gripper_open_position"],
+                                                                       p["gripper_closed_position"])]))
         self.sent["arm"] += 1
         self.sent["gripper"] += 1
         self.inputs_stamp_of_last_command = stamp_ns

@@ -11,6 +11,8 @@ from collections import deque
 
 import numpy as np
 
+from ..robot.messages import gripper_sign
+
 
 class ActionQueue:
     def __init__(self, execute_steps: int):
@@ -56,6 +58,6 @@ class TemporalEnsembler:
         preds = np.stack([c[t - s] for s, c in self._chunks])  # oldest first
         w = np.exp(-self.decay * np.arange(len(preds)))
         out = (preds * w[:, None]).sum(0) / w.sum()
-        out[-1] = 1.0 if out[-1] >= 0 else -1.0
+        out[-1] = gripper_sign(out[-1])
         self._t += 1
         return out

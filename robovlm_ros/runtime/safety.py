@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..robot.messages import gripper_sign
+
 
 class UnsafeActionError(ValueError):
     """The policy produced an action that must not be sent (NaN / inf)."""
@@ -41,5 +43,5 @@ class SafetyLimits:
             norm = np.linalg.norm(a[sl])
             if norm > bound:
                 a[sl] *= bound / norm
-        a[6] = 1.0 if a[6] >= 0 else -1.0
+        a[6] = gripper_sign(a[6])
         return a

@@ -1,6 +1,7 @@
 """Robot state and actions from ROS messages (rclpy or rosbags-deserialised; fields are the same).
 
-state  = 6 arm joint positions (picked by name) + gripper (+1 open / -1 closed, by a position threshold)
+state  = 6 arm joint positions (picked by name) + gripper (+1 open / -1 closed, by a position threshold;
+         a robot without a gripper joint reports the last gripper command instead, +1 before the first)
 action = 6 arm values + gripper +-1, in the units of the command the robot received:
   TwistStamped        linear x, y, z, angular x, y, z        (what MoveIt Servo executed)
   Float64MultiArray   the 6 values (joint velocities)
@@ -8,27 +9,56 @@ action = 6 arm values + gripper +-1, in the units of the command the robot recei
   no commands         joint velocities from consecutive states: (q[k+1] - q[k]) / dt   (documented choice:
                       the policy then drives a forward velocity controller, arm_command_type float64_array)
 gripper action: the commanded position nearer the open position -> +1, else -1.
+
+The policy node and the bag converter both build the state with ``state_from_joints``, so the model
+sees in deployment exactly what it was trained on.
 """
 from __future__ import annotations
 
 import numpy as np
+
+GRIPPER_OPEN, GRIPPER_CLOSED = 1.0, -1.0
 
 
 class FrameError(ValueError):
     """A message that cannot give a state or action (missing joints, NaN, wrong size)."""
 
 
+def gripper_sign(value: float) -> float:
+    """The policy's gripper output (a logit or an average of ±1) as the ±1 command: >= 0 is open."""
+    return GRIPPER_OPEN if value >= 0 else GRIPPER_CLOSED
+
+
+def gripper_from_position(value: float, open_position: float, closed_position: float) -> float:
+    """A commanded gripper position as ±1: nearer the open position is open."""
+    return GRIPPER_OPEN if abs(value - open_position) <= abs(value - closed_position) else GRIPPER_CLOSED
+
+
+def gripper_position(sign: float, open_position: float, closed_position: float) -> float:
+    """The ±1 gripper action as the position to command."""
+    return open_position if sign >= 0 else closed_position
+
+
 def state_from_joints(msg, arm_joints: list[str], gripper_joint: str, open_threshold: float,
-                      gripper_fallback: float = 1.0) -> np.ndarray:
+                      last_gripper_command: float = GRIPPER_OPEN) -> np.ndarray:
+    """[6 arm positions, gripper ±1] from a JointState; ``gripper_joint`` '' means the robot reports no
+    gripper joint: the gripper is then the last gripper command sent before this state (±1; open
+    before the first command of an episode). Raises FrameError for missing joints or bad values."""
     index = {n: i for i, n in enumerate(msg.name)}
     missing = [j for j in arm_joints + ([gripper_joint] if gripper_joint else []) if j not in index]
     if missing:
         raise FrameError(f"joint state lacks {missing}")
     pos = np.asarray(msg.position, dtype=np.float64)
     if len(pos) != len(msg.name):
-        raise FrameError("joint state has fewer positions than names")
+        raise FrameError(f"joint state has {len(msg.name)} names but {len(pos)} positions")
     arm = pos[[index[j] for j in arm_joints]]
-    grip = gripper_fallback if not gripper_joint else (1.0 if pos[index[gripper_joint]] >= open_threshold else -1.0)
+    if gripper_joint:
+        grip = pos[index[gripper_joint]]
+        if not np.isfinite(grip):
+            raise FrameError("joint state has non-finite positions")
+        grip = GRIPPER_OPEN if grip >= open_threshold else GRIPPER_CLOSED
+    else:
+        grip = gripper_sign(last_gripper_command)
     state = np.r_[arm, grip]
     if not np.isfinite(state).all():
         raise FrameError("joint state has non-finite positions")
@@ -61,5 +91,6 @@ def arm_from_command(msg, current_arm: np.ndarray) -> np.ndarray:
 
 
 def gripper_from_command(msg, open_position: float, closed_position: float) -> float:
+    """A gripper command message (Float64MultiArray or JointTrajectory) as ±1."""
     value = msg.points[0].positions[0] if hasattr(msg, "points") else msg.data[0]
-    return 1.0 if abs(value - open_position) <= abs(value - closed_position) else -1.0
+    return gripper_from_position(value, open_position, closed_position)
