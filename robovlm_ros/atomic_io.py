@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 
 
 def _umask() -> int:
@@ -54,14 +55,41 @@ def swap_in(tmp: str, target: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def atomic_directory(target: str):
+    """``with atomic_directory(target) as tmp:`` write the directory's files into ``tmp``; when the
+    block ends they are flushed and ``tmp`` replaces ``target``; after an error ``tmp`` is removed
+    and ``target`` is left as it was."""
+    tmp = temp_sibling(target)
+    try:
+        yield tmp
+        finish_files(tmp)
+        swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_file(path: str):
+    """``with atomic_file(path) as tmp:`` write the file to ``tmp``; it is then flushed and renamed
+    over ``path``, so ``path`` holds the old content or the new, never a mix."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def write_text(path: str, text: str) -> None:
-    """``path`` holds the old text or the new one, never a mix (written to ``path.tmp``, flushed, renamed)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    """``path`` holds the old text or the new one, never a mix."""
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_json(path: str, data) -> None:

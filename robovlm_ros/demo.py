@@ -21,22 +21,14 @@ SHIPPED_POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sim",
 MADE_BY = "made_by.json"  # how a demo checkpoint was made: command, recipe, expert episodes, results
 DEMO_IMAGE_SIZE = 64
 
-# The policy trained by the demo (and shipped in sim/demo_policy; its results are in README.md). Each
-# choice below fixed a failure measured on the way, in isolation or on other data:
-# - window_size 1: with a history window the policy reads the arm's motion between frames and repeats
-#   it (the expert's commands are smooth), which fits the data but never starts a motion in closed
-#   loop; one frame forces it to act on what the cameras show.
-# - 8 px patches (64 image tokens per camera: blocks rarely share a token) and 3 layers, for
-#   "colour word -> block of that colour -> where it is".
-# - no state token: with a history window the joint states let the policy copy motion instead of
-#   looking (same reason); with one frame it fits held-out actions a little better but still does not
-#   follow the instruction (grounding probe 33 %, README.md).
-# - batch 64: at 16 the colour word is never bound to its block (three squares, the instruction naming
-#   one: R^2 0 after 3600 steps at 16, 0.99 after 3000 at 64).
-# - init_scale 1.0: fan-in init of the decoder; with HF's 0.02 the output barely depends on the image
-#   at the start (25 % vs 5 % closed-loop success after ~4500 steps at batch 64).
-# - lr 3e-4: at 1e-3 and above these from-scratch policies never learn where an object is in the
-#   image (a single red square on grey: R^2 0 after 1000 steps at 1.5e-3, 0.97 at 3e-4).
+# The policy trained by the demo (shipped in sim/demo_policy). Why each choice (measurements: README,
+# "What was found on the way"):
+# - window_size 1, no state token: with a history or the joint states the policy copies the arm's
+#   motion instead of looking, and never starts a motion in closed loop;
+# - 8 px patches (blocks rarely share an image token) and 3 layers;
+# - batch 64: at smaller batches the colour word is never bound to its block;
+# - init_scale 1.0 (fan-in init): with HF's 0.02 a 64-wide decoder's output barely depends on the image;
+# - lr 3e-4: faster rates never learn where an object is in the image.
 DEMO_TRAIN = {
     "model": {"backbone": "paligemma", "tiny": True, "size": {"patch": 8, "layers": 3, "init_scale": 1.0},
               "image_size": DEMO_IMAGE_SIZE, "window_size": 1, "fwd_pred_next_n": 5, "head": "lstm",
@@ -47,19 +39,18 @@ DEMO_TRAIN = {
     "seed": 0,
 }
 # expert episodes recorded for training (1200 layouts x 3 blocks): with fewer layouts the policy fits
-# them without learning the rule "colour word -> that block" (README.md)
+# them without learning the rule "colour word -> that block"
 DEMO_EPISODES = 3600
 # co-train with questions about the recorded layouts worded as the instruction ("pick up the red block"
-# -> "row 4 column 2"): trained on actions alone, no policy followed the instruction (probe ~33 %)
+# -> "row 4 column 2"): trained on actions alone, no policy followed the instruction
 DEMO_GROUNDING_QUESTIONS = True
 # sim_node's tracking error while recording them: the expert is pushed off its path and shows how to
 # get back, so the policy has seen the states its own small errors lead to (see TabletopEnv)
 DEMO_ACTUATION_NOISE = 0.5
 # every layout is demonstrated once per block: the images alone then never decide the target
 DEMO_EVERY_BLOCK = True
-# actions of each predicted 5-step chunk executed before the policy predicts again. Chosen on 180
-# validation episodes (seeds 200000-200179, neither training nor held-out) with the shipped policy in
-# a Python loop: 1 -> 59 % (107/180), 2 -> 80 % (144/180), 3 -> 76 %, 4 -> 66 %, 5 -> 64 %.
+# actions of each predicted 5-step chunk executed before the policy predicts again (chosen on
+# validation episodes, README)
 DEMO_EXECUTE_STEPS = 2
 DEMO_STATE = "demo_run.json"  # in --out: the arguments of demo --retrain and the stages it has finished
 DEMO_STAGE_DIRS = ("episodes", "dataset", "grounding_vqa", "run")  # what demo --retrain makes in --out
@@ -242,7 +233,7 @@ def run_demo(args) -> int:
 def add_cpu_kernels_option(parser) -> None:
     parser.add_argument("--cpu-kernels", choices=("pinned", "native"), default="pinned",
                         help="pinned (default): torch, oneDNN and MKL use their generic CPU kernels, so the result "
-                             "is the same on every x86 machine; native: the fastest kernels for this CPU (results "
+                             "is the same on every x86-64 machine with AVX2 and FMA; native: the fastest kernels for this CPU (results "
                              "then differ slightly between CPUs, README 'What varies')")
 
 

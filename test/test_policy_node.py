@@ -319,3 +319,27 @@ def test_without_a_gripper_joint_the_state_is_the_last_gripper_command_of_the_ep
     assert robot.trigger("start").success  # a new episode: open again, not the last episode's close
     assert wait_for(lambda: len(seen) >= first_run + 2, 10.0)
     assert seen[first_run] == 1.0 and seen[first_run + 1] == -1.0
+
+
+@pytest.mark.params(min_image_size=16, max_joint_position=100.0)
+def test_absurd_joint_positions_and_tiny_images_are_rejected(system):
+    """Finite but absurd joint positions and a 1x1 image are rejected at the subscription and counted;
+    the arm holds, and moves again once the inputs are sane."""
+    node, robot = system
+    robot.set_instruction("pick up the red block")
+    robot.trigger("start")
+    assert wait_for(lambda: any(twist_vec(m).any() for _, m in robot.received["arm"]), 10.0)  # it was moving
+    for bad in ("joints", "image"):
+        rejected = node.stats["rejected_msgs"]
+        if bad == "joints":
+            robot.joint_positions = np.array([0.1, 0.2, 1e300, 0.4, 0.5, 0.6])
+        else:
+            robot.size = (1, 1)
+        assert wait_for(lambda: node.stats["rejected_msgs"] > rejected + 3, 5.0)
+        assert wait_for(lambda: node.hold_reason.startswith("stale inputs") and node._job is None, 5.0)
+        t_bad = time.monotonic()
+        time.sleep(3 / RATE)
+        assert all(not twist_vec(m).any() for m in robot.since("arm", t_bad))  # holds only
+        robot.joint_positions, robot.size = np.linspace(0.1, 0.6, 6), (48, 64)
+        t_good = time.monotonic()
+        assert wait_for(lambda: any(twist_vec(m).any() for m in robot.since("arm", t_good)), 5.0)

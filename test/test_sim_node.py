@@ -11,7 +11,6 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
 
 from ros_helpers import call, wait_for  # noqa: E402
 from robovlm_ros.ros.sim_node import ExpertNode, SimNode  # noqa: E402

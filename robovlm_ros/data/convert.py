@@ -80,7 +80,7 @@ class EpisodeConverter:
                 # the policy node's does (its previous command)
                 last_grip = self._gripper_at(s, grip_times, np.searchsorted(grip_times, t, side="left") - 1)
                 state = state_from_joints(aligned.picks["joints"][k], self.p["arm_joints"], self.p["gripper_joint"],
-                                          self.p["gripper_open_threshold"], last_grip)
+                                          self.p["gripper_open_threshold"], last_grip, self.p["max_joint_position"])
                 if with_commands:
                     arm = arm_from_command(aligned.picks["reference"][k], state[:6])
                     # the gripper command of the same control step is sent just after the arm's: take the

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic_io import finish_files, swap_in, temp_sibling
+from ..atomic_io import atomic_directory
 from .config import PolicyConfig
 from .normalization import Normalizer
 from .text_tokenizer import load_tokenizer
@@ -33,8 +32,7 @@ def _state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(model, directory: str) -> None:
-    tmp = temp_sibling(directory)
-    try:
+    with atomic_directory(directory) as tmp:
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "policy": model.config.to_dict()}
         with open(os.path.join(tmp, CONFIG), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
@@ -42,11 +40,6 @@ def save_checkpoint(model, directory: str) -> None:
             json.dump(model.normalizer.to_dict(), f, indent=2, sort_keys=True)
         save_file(_state_dict(model), os.path.join(tmp, WEIGHTS), metadata={"format": FORMAT})
         model.tokenizer.save_pretrained(tmp)
-        finish_files(tmp)
-        swap_in(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_config(directory: str) -> PolicyConfig:

@@ -40,10 +40,11 @@ def gripper_position(sign: float, open_position: float, closed_position: float) 
 
 
 def state_from_joints(msg, arm_joints: list[str], gripper_joint: str, open_threshold: float,
-                      last_gripper_command: float = GRIPPER_OPEN) -> np.ndarray:
+                      last_gripper_command: float = GRIPPER_OPEN, max_position: float = np.inf) -> np.ndarray:
     """[6 arm positions, gripper ±1] from a JointState; ``gripper_joint`` '' means the robot reports no
     gripper joint: the gripper is then the last gripper command sent before this state (±1; open
-    before the first command of an episode). Raises FrameError for missing joints or bad values."""
+    before the first command of an episode). Raises FrameError for missing joints, non-finite
+    values or a position beyond ±``max_position`` (a corrupt message, not a robot)."""
     index = {n: i for i, n in enumerate(msg.name)}
     missing = [j for j in arm_joints + ([gripper_joint] if gripper_joint else []) if j not in index]
     if missing:
@@ -52,17 +53,17 @@ def state_from_joints(msg, arm_joints: list[str], gripper_joint: str, open_thres
     if len(pos) != len(msg.name):
         raise FrameError(f"joint state has {len(msg.name)} names but {len(pos)} positions")
     arm = pos[[index[j] for j in arm_joints]]
+    used = np.r_[arm, pos[index[gripper_joint]]] if gripper_joint else arm
+    if not np.isfinite(used).all():
+        raise FrameError("joint state has non-finite positions")
+    if np.abs(used).max() > max_position:
+        raise FrameError(f"joint state has a position beyond +-{max_position:g} ({np.abs(used).max():.3g})")
     if gripper_joint:
         grip = pos[index[gripper_joint]]
-        if not np.isfinite(grip):
-            raise FrameError("joint state has non-finite positions")
         grip = GRIPPER_OPEN if grip >= open_threshold else GRIPPER_CLOSED
     else:
         grip = gripper_sign(last_gripper_command)
-    state = np.r_[arm, grip]
-    if not np.isfinite(state).all():
-        raise FrameError("joint state has non-finite positions")
-    return state
+    return np.r_[arm, grip]
 
 
 def arm_from_command(msg, current_arm: np.ndarray) -> np.ndarray:

@@ -142,7 +142,11 @@ class PolicyNode(Node):
         def on_image(msg):
             t0 = time.time()
             try:
-                slot.set(decode_image(msg), msg.header.stamp)
+                image = decode_image(msg)
+                if min(image.shape[:2]) < self.p["min_image_size"]:
+                    raise ImageDecodeError(f"{image.shape[1]}x{image.shape[0]} image is smaller than "
+                                           f"min_image_size {self.p['min_image_size']}")
+                slot.set(image, msg.header.stamp)
                 stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
                 # transport (when the sender stamps with the same clock) + decoding, in ms
                 transport = t0 - stamp if 0 < t0 - stamp < 1.0 else 0.0
@@ -166,7 +170,7 @@ class PolicyNode(Node):
         """The model's state from a JointState: the bag converter's function, so deployment sees what
         training saw (without a gripper joint, the last gripper command this episode)."""
         return state_from_joints(msg, self.p["arm_joints"], self.p["gripper_joint"], self.p["gripper_open_threshold"],
-                                 last_gripper_command)
+                                 last_gripper_command, self.p["max_joint_position"])
 
     # ------------------------------------------------------------------ instruction
     def _validate_params(self, params: list[Parameter]) -> SetParametersResult:

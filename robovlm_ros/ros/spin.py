@@ -50,7 +50,7 @@ class BackgroundExecutor:
 
     ``close`` stops the spin loop and joins its thread *before* the nodes are destroyed: destroying a
     node while the executor still waits on its entities raised ``InvalidHandle`` in the spin thread,
-    which then died, and every later service call timed out (seen under CPU load in the node tests).
+    which then died, and every later service call timed out.
     The loop also survives an entity destroyed under a pending wait, and records an exception raised
     by a callback (``errors``) instead of dying with it."""
 
@@ -133,8 +133,7 @@ class ServiceCaller:
 
     One client per service, kept for the whole run: a client made for a single call can lose the
     response when the server has not yet discovered the client's reply reader (ROS 2 discovery is
-    asynchronous). That happened once in 3400 demonstration episodes on a loaded machine and ended a
-    70-minute recording with "did not answer"."""
+    asynchronous), which ends a long recording or evaluation with "did not answer"."""
 
     def __init__(self, node: Node, timeout: float = 10.0):
         self.node, self.timeout, self.clients = node, timeout, {}

@@ -28,7 +28,7 @@ def decode_image(msg) -> np.ndarray:
             img = compressed_image_to_cvimage(msg, "rgb8")
         except (ImageConversionError, ImageFormatError, ValueError, AssertionError, cv2.error) as e:
             # rosbags-image asserts on bytes OpenCV cannot decode
-            raise ImageDecodeError(f"cannot decode compressed image ({msg.format!r}): {e or 'not an image'}") from e
+            raise ImageDecodeError(f"cannot decode compressed image ({msg.format!r}): {str(e) or 'not an image'}") from e
         if img is None or img.ndim != 3 or img.shape[2] != 3:
             raise ImageDecodeError(f"compressed image ({msg.format!r}) did not decode to a colour image")
         return np.ascontiguousarray(img)

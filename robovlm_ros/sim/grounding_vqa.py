@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import cv2
 import mujoco
 import numpy as np
 
-from ..atomic_io import finish_files, swap_in, temp_sibling
+from ..atomic_io import atomic_directory
 from .expert import ScriptedExpert
 from .tabletop import TabletopEnv, instruction_for
 
@@ -50,29 +49,29 @@ def write_grounding_vqa(out_dir: str, seeds, image_size: int = 64, frames=(0, 10
     expert = ScriptedExpert(env)
     segmenter = mujoco.Renderer(env.model, image_size, image_size)
     segmenter.enable_segmentation_rendering()
-    tmp = temp_sibling(out_dir)
-    os.makedirs(os.path.join(tmp, "img"))
     lines = []
     try:
-        for seed in seeds:
-            env.reset(int(seed))
-            expert.reset()
-            for step in range(max(frames) + 1):
-                if step in frames:
-                    name = f"img/{seed}_{step}.png"
-                    cv2.imwrite(os.path.join(tmp, name), env.render("static")[..., ::-1])  # RGB -> BGR file
-                    for color, (row, col) in block_cells(env, segmenter, grid).items():
-                        lines.append({"image": name, "prompt": instruction_for(color),
-                                      "answer": f"row {row} column {col}"})
-                env.step(expert.act())
-        with open(os.path.join(tmp, "vqa.jsonl"), "w") as f:
-            f.writelines(json.dumps(line) + "\n" for line in lines)
-        finish_files(tmp)
-        swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_directory(out_dir) as tmp:
+            os.makedirs(os.path.join(tmp, "img"))
+            _write_questions(tmp, env, expert, segmenter, seeds, frames, grid, lines)
     finally:
         segmenter.close()
         env.close()
     return len(lines)
+
+
+def _write_questions(tmp: str, env, expert, segmenter, seeds, frames, grid: int, lines: list) -> None:
+    """Roll the expert out on each layout; at ``frames`` save the static image and one question per block."""
+    for seed in seeds:
+        env.reset(int(seed))
+        expert.reset()
+        for step in range(max(frames) + 1):
+            if step in frames:
+                name = f"img/{seed}_{step}.png"
+                cv2.imwrite(os.path.join(tmp, name), env.render("static")[..., ::-1])  # RGB -> BGR file
+                for color, (row, col) in block_cells(env, segmenter, grid).items():
+                    lines.append({"image": name, "prompt": instruction_for(color),
+                                  "answer": f"row {row} column {col}"})
+            env.step(expert.act())
+    with open(os.path.join(tmp, "vqa.jsonl"), "w") as f:
+        f.writelines(json.dumps(line) + "\n" for line in lines)

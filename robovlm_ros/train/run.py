@@ -17,6 +17,7 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ..atomic_io import atomic_file
 from ..data.dataset import LeRobotEpisodes, dataset_stats
 from ..model import Normalizer, RoboVLM
 from .config import TrainConfig, load_train_config
@@ -33,11 +34,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         path = str(path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        torch.save(checkpoint, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 def build(cfg: TrainConfig):
