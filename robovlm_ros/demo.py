@@ -89,7 +89,8 @@ def add_grounding(report: dict, checkpoint: str, image_size: int, device: str = 
 
 
 def select_cpu_kernels(choice: str) -> None:
-    """``pinned``: the generic CPU kernels, so the evaluation repeats on any x86 machine (README)."""
+    """``pinned``: the generic CPU kernels and one thread, so the evaluation repeats on x86-64 machines
+    with AVX2 and FMA (README, "What varies")."""
     if choice == "pinned":
         from .runtime.cpu_kernels import pin_cpu_kernels
 
@@ -232,9 +233,10 @@ def run_demo(args) -> int:
 
 def add_cpu_kernels_option(parser) -> None:
     parser.add_argument("--cpu-kernels", choices=("pinned", "native"), default="pinned",
-                        help="pinned (default): torch, oneDNN and MKL use their generic CPU kernels, so the result "
-                             "is the same on every x86-64 machine with AVX2 and FMA; native: the fastest kernels for this CPU (results "
-                             "then differ slightly between CPUs, README 'What varies')")
+                        help="pinned (default): torch, oneDNN and MKL use their generic CPU kernels and one thread, "
+                             "so the result is the same on every x86-64 machine with AVX2 and FMA; native: the "
+                             "fastest kernels for this CPU (results then differ slightly between CPUs, README "
+                             "'What varies')")
 
 
 def add_parsers(sub) -> None:

@@ -8,8 +8,9 @@ the one success is measured on (the baseline).
 
 ``lockstep`` (the default): the simulator advances one control period only once the policy node has
 published a command computed from the newest sensors (matched by the stamp the simulator puts on
-all messages of a step), so the success rate measures the policy, not how fast this machine runs it (free-running at ``speed`` x real time on 2 CPU cores, a policy that
-succeeds in lockstep can fail only because its commands arrive late). ``lockstep=False`` runs the
+all messages of a step), so the success rate measures the policy, not how fast this machine runs it
+(free-running at ``speed`` x real time on 2 CPU cores, a policy that succeeds in lockstep can fail
+only because its commands arrive late). ``lockstep=False`` runs the
 simulator on its clock, as a real robot would, to see the effect of inference latency.
 """
 from __future__ import annotations
@@ -75,8 +76,8 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
         stats = {**policy.stats, "execute_steps": execute_steps, "lockstep": lockstep,
                  **{f"lockstep_{k}": v for k, v in sim.lockstep.items()}}
     report = summarize(results, stats)
-    report["conditions"] = {"actuation_noise": actuation_noise, "noise_seed": noise_seed,
-                            "numerics": {**cpu_numerics(), "mujoco": mujoco.__version__, "renderer": sim.env.renderer_info}}
+    numerics = {**cpu_numerics(), "mujoco": mujoco.__version__, "renderer": sim.env.renderer_info}
+    report["conditions"] = {"actuation_noise": actuation_noise, "noise_seed": noise_seed, "numerics": numerics}
     return report
 
 
