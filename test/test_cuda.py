@@ -68,8 +68,8 @@ def test_discrete_decoding_with_kv_cache_on_cuda_equals_uncached():
     batch = synthetic_batch(model, batch_size=2)
     assert batch["rgb"].is_cuda  # synthetic batches follow the model's device
     del batch["actions"]
-    cached = model.decode_actions(batch, use_cache=True)
-    assert torch.equal(cached, model.decode_actions(batch, use_cache=False))
+    cached = model.predict(batch, normalized=True, use_cache=True)
+    assert torch.equal(cached, model.predict(batch, normalized=True, use_cache=False))
     assert len(torch.unique(cached)) > 10
 
 
@@ -106,9 +106,9 @@ def test_cuda_graph_decoding_equals_the_growing_cache(family):
         batch = synthetic_batch(model, batch_size=2, seed=seed)
         del batch["actions"]
         model.decoding = "dynamic"
-        growing = model.decode_actions(batch, use_cache=True)
+        growing = model.predict(batch, normalized=True, use_cache=True)
         model.decoding = "auto"
-        graphed = model.decode_actions(batch, use_cache=True)
+        graphed = model.predict(batch, normalized=True, use_cache=True)
         assert torch.equal(graphed, growing)
         assert len(torch.unique(graphed)) > 10
     assert model._static_decoder._stepper.graph is not None  # the graph was captured, not the eager fallback

@@ -37,7 +37,7 @@ def test_lora_starts_as_the_base_model():
     lora = RoboVLM(PolicyConfig.tiny("llava", lora={"r": 4})).eval()
     lora.load_state_dict(base.state_dict(), strict=False)
     batch = make_batch(base)
-    torch.testing.assert_close(lora.predict_normalized(batch), base.predict_normalized(batch))
+    torch.testing.assert_close(lora.predict(batch, normalized=True), base.predict(batch, normalized=True))
 
 
 @pytest.mark.parametrize("family", ["llava", "idefics3", "kosmos2"])

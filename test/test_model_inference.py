@@ -50,8 +50,8 @@ def test_kv_cached_decoding_matches_uncached(family, history, decoding):
     batches = [make_batch(model, b=2, seed=seed) for seed in (0, 1, 0)]
     for batch in batches:
         del batch["actions"]
-        cached = model.decode_actions(batch, use_cache=True)
-        uncached = model.decode_actions(batch, use_cache=False)
+        cached = model.predict(batch, normalized=True, use_cache=True)
+        uncached = model.predict(batch, normalized=True, use_cache=False)
         assert cached.shape == (2, model.config.fwd_pred_next_n, 7)  # the whole chunk, not one step
         assert torch.equal(cached, uncached)
         assert len(torch.unique(cached)) > 10, "degenerate decoding: the comparison would prove little"
@@ -128,7 +128,7 @@ def test_predict_from_raw_observations(family):
                    "hand_rgb": rng.integers(0, 255, (24, 32, 3), dtype=np.uint8),
                    "state": np.r_[rng.normal(size=6), 1.0]}
     windows = [[obs() for _ in range(cfg.window_size)] for _ in range(2)]
-    actions = model.predict_observations(windows, ["pick up the red block", "stack the cubes"])
+    actions = model.predict(model.processor.observations(windows, ["pick up the red block", "stack the cubes"]))
     assert actions.shape == (2, cfg.fwd_pred_next_n, 7)
     assert torch.isfinite(actions).all()
     assert (actions[..., :6].abs() <= 0.5 + 1e-6).all()  # unnormalised into the clip bound
@@ -139,4 +139,4 @@ def test_missing_gripper_camera_is_a_clear_error():
     model = RoboVLM(PolicyConfig.tiny("paligemma"))
     windows = [[{"rgb": np.zeros((32, 32, 3), np.uint8), "state": np.zeros(7)}] * model.config.window_size]
     with pytest.raises(ValueError, match="hand_rgb"):
-        model.predict_observations(windows, ["go"])
+        model.predict(model.processor.observations(windows, ["go"]))

@@ -73,7 +73,7 @@ def test_tiny_policy_overfits_fixed_batch(space):
         opt.step()
     assert loss.item() < first / 10, f"loss {first:.4f} -> {loss.item():.4f}"
     # the fitted policy reproduces the batch's actions for the newest frame
-    pred = model.predict_normalized(batch)
+    pred = model.predict(batch, normalized=True)
     target = batch["actions"][:, -1]
     assert torch.equal(pred[..., -1], target[..., -1]), "gripper sign not learned"
     tol = 0.15 if space == "continuous" else 2.5 / cfg.n_bins * 2  # a couple of bins
@@ -131,7 +131,7 @@ def test_bad_batches_raise_clear_errors():
 
 @pytest.mark.parametrize("space", ["continuous", "discrete"])
 def test_validation_scores_actions_with_one_backbone_pass_where_the_loss_has_them(space):
-    """Continuous: the loss pass's newest chunk is predict_normalized's, and validation runs the
+    """Continuous: the loss pass's newest chunk is predict(normalized=True)'s, and validation runs the
     backbone once per batch; discrete: teacher forcing predicts nothing, validation decodes itself."""
     from robovlm_ros.train.config import OptimConfig
     from robovlm_ros.train.module import PolicyModule
@@ -140,7 +140,7 @@ def test_validation_scores_actions_with_one_backbone_pass_where_the_loss_has_the
     batch = make_batch(model, b=3)
     with torch.no_grad():
         out = model(batch, return_prediction=True)
-        expected = model.predict_normalized(batch)
+        expected = model.predict(batch, normalized=True)
     assert expected.shape == (3, model.config.fwd_pred_next_n, 7)
     if space == "continuous":
         assert torch.equal(out["prediction"], expected)
@@ -154,7 +154,7 @@ def test_validation_scores_actions_with_one_backbone_pass_where_the_loss_has_the
     with torch.no_grad():
         module.validation_step(batch, 0)
     assert module.val_r2.total == 3
-    # the scores are those of predict_normalized's first step
+    # the scores are those of predict(normalized=True)'s first step
     first, target = expected[:, 0].float(), batch["actions"][:, -1, 0].float()
     assert torch.allclose(module.val_r2.residual, ((first[:, :6] - target[:, :6]) ** 2).sum(0))
     assert module.val_gripper.compute() == ((first[:, 6] > 0) == (target[:, 6] > 0)).float().mean()

@@ -36,3 +36,9 @@ class ActionTokenizer:
         if (bins < 0).any():
             raise ValueError("decode() got token ids that are not action tokens")
         return self.centers.to(token_ids.device)[bins]
+
+
+def next_action_token(lm_head, hidden: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """hidden [N, L, D] -> the greedy next token [N] after the last position, among ``allowed`` (the
+    action bins' vocabulary ids, on hidden's device); ``lm_head`` maps hidden states to logits."""
+    return allowed[lm_head(hidden[:, -1])[:, allowed].argmax(-1)]

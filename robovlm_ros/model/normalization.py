@@ -16,6 +16,12 @@ import torch
 ARM_DIM = 6
 
 
+def snap_gripper(chunk: torch.Tensor) -> torch.Tensor:
+    """[..., 7] with the gripper value (a logit or a bin value) snapped to +1 open (> 0) / -1 closed."""
+    grip = torch.where(chunk[..., ARM_DIM:] > 0, 1.0, -1.0).to(chunk.dtype)
+    return torch.cat([chunk[..., :ARM_DIM], grip], dim=-1)
+
+
 @dataclass
 class Normalizer:
     mode: str = "clip"

@@ -27,8 +27,10 @@ from .heads import build_head
 from .normalization import Normalizer
 from .processing import PolicyProcessor
 from .resampler import PerceiverResampler
-from .static_decoding import StaticGreedyDecoder, supports_static_decoding
+from .decoding import decode_chunk
+from .normalization import snap_gripper
 from .text_tokenizer import load_tokenizer, tiny_tokenizer
+from .window_inference import WindowPredictor
 
 IGNORE = -100
 VL_SOURCES = ("vl", "caption", "vqa")
@@ -81,11 +83,12 @@ class RoboVLM(nn.Module):
         # how KV-cached decoding stores its cache: "auto" = preallocated + CUDA graph on CUDA, growing
         # elsewhere; "static" / "dynamic" force one (greedy_tokens)
         self.decoding = "auto"
-        self._static_decoder: StaticGreedyDecoder | None = None
+        self._static_decoder = None  # decoding.greedy_tokens' StaticGreedyDecoder, made when first used
         apply_adaptation(self)
 
     # ------------------------------------------------------------------------------------------
-    # sequence building
+    # sequence building (also the building blocks of decoding.py and window_inference.py; code
+    # outside model/ uses only the public API at the end: forward, predict, window_predictor)
     # ------------------------------------------------------------------------------------------
     @property
     def n_action_slots(self) -> int:
@@ -143,7 +146,7 @@ class RoboVLM(nn.Module):
         """Position of every token = number of real tokens before it (+ start for a cached prefix)."""
         return (mask.cumsum(dim=1) - 1).clamp(min=0) + start
 
-    def _sequences(self, batch: dict, action_part: torch.Tensor | None):
+    def sequences(self, batch: dict, action_part: torch.Tensor | None):
         """Assemble the VLM input for a batch.  action_part [B, W, n_action_slots, D] or None.
 
         Returns embeds [N_seq, L_seq, D], mask [N_seq, L_seq] and a function mapping decoder output
@@ -175,16 +178,14 @@ class RoboVLM(nn.Module):
         """Hidden states at the action tokens of every frame: [B, W, latent_num, D]."""
         b, w = batch["rgb"].shape[:2]
         act = self.action_tokens.unsqueeze(0).unsqueeze(0).expand(b, w, -1, -1)
-        embeds, mask, unflatten = self._sequences(batch, act)
+        embeds, mask, unflatten = self.sequences(batch, act)
         hidden, _ = self.backbone.decode(embeds, mask, self.positions(mask))
         return unflatten(hidden)[:, :, -self.config.latent_num:]
 
     @staticmethod
     def _newest_chunk(arm: torch.Tensor, grip_logits: torch.Tensor) -> torch.Tensor:
         """Head outputs [B, W, chunk, 6], [B, W, chunk] -> newest frame's chunk [B, chunk, 7], gripper +-1."""
-        arm, grip = arm[:, -1], grip_logits[:, -1]
-        grip = torch.where(grip > 0, 1.0, -1.0).to(arm.dtype)
-        return torch.cat([arm, grip.unsqueeze(-1)], dim=-1)
+        return snap_gripper(torch.cat([arm[:, -1], grip_logits[:, -1].unsqueeze(-1)], dim=-1))
 
     def _continuous_loss(self, batch: dict, return_prediction: bool = False) -> dict:
         arm, grip_logits = self.head(self.action_features(batch))  # [B, W, chunk, 6], [B, W, chunk]
@@ -216,7 +217,7 @@ class RoboVLM(nn.Module):
         actions = batch["actions"]  # [B, W, chunk, 7] normalised
         b, w = actions.shape[:2]
         tokens = self.action_tokenizer.encode(actions).reshape(b, w, -1)  # [B, W, chunk*7]
-        embeds, mask, unflatten = self._sequences(batch, self.backbone.embed(tokens))
+        embeds, mask, unflatten = self.sequences(batch, self.backbone.embed(tokens))
         hidden, _ = self.backbone.decode(embeds, mask, self.positions(mask))
         n = self.n_action_slots
         # the token at slot k is predicted from the hidden state one position earlier
@@ -239,90 +240,6 @@ class RoboVLM(nn.Module):
         """
         pos = self.positions(mask)[:, -new_embeds.shape[1]:]
         return self.backbone.decode(new_embeds, mask, pos, cache=cache, use_cache=True)
-
-    def greedy_decode(self, embeds, mask, n_tokens: int, cache=None, use_cache: bool = True):
-        """Greedy decoding of ``n_tokens`` action tokens after a prefix; argmax over the action bins only.
-
-        With ``use_cache``: ``embeds`` [N, L_new, D] are the prefix tokens not yet in ``cache`` and
-        ``mask`` [N, L_past + L_new] covers cache + new; each generated token is then fed alone.
-        Without: ``embeds`` is the whole prefix and it is recomputed for every token (the reference).
-        Returns (tokens [N, n_tokens], cache, mask); cache/mask cover everything fed, i.e. all but the
-        last generated token.
-        """
-        allowed = self.action_tokenizer.token_ids.to(embeds.device)
-        ones = lambda m: torch.cat([m, m.new_ones(m.shape[0], 1)], 1)  # noqa: E731
-        out = []
-        if use_cache:
-            hidden, cache = self.extend(embeds, mask, cache)
-        elif cache is not None:
-            raise ValueError("uncached decoding recomputes the prefix: pass the whole prefix, no cache")
-        for i in range(n_tokens):
-            if not use_cache:
-                hidden, _ = self.backbone.decode(embeds, mask, self.positions(mask))
-            token = self.next_action_token(hidden, allowed)  # [N]
-            out.append(token)
-            if i == n_tokens - 1:
-                break
-            token_embeds = self.backbone.embed(token[:, None]).to(embeds.dtype)
-            mask = ones(mask)
-            if use_cache:
-                hidden, cache = self.extend(token_embeds, mask, cache)
-            else:
-                embeds = torch.cat([embeds, token_embeds], 1)
-        return torch.stack(out, dim=1), cache, mask
-
-    def next_action_token(self, hidden: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """hidden [N, L, D] -> the greedy next token [N] after the last position, among ``allowed``
-        (the action bins' vocabulary ids, on hidden's device)."""
-        return allowed[self.backbone.lm_head(hidden[:, -1])[:, allowed].argmax(-1)]
-
-    def static_decoding_on(self, device: torch.device) -> bool:
-        """Whether KV-cached decoding on ``device`` uses a preallocated cache (``decoding``)."""
-        static = self.decoding == "static" or (self.decoding == "auto" and device.type == "cuda")
-        return static and supports_static_decoding(self.backbone)
-
-    def greedy_tokens(self, embeds, mask, n_tokens: int, use_cache: bool = True) -> torch.Tensor:
-        """``greedy_decode``'s tokens [N, n_tokens] alone, for callers that keep no cache. With the
-        cache on CUDA they are decoded into a preallocated cache by a captured CUDA graph
-        (``decoding`` "auto"; model/static_decoding.py), elsewhere into the growing cache."""
-        if use_cache and self.static_decoding_on(embeds.device):
-            if self._static_decoder is None:
-                self._static_decoder = StaticGreedyDecoder(self)
-            return self._static_decoder(embeds, mask, n_tokens)
-        return self.greedy_decode(embeds, mask, n_tokens, use_cache=use_cache)[0]
-
-    @torch.no_grad()
-    def decode_actions(self, batch: dict, use_cache: bool = True) -> torch.Tensor:
-        """Discrete path: greedy chunk for the last frame of every window -> [B, chunk, 7] normalised.
-
-        ``pre`` history feeds earlier frames' action tokens: the batch's ``actions`` when given
-        (teacher forcing), else the tokens decoded for those frames, frame after frame.
-        """
-        c = self.config
-        b, w = batch["rgb"].shape[:2]
-        n = self.n_action_slots
-        if c.history_type == "post":  # frames are independent: decode the newest one only
-            last = {k: v[:, -1:] for k, v in batch.items() if k in ("rgb", "hand_rgb", "state")}
-            last.update(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            embeds, mask, _ = self._sequences(last, None)
-            tokens = self.greedy_tokens(embeds, mask, n, use_cache=use_cache)
-        else:
-            known = batch.get("actions")
-            history: list[torch.Tensor] = []  # [B, n] action tokens of the frames before t
-            placeholder = torch.zeros(b, n, dtype=torch.long, device=batch["rgb"].device)
-            for t in range(w):
-                if known is not None and t < w - 1:
-                    history.append(self.action_tokenizer.encode(known[:, t]).reshape(b, n))
-                    continue
-                part = {k: v[:, : t + 1] for k, v in batch.items() if k in ("rgb", "hand_rgb", "state")}
-                part.update(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                acts = torch.stack(history + [placeholder], 1)  # [B, t+1, n]
-                embeds, mask, _ = self._sequences(part, self.backbone.embed(acts))
-                # cut frame t's (placeholder) action tokens: the prefix ends where decoding starts
-                tokens = self.greedy_tokens(embeds[:, :-n], mask[:, :-n], n, use_cache=use_cache)
-                history.append(tokens)
-        values = self.action_tokenizer.decode(tokens).reshape(b, c.fwd_pred_next_n, c.action_dim)
-        return values
 
     # ------------------------------------------------------------------------------------------
     # vision-language co-training (captions / VQA)
@@ -348,7 +265,7 @@ class RoboVLM(nn.Module):
         """Training step: returns ``loss`` and its parts (see RoboVLMs batch keys in DESIGN.md).
 
         ``return_prediction`` adds ``prediction``, the newest frame's normalised chunk [B, chunk, 7]
-        (what ``predict_normalized`` gives in eval mode), where the loss pass already computes it:
+        (what ``predict(batch, normalized=True)`` gives), where the loss pass already computes it:
         continuous actions only. Validation uses it to score actions without a second backbone pass;
         discrete actions are teacher-forced in the loss, so their prediction needs its own decoding.
         """
@@ -378,29 +295,27 @@ class RoboVLM(nn.Module):
         return out
 
     @torch.no_grad()
-    def predict_normalized(self, batch: dict, use_cache: bool = True) -> torch.Tensor:
-        """Action chunk of the newest frame of each window, normalised: [B, chunk, 7], gripper +-1."""
-        if self.config.action_space == "continuous":
-            return self._newest_chunk(*self.head(self.action_features(batch)))
-        chunk = self.decode_actions(batch, use_cache=use_cache)
-        grip = torch.where(chunk[..., -1:] > 0, 1.0, -1.0).to(chunk.dtype)
-        return torch.cat([chunk[..., :-1], grip], dim=-1)
-
-    @torch.no_grad()
-    def predict(self, batch: dict) -> torch.Tensor:
-        """Batched inference on a preprocessed batch -> [B, chunk, 7] robot actions (unnormalised)."""
+    def predict(self, batch: dict, normalized: bool = False, use_cache: bool = True) -> torch.Tensor:
+        """The action chunk of the newest frame of each window of a preprocessed batch (DESIGN.md batch
+        keys, ``model.processor`` makes them): [B, chunk, 7] with the gripper ±1; in robot units
+        (unnormalised with the checkpoint's statistics) unless ``normalized``. ``use_cache=False``
+        decodes discrete actions without the KV cache (the reference the cached paths equal)."""
         was_training = self.training
         self.eval()
         try:
-            return self.normalizer.unnormalize_action(self.predict_normalized(batch).float())
+            if self.config.action_space == "continuous":
+                chunk = self._newest_chunk(*self.head(self.action_features(batch)))
+            else:
+                chunk = snap_gripper(decode_chunk(self, batch, use_cache=use_cache))
+            return chunk if normalized else self.normalizer.unnormalize_action(chunk.float())
         finally:
             self.train(was_training)
 
-    def predict_observations(self, windows, instructions) -> torch.Tensor:
-        """B windows of raw observations (DESIGN.md observation dicts) + B instructions -> [B, chunk, 7]."""
-        batch = self.processor.observations(windows, instructions)
-        device = next(self.parameters()).device
-        return self.predict({k: v.to(device) for k, v in batch.items()})
+    def window_predictor(self, use_cache: bool = True) -> WindowPredictor:
+        """The newest frame's normalised chunk from a history window, control step after control step,
+        reusing the work of earlier steps where that is exact (model/window_inference.py). What
+        PolicyRunner runs; ``use_cache=False`` recomputes the window every step (the reference)."""
+        return WindowPredictor(self, use_cache=use_cache)
 
     # ------------------------------------------------------------------------------------------
     # checkpoints

@@ -11,8 +11,8 @@ captured once as a CUDA graph and replayed per token: one launch instead of hund
 the mask), so n tokens are n graph replays with no host synchronisation. On the CPU (and when
 capture fails) the same step runs eagerly; it equals the growing cache's decoding token for token
 (tests). ``StaticGreedyDecoder`` decodes after a prefix it is given whole (post history, one frame);
-the runner's ``pre`` history keeps its own StaticCache across frames and uses a stepper on it
-(runtime/incremental.py).
+the window predictor's ``pre`` history keeps its own StaticCache across frames and uses a stepper on
+it (window_inference.py).
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import logging
 
 import torch
 from transformers import StaticCache
+
+from .action_tokenizer import next_action_token
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class GreedyStepper:
 
     def first_token(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, L, D] of the prefix -> the first action token [N] (argmax over the action bins)."""
-        return self.model.next_action_token(hidden, self.allowed)
+        return next_action_token(self.model.backbone.lm_head, hidden, self.allowed)
 
     def start(self, first: torch.Tensor, mask: torch.Tensor) -> None:
         """first [N] decoded from the prefix; mask [N, L] covers the L tokens the cache holds."""

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ..model import RoboVLM
+from ..model.window_inference import Frame
 from .chunking import ActionQueue, TemporalEnsembler
-from .incremental import Frame, IncrementalPolicy
 from .safety import SafetyLimits
 
 
@@ -49,7 +49,7 @@ class PolicyRunner:
         self.execute_steps = 1 if ensemble else execute_steps
         self.chunker = TemporalEnsembler(ensemble_decay) if ensemble else ActionQueue(self.execute_steps)
         self.limits = limits or SafetyLimits()
-        self.policy = IncrementalPolicy(self.model, use_cache=use_cache)
+        self.policy = self.model.window_predictor(use_cache=use_cache)
         self.instruction: str | None = None
         self._text = None
         self.last_chunk: np.ndarray | None = None      # newest unnormalised chunk [chunk, 7]
@@ -119,13 +119,6 @@ class PolicyRunner:
             self.chunker.add_chunk(self.last_chunk)
         else:
             self._since_chunk += 1
-            self._carry_executed_actions(frame)
+            # the actions executed from this frame on: the rest of the newest chunk
+            self.policy.carry(frame, self._chunk_norm[self._since_chunk:].to(self.device))
         return self.limits.apply(self.chunker.pop())
-
-    def _carry_executed_actions(self, frame: Frame) -> None:
-        """Discrete ``pre``: a frame without its own decoding carries the actions executed from it on."""
-        if self.config.action_space != "discrete" or self.config.history_type != "pre":
-            return
-        rest = self._chunk_norm[self._since_chunk:]
-        rest = torch.cat([rest, rest[-1:].expand(self._since_chunk, -1)])  # pad to a full chunk
-        frame.action_tokens = self.model.action_tokenizer.encode(rest.to(self.device)).reshape(-1)

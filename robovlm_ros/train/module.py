@@ -55,7 +55,7 @@ class PolicyModule(L.LightningModule):
         out = self.policy(batch, return_prediction=True)
         chunk = out.pop("prediction", None)  # continuous: from the loss pass, no second backbone run
         if chunk is None:
-            chunk = self.policy.predict_normalized(batch)
+            chunk = self.policy.predict(batch, normalized=True)
         self._log_parts(out, "val", batch["rgb"].shape[0])
         # the action the robot would execute next: first step of the newest frame's chunk, normalised
         pred = chunk[:, 0].float()  # [B, 7]

@@ -1,4 +1,5 @@
-"""Newest-frame action chunk from a history window, reusing work across control steps where exact.
+"""The newest frame's action chunk from a history window, reusing work across control steps where exact
+(``RoboVLM.window_predictor``; the PolicyRunner calls it every time it needs a chunk).
 
 * post history, continuous: frames are independent at the VLM stage, so the VLM runs only on frames
   it has not seen; their action-token features are kept per frame and the head re-fuses the window.
@@ -11,6 +12,7 @@
   decoding (CUDA) the sequence lives in one preallocated cache of a full window, reset on a rebuild,
   and the chunk's tokens are decoded by a CUDA graph bound to it (model/static_decoding.py).
 ``use_cache=False`` recomputes the whole window every step (the reference the tests compare with).
+A frame is preprocessed once (``frame``), when it joins the window.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..model.static_decoding import GreedyStepper, static_cache
+from .decoding import decode_chunk, greedy_decode, static_decoding_on
+from .normalization import snap_gripper
+from .static_decoding import GreedyStepper, static_cache
 
 
 @dataclass
@@ -39,7 +43,10 @@ class _Sequence:
     feats: list[torch.Tensor] = field(default_factory=list)  # continuous: [latent, D] per frame
 
 
-class IncrementalPolicy:
+class WindowPredictor:
+    """Created by ``RoboVLM.window_predictor``; ``predict(window, text)`` gives the chunk of
+    ``window[-1]``. The window holds ``Frame``s, oldest first; ``reset`` at a new episode."""
+
     def __init__(self, model, use_cache: bool = True):
         self.model, self.use_cache = model, use_cache
         # discrete pre, static decoding: the stepper over the sequence's preallocated cache, kept across
@@ -68,7 +75,7 @@ class IncrementalPolicy:
         pre = m.config.history_type == "pre"
         if m.config.action_space == "continuous":
             if not self.use_cache:
-                return m.predict_normalized(self._batch(window, text))[0]
+                return m.predict(self._batch(window, text), normalized=True)[0]
             return self._post(window, text) if not pre else self._head_chunk(self._pre(window, text))
         # discrete: bin-centre values [chunk, 7]; the frame keeps the exact tokens it was decoded with
         if pre and not self.use_cache:
@@ -76,19 +83,28 @@ class IncrementalPolicy:
             if len(window) > 1:
                 given = [m.action_tokenizer.decode(f.action_tokens).view(-1, m.config.action_dim) for f in window[:-1]]
                 batch["actions"] = torch.stack(given + [given[-1]])[None]  # the last entry is not used
-            values = m.decode_actions(batch, use_cache=False)[0]
+            values = decode_chunk(m, batch, use_cache=False)[0]
         elif pre:
             values = self._pre(window, text)
         else:
-            values = m.decode_actions(self._batch(window[-1:], text), use_cache=self.use_cache)[0]
+            values = decode_chunk(m, self._batch(window[-1:], text), use_cache=self.use_cache)[0]
         window[-1].action_tokens = m.action_tokenizer.encode(values).reshape(-1)
-        return torch.cat([values[:, :-1], torch.where(values[:, -1:] > 0, 1.0, -1.0).to(values.dtype)], -1)
+        return snap_gripper(values)
+
+    def carry(self, frame: Frame, executed: torch.Tensor) -> None:
+        """A frame with no chunk of its own (execute_steps > 1) carries ``executed`` [k, 7], the normalised
+        actions run from it on, in a discrete ``pre`` history (later frames' sequence holds its tokens)."""
+        m = self.model
+        if m.config.action_space != "discrete" or m.config.history_type != "pre":
+            return
+        pad = m.config.fwd_pred_next_n - len(executed)  # to a full chunk, repeating the last action
+        full = torch.cat([executed, executed[-1:].expand(pad, -1)])
+        frame.action_tokens = m.action_tokenizer.encode(full).reshape(-1)
 
     def _head_chunk(self, feats: torch.Tensor) -> torch.Tensor:
         """[1, W, latent, D] -> newest frame's [chunk, 7] with gripper +-1."""
         arm, grip = self.model.head(feats)
-        grip = torch.where(grip[0, -1] > 0, 1.0, -1.0).to(arm.dtype)
-        return torch.cat([arm[0, -1], grip[:, None]], dim=-1)
+        return snap_gripper(torch.cat([arm[0, -1], grip[0, -1, :, None]], dim=-1))
 
     def _post(self, window: list[Frame], text) -> torch.Tensor:
         new = [f for f in window if f.serial not in self._feats]
@@ -133,8 +149,8 @@ class IncrementalPolicy:
         if continuous:
             return torch.stack(seq.feats[-len(window):])[None]  # [1, W, latent, D]
         if stepper is None:
-            tokens, seq.cache, seq.mask = m.greedy_decode(new_seg, torch.cat([seq.mask, new_mask], 1),
-                                                          m.n_action_slots, cache=seq.cache)
+            tokens, seq.cache, seq.mask = greedy_decode(m, new_seg, torch.cat([seq.mask, new_mask], 1),
+                                                        m.n_action_slots, cache=seq.cache)
         else:
             seq.mask = torch.cat([seq.mask, new_mask], 1)
             hidden, _ = m.extend(new_seg, seq.mask, seq.cache)
@@ -155,7 +171,7 @@ class IncrementalPolicy:
         """The stepper over a preallocated cache of a full window (1 + W * S_f slots), when the model
         decodes into one on this device; S_f changes with the instruction's length."""
         m = self.model
-        if not self.use_cache or not m.static_decoding_on(seg.device):
+        if not self.use_cache or not static_decoding_on(m, seg.device):
             return None
         key = (s_f, seg.dtype, seg.device)
         if key != self._static_key:
