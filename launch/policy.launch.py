@@ -23,16 +23,13 @@ NODE_NAME = "robovlm_policy"
 
 
 def _record(context):
-    """`ros2 bag record` of the node's inputs and outputs (topic names from the parameters file)."""
-    import yaml
+    """`ros2 bag record` of the node's inputs and outputs (the robot's topics from the parameters file)."""
+    from robovlm_ros.node_params import load_policy_params
 
-    with open(LaunchConfiguration("params_file").perform(context)) as f:
-        params = yaml.safe_load(f).get(NODE_NAME, {}).get("ros__parameters", {})
+    robot = load_policy_params(LaunchConfiguration("params_file").perform(context))
     ns = LaunchConfiguration("namespace").perform(context).strip("/")
     node = f"/{ns}/{NODE_NAME}" if ns else f"/{NODE_NAME}"
-    keys = ("camera_topic", "gripper_camera_topic", "joint_states_topic", "arm_command_topic",
-            "gripper_command_topic")
-    topics = [params[k] for k in keys if params.get(k)]
+    topics = list(robot.topics().values())
     topics += [f"{node}/action", f"{node}/instruction", "/diagnostics", "/parameter_events"]
     return [ExecuteProcess(cmd=["ros2", "bag", "record", "-o", LaunchConfiguration("record_dir").perform(context),
                                 *topics], output="screen")]

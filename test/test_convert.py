@@ -10,7 +10,8 @@ from rosbags.typesys import Stores, get_typestore
 
 from robovlm_ros.data.align import align
 from robovlm_ros.data.convert import convert_bags
-from robovlm_ros.data.dataset import LeRobotEpisodes
+from robovlm_ros.node_params import load_policy_params
+from robovlm_ros.data.lerobot import LeRobotEpisodes
 from robovlm_ros.data.lerobot import decode_png
 
 TS = get_typestore(Stores.ROS2_KILTED)
@@ -53,7 +54,7 @@ def params(tmp_path, **overrides):
          "arm_command_topic": "/cmd", "gripper_command_topic": "", "control_rate_hz": 10.0, **overrides}
     path = tmp_path / "robot.yaml"
     path.write_text(yaml.safe_dump({"robovlm_policy": {"ros__parameters": p}}))
-    return str(path)
+    return load_policy_params(str(path))  # the robot as `robovlm-ros convert --params` reads it
 
 
 def episode_messages(n=20, t0=1_000 * MS, jitter=0):

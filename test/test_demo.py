@@ -14,9 +14,9 @@ pytest.importorskip("rclpy")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from robovlm_ros.cli import main  # noqa: E402
-from robovlm_ros.data.dataset import LeRobotEpisodes  # noqa: E402
+from robovlm_ros.data.lerobot import LeRobotEpisodes  # noqa: E402
 from robovlm_ros.data.lerobot import decode_png  # noqa: E402
-from robovlm_ros.demo import DEMO_ACTUATION_NOISE, DEMO_EXECUTE_STEPS, DEMO_IMAGE_SIZE  # noqa: E402
+from robovlm_ros.sim.demo_recipe import DEMO_ACTUATION_NOISE, DEMO_EXECUTE_STEPS, DEMO_IMAGE_SIZE  # noqa: E402
 from robovlm_ros.sim.tabletop import TabletopEnv  # noqa: E402
 
 
@@ -152,6 +152,6 @@ def test_recording_resumes_after_an_interruption(tmp_path):
     assert rest["successful"] == sum(m["success"] for m in metas)
     colors = ("red", "green", "blue")
     assert [m["instruction"] for m in metas] == [f"pick up the {colors[i % 3]} block" for i in range(n)]
-    assert all(set(m["messages"]) == set(rest["topics"].values()) for m in metas)  # one namespace for all
+    assert all(set(m["messages"]) == set(rest["robot"].topics().values()) for m in metas)  # one namespace for all
     again = record_demonstrations(out, n, **kw, resume=True)
     assert again == rest and len(recorded_episodes(out)) == n  # complete: nothing recorded

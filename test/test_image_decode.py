@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from robovlm_ros.runtime import ImageDecodeError, decode_image
+from robovlm_ros.robot.images import ImageDecodeError, decode_image
 
 sensor_msgs = pytest.importorskip("sensor_msgs.msg")
 

@@ -11,14 +11,17 @@ LAUNCH = os.path.join(REPO, "launch", "policy.launch.py")
 
 
 def test_policy_yaml_matches_the_declared_parameters():
-    from robovlm_ros.node_params import POLICY_PARAMS
+    from robovlm_ros.node_params import PolicyParams, load_policy_params
+    from robovlm_ros.robot.description import params_of
 
     with open(os.path.join(REPO, "config", "policy.yaml")) as f:
         params = yaml.safe_load(f)["robovlm_policy"]["ros__parameters"]
-    assert set(params) == set(POLICY_PARAMS)
+    assert set(params) == set(params_of(PolicyParams))
+    defaults = PolicyParams()
     for name, value in params.items():
-        default = POLICY_PARAMS[name][0]
+        default = getattr(defaults, name)
         assert value == default and type(value) is type(default), name
+    assert load_policy_params(os.path.join(REPO, "config", "policy.yaml")) == defaults
 
 
 def test_launch_file_parses_and_names_the_installed_executable_and_config():

@@ -22,7 +22,6 @@ from ros_helpers import ARM_JOINTS, FakeRobot, wait_for  # noqa: E402
 from robovlm_ros.model import PolicyConfig, RoboVLM  # noqa: E402
 from robovlm_ros.ros.policy_node import PolicyNode  # noqa: E402
 from robovlm_ros.ros.spin import BackgroundExecutor  # noqa: E402
-from robovlm_ros.runtime import PolicyRunner  # noqa: E402
 
 RATE = 10.0
 LIMIT = 0.05
@@ -66,9 +65,8 @@ def system(executor, checkpoint, request):
               "gripper_command_topic": f"/{ns}/grip_cmd", "control_rate_hz": RATE, "max_input_age_s": 0.3,
               "execute_steps": 1, "action_low": [-LIMIT] * 6, "action_high": [LIMIT] * 6,
               "max_linear_velocity": 0.06, "max_angular_velocity": 0.07, **extra}
-    runner = PolicyRunner(checkpoint, device="cpu", execute_steps=params["execute_steps"])
-    node = PolicyNode(runner=runner, namespace=ns,
-                      parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    node = PolicyNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in
+                                                         {"checkpoint": str(checkpoint), "device": "cpu", **params}.items()])
     robot = FakeRobot("fake_robot", ns, node.commands.arm_msg_type, node.commands.gripper_msg_type,
                       compressed_camera=compressed)
     executor.add(node, robot)  # destroyed by the executor fixture, after its thread has stopped
@@ -183,7 +181,7 @@ def test_instruction_topic_and_validation(system):
     assert not too_long.successful and "longer" in too_long.reason
     assert node.get_parameter("instruction").value == "put the block in the bowl"
     read_only = robot.set_instruction("/other/ckpt", name="checkpoint")
-    assert not read_only.successful and node.get_parameter("checkpoint").value == ""
+    assert not read_only.successful and node.get_parameter("checkpoint").value == node.p.checkpoint != "/other/ckpt"
 
 
 @pytest.mark.params(arm_command_type="joint_trajectory", gripper_command_type="joint_trajectory",

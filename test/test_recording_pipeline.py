@@ -21,7 +21,8 @@ from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from ros_helpers import ARM_JOINTS, wait_for  # noqa: E402
 from ros_helpers import call as ros_call  # noqa: E402
 from robovlm_ros.data.convert import convert_bags  # noqa: E402
-from robovlm_ros.data.dataset import LeRobotEpisodes  # noqa: E402
+from robovlm_ros.node_params import load_policy_params  # noqa: E402
+from robovlm_ros.data.lerobot import LeRobotEpisodes  # noqa: E402
 from robovlm_ros.ros.episode_recorder import EpisodeRecorder  # noqa: E402
 from robovlm_ros.ros.spin import BackgroundExecutor  # noqa: E402
 
@@ -102,7 +103,7 @@ def params_file(tmp_path, ns):
         "camera_topic": f"/{ns}/camera/image_raw", "gripper_camera_topic": f"/{ns}/gripper_camera/image_raw",
         "joint_states_topic": f"/{ns}/joint_states", "arm_command_topic": f"/{ns}/arm_cmd",
         "gripper_command_topic": f"/{ns}/grip_cmd", "control_rate_hz": RATE}}}))
-    return str(path)
+    return load_policy_params(str(path))  # the robot as `robovlm-ros convert --params` reads it
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])

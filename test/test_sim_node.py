@@ -116,21 +116,21 @@ def _drive_with_a_policy(checkpoint, delay_s, lockstep, steps=24):
     import time
 
     from robovlm_ros.ros.policy_node import PolicyNode
-    from robovlm_ros.ros.sim_node import lockstep_gate, namespaced_topics
-    from robovlm_ros.runtime import PolicyRunner
+    from robovlm_ros.node_params import sim_robot
+    from robovlm_ros.ros.params import overrides
+    from robovlm_ros.ros.sim_node import lockstep_gate
 
     rclpy.init()
     ns = f"l{uuid.uuid4().hex[:8]}"
-    topics = namespaced_topics(ns)
-    runner = PolicyRunner(checkpoint, device="cpu", execute_steps=1)
-    step = runner.step
-    runner.step = lambda obs: (time.sleep(delay_s), step(obs))[1]
-    policy = PolicyNode(runner=runner, namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
-        **topics, "control_rate_hz": 40.0, "max_input_age_s": 2.0, "execute_steps": 1, "autostart": True,
-        "instruction": "pick up the red block", "gripper_open_threshold": 0.027,
-        "wait_for_new_inputs": lockstep}.items()])
-    sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
-        **topics, "image_size": 32, "real_time_factor": 4.0, "seed": 7}.items()])
+    robot = sim_robot(ns).as_params()
+    policy = PolicyNode(namespace=ns, parameter_overrides=overrides({
+        **robot, "checkpoint": str(checkpoint), "device": "cpu", "control_rate_hz": 40.0, "max_input_age_s": 2.0,
+        "execute_steps": 1, "autostart": True, "instruction": "pick up the red block",
+        "wait_for_new_inputs": lockstep}))
+    step = policy.runner.step
+    policy.runner.step = lambda obs: (time.sleep(delay_s), step(obs))[1]
+    sim = SimNode(namespace=ns, parameter_overrides=overrides({
+        **robot, "image_size": 32, "real_time_factor": 4.0, "seed": 7}))
     if lockstep:
         sim.step_gate = lockstep_gate(policy, sim)
     applied = []
@@ -200,6 +200,7 @@ def test_an_evaluation_fails_loudly_when_lockstep_breaks(tmp_path, monkeypatch):
 
     from robovlm_ros.model import PolicyConfig, RoboVLM
     from robovlm_ros.ros import evaluate as ev
+    from robovlm_ros.ros import policy_node
     from robovlm_ros.runtime import PolicyRunner
 
     torch.manual_seed(0)
@@ -210,7 +211,7 @@ def test_an_evaluation_fails_loudly_when_lockstep_breaks(tmp_path, monkeypatch):
             time.sleep(2.0)
             return super().step(obs)
 
-    monkeypatch.setattr(ev, "PolicyRunner", StuckRunner)
+    monkeypatch.setattr(policy_node, "PolicyRunner", StuckRunner)  # the runner the evaluation's node builds
     monkeypatch.setattr(ev, "LOCKSTEP_TIMEOUT_S", 0.5)
     with pytest.raises(RuntimeError, match="lockstep broke in episode seed 100000"):
         ev.evaluate(str(tmp_path / "ckpt"), episodes=1, image_size=32, speed=4.0, progress=False)

@@ -1,19 +1,18 @@
-"""``robovlm-ros convert``: rosbag2 episodes -> a LeRobot v3 dataset with normalisation statistics.
+"""rosbag2 episodes -> a LeRobot v3 dataset with normalisation statistics (``robovlm-ros convert``).
 
-Topics, joint names and command types come from the robot's parameters file (the one the policy
-node runs with, ``--params``), so a robot is described once for recording, training and deployment.
+Topics, joint names, the gripper and command types come from the robot's description
+(``robot/description.py``; on the command line, the policy node's parameters file).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from ..node_params import load_params_file
-from ..runtime.images import ImageDecodeError, decode_image
-from ..robot.messages import GRIPPER_OPEN, FrameError, arm_from_command, gripper_from_command, state_from_joints
+from ..robot.description import RobotDescription
+from ..robot.images import ImageDecodeError, decode_image
+from ..robot.messages import GRIPPER_OPEN, FrameError, arm_from_command, gripper_from_command
 from .align import align
 from .bags import BagError, find_bags, read_episode
 from .lerobot import LeRobotWriter
@@ -31,12 +30,12 @@ class BagReport:
 
 
 class EpisodeConverter:
-    def __init__(self, params: dict, rate_hz: float, max_age_s: float, image_size: int | None,
+    def __init__(self, robot: RobotDescription, rate_hz: float, max_age_s: float, image_size: int | None,
                  every_command: bool = False):
-        self.p, self.rate_hz, self.max_age_s, self.image_size = params, rate_hz, max_age_s, image_size
+        self.robot, self.rate_hz, self.max_age_s, self.image_size = robot, rate_hz, max_age_s, image_size
         self.every_command = every_command  # one frame per recorded arm command: no thinning to rate_hz
-        self.cam, self.hand, self.joints = params["camera_topic"], params["gripper_camera_topic"], params["joint_states_topic"]
-        self.arm_cmd, self.grip_cmd = params["arm_command_topic"], params["gripper_command_topic"]
+        self.cam, self.hand, self.joints = robot.camera_topic, robot.gripper_camera_topic, robot.joint_states_topic
+        self.arm_cmd, self.grip_cmd = robot.arm_command_topic, robot.gripper_command_topic
 
     @property
     def topics(self) -> list[str]:
@@ -52,8 +51,8 @@ class EpisodeConverter:
         """The i-th recorded gripper command as ±1 (open when there is none: i < 0)."""
         if i < 0:
             return GRIPPER_OPEN
-        return gripper_from_command(streams[self.grip_cmd][i][1], self.p["gripper_open_position"],
-                                    self.p["gripper_closed_position"])
+        return gripper_from_command(streams[self.grip_cmd][i][1], self.robot.gripper_open_position,
+                                    self.robot.gripper_closed_position)
 
     def convert(self, episode) -> tuple[dict, BagReport]:
         s = episode.streams
@@ -79,8 +78,7 @@ class EpisodeConverter:
                 # without a gripper joint the state shows the last gripper command before this frame, as
                 # the policy node's does (its previous command)
                 last_grip = self._gripper_at(s, grip_times, np.searchsorted(grip_times, t, side="left") - 1)
-                state = state_from_joints(aligned.picks["joints"][k], self.p["arm_joints"], self.p["gripper_joint"],
-                                          self.p["gripper_open_threshold"], last_grip, self.p["max_joint_position"])
+                state = self.robot.state(aligned.picks["joints"][k], last_grip)
                 if with_commands:
                     arm = arm_from_command(aligned.picks["reference"][k], state[:6])
                     # the gripper command of the same control step is sent just after the arm's: take the
@@ -114,20 +112,22 @@ class EpisodeConverter:
         return frames, report
 
 
-def convert_bags(paths: list[str], out: str, params_file: str | None = None, rate_hz: float | None = None,
+def convert_bags(paths: list[str], out: str, robot: RobotDescription | None = None, rate_hz: float | None = None,
                  max_age_s: float = 0.25, image_size: int | None = None, include_failed: bool = False,
                  instruction: str | None = None, overwrite: bool = False, progress: bool = True,
                  every_command: bool = False) -> list[BagReport]:
-    """``every_command``: a frame for every recorded arm command instead of thinning them to ``rate_hz``
-    (recordings where each command answers one observation, like sim_node's lockstep demonstrations)."""
-    params = load_params_file(params_file)
-    rate_hz = rate_hz or params["control_rate_hz"]
-    conv = EpisodeConverter(params, rate_hz, max_age_s, image_size, every_command)
+    """``robot``: the recorded robot (default: ``RobotDescription()``); ``rate_hz`` the frame rate
+    (default: its control rate). ``every_command``: a frame for every recorded arm command instead of
+    thinning them to ``rate_hz`` (recordings where each command answers one observation, like
+    sim_node's lockstep demonstrations)."""
+    robot = robot or RobotDescription()
+    rate_hz = rate_hz or robot.control_rate_hz
+    conv = EpisodeConverter(robot, rate_hz, max_age_s, image_size, every_command)
     bags, partial = find_bags(paths)
     reports = [BagReport(p, "skipped", message="incomplete recording (never stopped)") for p in partial]
-    writer = LeRobotWriter(out, rate_hz, state_names=params["arm_joints"] + ["gripper"],
+    writer = LeRobotWriter(out, rate_hz, state_names=list(robot.arm_joints) + ["gripper"],
                            action_names=[f"arm_{i}" for i in range(6)] + ["gripper"],
-                           robot_type=params.get("robot_type", "ros2_arm"), overwrite=overwrite)
+                           robot_type="ros2_arm", overwrite=overwrite)
     try:
         from tqdm import tqdm
 
@@ -154,50 +154,3 @@ def convert_bags(paths: list[str], out: str, params_file: str | None = None, rat
         writer.abort()
         raise
     return reports
-
-
-def print_reports(reports: list[BagReport]) -> None:
-    for r in reports:
-        drops = ", ".join(f"{n} {why}" for why, n in r.dropped.items()) or "none"
-        line = f"[{r.status}] {r.bag}"
-        if r.status == "converted":
-            line += f": {r.frames}/{r.candidates} frames kept, dropped: {drops}; task {r.instruction!r}"
-        if r.message:
-            line += f": {r.message}"
-        print(line)
-
-
-def run(args) -> int:
-    try:
-        reports = convert_bags(args.bags, args.out, args.params, args.rate, args.max_age, args.image_size,
-                               args.include_failed, args.instruction, args.overwrite,
-                               every_command=args.every_command)
-    except (ValueError, FileExistsError) as e:
-        print(f"error: {e}")
-        return 1
-    print_reports(reports)
-    converted = [r for r in reports if r.status == "converted"]
-    print(f"wrote {args.out}: {len(converted)} episodes, {sum(r.frames for r in converted)} frames; "
-          f"{sum(r.status == 'error' for r in reports)} bags with errors, "
-          f"{sum(r.status == 'skipped' for r in reports)} skipped")
-    if args.report:
-        with open(args.report, "w") as f:
-            json.dump([r.__dict__ for r in reports], f, indent=2)
-    return 0 if converted else 1
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("convert", help="rosbag2 episodes -> LeRobot v3 dataset", description=__doc__)
-    p.add_argument("bags", nargs="+", help="bag directories, or folders of them (episode_recorder output)")
-    p.add_argument("--out", required=True, help="dataset directory to create")
-    p.add_argument("--params", help="the robot's parameters file (config/policy.yaml format): topics, joints")
-    p.add_argument("--rate", type=float, help="control rate to resample to (default: control_rate_hz)")
-    p.add_argument("--max-age", type=float, default=0.25, help="max age (s) of a stream's message at a frame")
-    p.add_argument("--image-size", type=int, help="store images resized to N x N (default: as recorded)")
-    p.add_argument("--instruction", help="instruction for bags recorded without episode_recorder")
-    p.add_argument("--include-failed", action="store_true", help="keep episodes marked unsuccessful")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
-    p.add_argument("--every-command", action="store_true",
-                   help="a frame per recorded arm command, not thinned to --rate (lockstep simulator recordings)")
-    p.add_argument("--report", help="write the per-bag report as JSON")
-    p.set_defaults(func=run)

@@ -19,10 +19,13 @@ from geometry_msgs.msg import TwistStamped
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from ..robot.description import ARM_COMMAND_TYPES, GRIPPER_COMMAND_TYPES, RobotDescription
 from ..robot.messages import gripper_position
 
+# the message class of each command type RobotDescription names (parsing them: robot/messages.py)
 ARM_TYPES = {"twist": TwistStamped, "float64_array": Float64MultiArray, "joint_trajectory": JointTrajectory}
 GRIPPER_TYPES = {"float64_array": Float64MultiArray, "joint_trajectory": JointTrajectory}
+assert set(ARM_TYPES) == set(ARM_COMMAND_TYPES) and set(GRIPPER_TYPES) == set(GRIPPER_COMMAND_TYPES)
 
 
 def _duration(seconds: float) -> Duration:
@@ -30,15 +33,14 @@ def _duration(seconds: float) -> Duration:
 
 
 class CommandBuilder:
-    def __init__(self, arm_type: str, gripper_type: str, frame_id: str, arm_joints: list[str], gripper_joint: str,
-                 open_position: float, closed_position: float, period_s: float):
-        if arm_type not in ARM_TYPES:
-            raise ValueError(f"arm_command_type must be one of {sorted(ARM_TYPES)}, not {arm_type!r}")
-        if gripper_type not in GRIPPER_TYPES:
-            raise ValueError(f"gripper_command_type must be one of {sorted(GRIPPER_TYPES)}, not {gripper_type!r}")
-        self.arm_type, self.gripper_type, self.frame_id = arm_type, gripper_type, frame_id
-        self.arm_joints, self.gripper_joint = list(arm_joints), gripper_joint
-        self.open_position, self.closed_position, self.period_s = open_position, closed_position, period_s
+    """Command messages for the robot ``robot`` (a RobotDescription) at the control period ``period_s``."""
+
+    def __init__(self, robot: RobotDescription, period_s: float):
+        self.arm_type, self.gripper_type, self.frame_id = robot.arm_command_type, robot.gripper_command_type, \
+            robot.twist_frame_id
+        self.arm_joints, self.gripper_joint = list(robot.arm_joints), robot.gripper_joint
+        self.open_position, self.closed_position = robot.gripper_open_position, robot.gripper_closed_position
+        self.period_s = period_s
 
     @property
     def arm_msg_type(self):

@@ -19,7 +19,6 @@ import sys
 import time
 from datetime import datetime
 
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -28,26 +27,12 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import SetBool, Trigger
 
 from ..atomic_io import write_json
+from ..data.bags import EPISODE_FILE, RECORDING_DIR
+from ..node_params import RecorderParams
+from ..robot.description import RobotDescription, is_compressed
 from .commands import ARM_TYPES, GRIPPER_TYPES
+from .params import declare_params
 from .spin import run_node
-
-EPISODE_FILE = "episode.json"
-RECORDING_DIR = ".recording"  # episodes being written; never read as complete
-
-PARAMS = {
-    "output_dir": ("episodes", "directory that receives one rosbag2 directory per episode"),
-    "storage": ("mcap", "rosbag2 storage: mcap or sqlite3"),
-    "episode_prefix": ("episode", "episode directory names: <prefix>_<date>_<time>_<n>"),
-    "camera_topic": ("/camera/image_raw", "static camera (a name ending in /compressed: CompressedImage)"),
-    "gripper_camera_topic": ("/gripper_camera/image_raw", "wrist camera ('' = none)"),
-    "joint_states_topic": ("/joint_states", "sensor_msgs/JointState"),
-    "arm_command_topic": ("/servo_node/delta_twist_cmds", "arm commands the robot received ('' = none)"),
-    "arm_command_type": ("twist", "twist, float64_array or joint_trajectory"),
-    "gripper_command_topic": ("/gripper_controller/commands", "gripper commands ('' = none)"),
-    "gripper_command_type": ("float64_array", "float64_array or joint_trajectory"),
-    "instruction": ("", "language instruction stored with the next episode"),
-    "max_input_age_s": (1.0, "~/start is refused when a camera or the joint states are older than this"),
-}
 
 
 def _msgtype(cls) -> str:
@@ -55,33 +40,33 @@ def _msgtype(cls) -> str:
     return f"{cls.__module__.split('.')[0]}/msg/{cls.__name__}"
 
 
+def recorded_topics(robot: RobotDescription) -> tuple[dict[str, type], list[str]]:
+    """topic -> message class of everything recorded, and the inputs that must be fresh to start."""
+    image = lambda topic: CompressedImage if is_compressed(topic) else Image  # noqa: E731
+    topics: dict[str, type] = {robot.camera_topic: image(robot.camera_topic), robot.joint_states_topic: JointState}
+    required = [robot.camera_topic, robot.joint_states_topic]
+    if robot.gripper_camera_topic:
+        topics[robot.gripper_camera_topic] = image(robot.gripper_camera_topic)
+        required.append(robot.gripper_camera_topic)
+    if robot.arm_command_topic:
+        topics[robot.arm_command_topic] = ARM_TYPES[robot.arm_command_type]
+    if robot.gripper_command_topic:
+        topics[robot.gripper_command_topic] = GRIPPER_TYPES[robot.gripper_command_type]
+    return topics, required
+
+
 class EpisodeRecorder(Node):
     def __init__(self, **kwargs):
         super().__init__("episode_recorder", **kwargs)
-        for name, (default, description) in PARAMS.items():
-            read_only = name not in ("instruction", "max_input_age_s")
-            self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=read_only))
-        p = {name: self.get_parameter(name).value for name in PARAMS}
-        self.p = p
-        if p["storage"] not in ("mcap", "sqlite3"):
-            raise ValueError(f"storage must be mcap or sqlite3, not {p['storage']!r}")
+        self.p = p = declare_params(self, RecorderParams)
         self.typestore = get_typestore(Stores.ROS2_KILTED)
-        self.recording_dir = os.path.join(p["output_dir"], RECORDING_DIR)
+        self.recording_dir = os.path.join(p.output_dir, RECORDING_DIR)
         os.makedirs(self.recording_dir, exist_ok=True)
         for leftover in sorted(os.listdir(self.recording_dir)):
             self.get_logger().warning(f"incomplete episode from an earlier run left in "
                                       f"{os.path.join(self.recording_dir, leftover)} (not used)")
 
-        image = lambda topic: CompressedImage if topic.rstrip("/").endswith("/compressed") else Image  # noqa: E731
-        self.topics: dict[str, type] = {p["camera_topic"]: image(p["camera_topic"]), p["joint_states_topic"]: JointState}
-        self.required = [p["camera_topic"], p["joint_states_topic"]]
-        if p["gripper_camera_topic"]:
-            self.topics[p["gripper_camera_topic"]] = image(p["gripper_camera_topic"])
-            self.required.append(p["gripper_camera_topic"])
-        if p["arm_command_topic"]:
-            self.topics[p["arm_command_topic"]] = ARM_TYPES[p["arm_command_type"]]
-        if p["gripper_command_topic"]:
-            self.topics[p["gripper_command_topic"]] = GRIPPER_TYPES[p["gripper_command_type"]]
+        self.topics, self.required = recorded_topics(p)
         self.last_rx: dict[str, float] = {}
         for topic, cls in self.topics.items():
             qos = qos_profile_sensor_data if topic in self.required else 10
@@ -96,7 +81,7 @@ class EpisodeRecorder(Node):
         self.create_service(Trigger, "~/stop", self._on_stop)
         self.create_service(Trigger, "~/discard", self._on_discard)
         self.create_service(SetBool, "~/set_success", self._on_set_success)
-        self.get_logger().info(f"recording {sorted(self.topics)} into {p['output_dir']} ({p['storage']})")
+        self.get_logger().info(f"recording {sorted(self.topics)} into {p.output_dir} ({p.storage})")
 
     def _recorder(self, topic: str):
         def on_message(data: bytes):
@@ -122,9 +107,9 @@ class EpisodeRecorder(Node):
             response.success, response.message = False, f"inputs are stale or missing: {', '.join(stale)}"
         else:
             self.counter += 1
-            name = f"{self.p['episode_prefix']}_{datetime.now().strftime('%Y%m%d_%H%M%S')}_{self.counter:03d}"
+            name = f"{self.p.episode_prefix}_{datetime.now().strftime('%Y%m%d_%H%M%S')}_{self.counter:03d}"
             partial = os.path.join(self.recording_dir, name)
-            storage = StoragePlugin.MCAP if self.p["storage"] == "mcap" else StoragePlugin.SQLITE3
+            storage = StoragePlugin.MCAP if self.p.storage == "mcap" else StoragePlugin.SQLITE3
             writer = Writer(partial, version=9, storage_plugin=storage)
             writer.open()
             self.connections = {t: writer.add_connection(t, _msgtype(cls), typestore=self.typestore)
@@ -148,7 +133,7 @@ class EpisodeRecorder(Node):
         writer.close()
         partial = os.path.join(self.recording_dir, episode["name"])
         write_json(os.path.join(partial, EPISODE_FILE), episode)
-        final = os.path.join(self.p["output_dir"], episode["name"])
+        final = os.path.join(self.p.output_dir, episode["name"])
         os.rename(partial, final)  # the episode becomes visible complete, or not at all
         self.last_path, self.episode = final, None
         counts = ", ".join(f"{t}: {n}" for t, n in episode["messages"].items())

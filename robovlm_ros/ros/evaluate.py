@@ -25,11 +25,12 @@ import rclpy
 from rclpy.parameter import Parameter
 
 from ..atomic_io import write_json
-from ..runtime import PolicyRunner
+from ..node_params import sim_robot
 from ..runtime.cpu_kernels import cpu_numerics
 from ..sim.tabletop import instruction_for
+from .params import overrides
 from .policy_node import PolicyNode
-from .sim_node import SimNode, lockstep_gate, namespaced_topics
+from .sim_node import SimNode, lockstep_gate
 from .spin import NodesInBackground, ServiceCaller
 
 EVAL_SEED0 = 100_000  # held-out seeds: demonstrations use small seeds
@@ -48,20 +49,19 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
     from tqdm import tqdm
 
     ns = f"eval_{uuid.uuid4().hex[:8]}"
-    topics = namespaced_topics(ns)
+    robot = sim_robot(ns).as_params()
     with NodesInBackground() as ros:
-        runner = PolicyRunner(checkpoint, device=device, execute_steps=execute_steps)
-        policy = PolicyNode(runner=runner, namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
+        policy = PolicyNode(namespace=ns, parameter_overrides=overrides({
+            **robot, "checkpoint": checkpoint, "device": device, "control_rate_hz": 10.0 * speed,
             # in lockstep the simulator waits for the policy, however long it takes on this machine: inputs
             # never count as stale (a hold would restart the history and change the episode)
-            **topics, "control_rate_hz": 10.0 * speed, "max_input_age_s": LOCKSTEP_TIMEOUT_S if lockstep else 0.5 / speed,
-            "execute_steps": execute_steps,
-            "gripper_open_threshold": 0.027, "action_low": [-0.3] * 6, "action_high": [0.3] * 6,
-            "max_linear_velocity": 0.3, "max_angular_velocity": 1.5, "wait_for_new_inputs": lockstep}.items()])
-        sim = SimNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
-            **topics, "image_size": image_size, "real_time_factor": speed, "max_episode_seconds": max_seconds,
+            "max_input_age_s": LOCKSTEP_TIMEOUT_S if lockstep else 0.5 / speed, "execute_steps": execute_steps,
+            "action_low": [-0.3] * 6, "action_high": [0.3] * 6, "max_linear_velocity": 0.3,
+            "max_angular_velocity": 1.5, "wait_for_new_inputs": lockstep}))
+        sim = SimNode(namespace=ns, parameter_overrides=overrides({
+            **robot, "image_size": image_size, "real_time_factor": speed, "max_episode_seconds": max_seconds,
             "stop_on_success": True, "lockstep_timeout_s": LOCKSTEP_TIMEOUT_S, "actuation_noise": actuation_noise,
-            "noise_seed": noise_seed}.items()])
+            "noise_seed": noise_seed}))
         if lockstep:  # set before the executor spins: no tick has run yet
             sim.step_gate = lockstep_gate(policy, sim)
         client = rclpy.create_node("eval_client", namespace=ns)
@@ -126,21 +126,29 @@ def summarize(results: list[dict], node_stats: dict | None = None) -> dict:
 
 def save_report(report: dict, out_dir: str, baseline: dict | None = None) -> list[str]:
     """report.json (without images) and plots: success per task, an action trace, camera frames."""
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     os.makedirs(out_dir, exist_ok=True)
-    files = []
     strip = lambda rep: {**rep, "results": [{k: v for k, v in r.items() if k != "frames"}  # noqa: E731
                                             for r in rep["results"]]}
-    data = {"policy": strip(report), **({"baseline": strip(baseline)} if baseline else {})}
     path = os.path.join(out_dir, "report.json")
-    write_json(path, data)
-    files.append(path)
+    write_json(path, {"policy": strip(report), **({"baseline": strip(baseline)} if baseline else {})})
+    files = [path]
+    for name, plot in (("success_per_task.png", _plot_success), ("action_trace.png", _plot_trace),
+                       ("frames.png", _plot_frames)):
+        fig = plot(plt, report, baseline)
+        if fig is not None:
+            fig.tight_layout()
+            files.append(os.path.join(out_dir, name))
+            fig.savefig(files[-1])
+            plt.close(fig)
+    return files
 
+
+def _plot_success(plt, report: dict, baseline: dict | None):
     fig, ax = plt.subplots(figsize=(6, 3))
     names = list(report["per_task"])
     x = np.arange(len(names))
@@ -152,37 +160,35 @@ def save_report(report: dict, out_dir: str, baseline: dict | None = None) -> lis
     ax.set_ylim(0, 1)
     ax.set_ylabel("success rate")
     ax.legend()
-    fig.tight_layout()
-    files.append(os.path.join(out_dir, "success_per_task.png"))
-    fig.savefig(files[-1])
-    plt.close(fig)
+    return fig
 
+
+def _plot_trace(plt, report: dict, baseline: dict | None):
+    """The commands the physics applied in the first episode."""
     trace = np.asarray(report["results"][0]["trace"]) if report["results"] and report["results"][0]["trace"] else None
-    if trace is not None and len(trace):
-        fig, ax = plt.subplots(figsize=(6, 3))
-        for i, label in enumerate(["vx", "vy", "vz", "wx", "wy", "wz", "gripper"]):
-            ax.plot(trace[:, 0], trace[:, 1 + i], label=label)
-        ax.set_xlabel("simulated seconds")
-        ax.set_title(report["results"][0]["task"])
-        ax.legend(ncol=4, fontsize=7)
-        fig.tight_layout()
-        files.append(os.path.join(out_dir, "action_trace.png"))
-        fig.savefig(files[-1])
-        plt.close(fig)
+    if trace is None or not len(trace):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for i, label in enumerate(["vx", "vy", "vz", "wx", "wy", "wz", "gripper"]):
+        ax.plot(trace[:, 0], trace[:, 1 + i], label=label)
+    ax.set_xlabel("simulated seconds")
+    ax.set_title(report["results"][0]["task"])
+    ax.legend(ncol=4, fontsize=7)
+    return fig
 
+
+def _plot_frames(plt, report: dict, baseline: dict | None):
+    """Static-camera frames of up to four episodes."""
     shown = [r for r in report["results"] if r["frames"]][:4]
-    if shown:
-        cols = max(len(r["frames"]) for r in shown)
-        fig, axes = plt.subplots(len(shown), cols, figsize=(2 * cols, 2 * len(shown)), squeeze=False)
-        for row, r in zip(axes, shown):
-            for ax, frame in zip(row, r["frames"]):
-                ax.imshow(frame)
-            for ax in row:
-                ax.axis("off")
-            row[0].set_title(f"{r['task'].replace('pick up the ', '')}: {'ok' if r['success'] else 'fail'}",
-                             fontsize=8, loc="left")
-        fig.tight_layout()
-        files.append(os.path.join(out_dir, "frames.png"))
-        fig.savefig(files[-1])
-        plt.close(fig)
-    return files
+    if not shown:
+        return None
+    cols = max(len(r["frames"]) for r in shown)
+    fig, axes = plt.subplots(len(shown), cols, figsize=(2 * cols, 2 * len(shown)), squeeze=False)
+    for row, r in zip(axes, shown):
+        for ax, frame in zip(row, r["frames"]):
+            ax.imshow(frame)
+        for ax in row:
+            ax.axis("off")
+        row[0].set_title(f"{r['task'].replace('pick up the ', '')}: {'ok' if r['success'] else 'fail'}",
+                         fontsize=8, loc="left")
+    return fig

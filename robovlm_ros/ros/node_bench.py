@@ -6,24 +6,24 @@ import time
 import numpy as np
 
 from ..model import RoboVLM
-from ..runtime import PolicyRunner
+from ..robot.description import RobotDescription
 
 
-def _camera_process(ns: str, stop) -> None:
+def _camera_process(robot: RobotDescription, stop) -> None:
     """A separate process playing the camera drivers: two 640x480 rgb8 streams + joint states at 15 Hz."""
     import rclpy
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
 
     rclpy.init()
-    node = rclpy.create_node("bench_camera", namespace=ns)
-    cam = node.create_publisher(Image, f"/{ns}/cam", qos_profile_sensor_data)
-    hand = node.create_publisher(Image, f"/{ns}/hand", qos_profile_sensor_data)
-    joints = node.create_publisher(JointState, f"/{ns}/joints", qos_profile_sensor_data)
+    node = rclpy.create_node("bench_camera")
+    cam = node.create_publisher(Image, robot.camera_topic, qos_profile_sensor_data)
+    hand = node.create_publisher(Image, robot.gripper_camera_topic, qos_profile_sensor_data)
+    joints = node.create_publisher(JointState, robot.joint_states_topic, qos_profile_sensor_data)
     rng = np.random.default_rng(0)
     frames = [Image(height=480, width=640, encoding="rgb8", step=640 * 3,
                     data=rng.integers(0, 255, (480, 640, 3), dtype=np.uint8).tobytes()) for _ in range(4)]
-    names = [f"joint{k}" for k in range(1, 7)] + ["gripper_joint"]
+    names = list(robot.arm_joints) + [robot.gripper_joint]
     i = 0
     while not stop.is_set():
         for pub in (cam, hand):
@@ -45,22 +45,20 @@ def node_overhead(model: RoboVLM, seconds: float, device: str) -> dict:
 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.parameter import Parameter
 
+    from .params import overrides
     from .policy_node import PolicyNode
 
     rclpy.init()
     try:
         ns = f"bench{int(time.time() * 1000) % 100000}"
-        overrides = {"camera_topic": f"/{ns}/cam", "gripper_camera_topic": f"/{ns}/hand",
-                     "joint_states_topic": f"/{ns}/joints", "arm_command_topic": f"/{ns}/arm",
-                     "gripper_command_topic": f"/{ns}/grip", "control_rate_hz": 10.0, "execute_steps": 1,
-                     "max_input_age_s": 1.0, "instruction": "pick up the red block", "autostart": True}
-        node = PolicyNode(runner=PolicyRunner(model, device=device, execute_steps=1), namespace=ns,
-                          parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+        robot = RobotDescription().namespaced(ns)
+        node = PolicyNode(model=model, namespace=ns, parameter_overrides=overrides({
+            **robot.as_params(), "device": device, "control_rate_hz": 10.0, "execute_steps": 1,
+            "max_input_age_s": 1.0, "instruction": "pick up the red block", "autostart": True}))
         ctx = multiprocessing.get_context("spawn")  # a fresh process: no forked rclpy/torch state
         stop = ctx.Event()
-        camera = ctx.Process(target=_camera_process, args=(ns, stop))
+        camera = ctx.Process(target=_camera_process, args=(robot, stop))
         camera.start()
         ex = SingleThreadedExecutor()
         ex.add_node(node)

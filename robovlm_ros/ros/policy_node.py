@@ -30,11 +30,14 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from ..node_params import POLICY_PARAMS
-from ..robot.messages import GRIPPER_OPEN, FrameError, gripper_sign, state_from_joints
-from ..runtime import ImageDecodeError, PolicyRunner, SafetyLimits, UnsafeActionError, decode_image
+from ..model import RoboVLM
+from ..node_params import POLICY_NODE, PolicyParams
+from ..robot.description import is_compressed
+from ..robot.images import ImageDecodeError, decode_image
+from ..robot.messages import GRIPPER_OPEN, FrameError, gripper_sign
+from ..runtime import PolicyRunner, SafetyLimits, UnsafeActionError
 from .commands import CommandBuilder, chunk_message
-from .params import descriptor
+from .params import declare_params
 from .spin import run_node
 
 MAX_INSTRUCTION_CHARS = 512
@@ -56,33 +59,42 @@ class _Latest:
 
 
 class PolicyNode(Node):
-    def __init__(self, runner: PolicyRunner | None = None, **kwargs):
-        super().__init__("robovlm_policy", **kwargs)
-        for name, (default, *_rest) in POLICY_PARAMS.items():
-            self.declare_parameter(name, default, descriptor(name))
-        p = {name: self.get_parameter(name).value for name in POLICY_PARAMS}
-        self.p = p
-        if len(p["arm_joints"]) != 6:
-            raise ValueError(f"arm_joints needs 6 names, got {p['arm_joints']}")
-        self.period = 1.0 / p["control_rate_hz"]
-        limits = SafetyLimits(tuple(p["action_low"]), tuple(p["action_high"]), p["max_linear_velocity"],
-                              p["max_angular_velocity"])
-        if runner is None:
-            if not p["checkpoint"]:
-                raise ValueError("parameter 'checkpoint' is empty: give the checkpoint directory to run")
-            runner = PolicyRunner(p["checkpoint"], device=p["device"], dtype=p["dtype"],
-                                  execute_steps=p["execute_steps"] or None, ensemble=p["ensemble"], limits=limits)
-        else:
-            runner.limits = limits
-        self.runner = runner
-        warm_s = runner.warmup()  # the first inference is slow; pay for it before the robot is waiting
-        self.uses_hand = runner.config.use_hand_rgb
-        if self.uses_hand and not p["gripper_camera_topic"]:
-            raise ValueError("the checkpoint uses a gripper camera: set gripper_camera_topic")
-        self.commands = CommandBuilder(p["arm_command_type"], p["gripper_command_type"], p["twist_frame_id"],
-                                       p["arm_joints"], p["gripper_joint"], p["gripper_open_position"],
-                                       p["gripper_closed_position"], self.period)
+    """``model``: run this in-memory policy instead of loading the ``checkpoint`` parameter (benchmarks);
+    everything else (device, dtype, chunk execution, safety limits) comes from the parameters."""
 
+    def __init__(self, model: RoboVLM | None = None, **kwargs):
+        super().__init__(POLICY_NODE, **kwargs)
+        self.p = p = declare_params(self, PolicyParams)
+        self.robot = p.robot()
+        self.period = 1.0 / p.control_rate_hz
+        self.runner = self._build_runner(p, model)
+        warm_s = self.runner.warmup()  # the first inference is slow; pay for it before the robot is waiting
+        self.uses_hand = self.runner.config.use_hand_rgb
+        if self.uses_hand and not p.gripper_camera_topic:
+            raise ValueError("the checkpoint uses a gripper camera: set gripper_camera_topic")
+        self.commands = CommandBuilder(self.robot, self.period)
+        self._init_state()
+        self._init_interfaces()
+        if p.instruction.strip():
+            self._set_instruction(p.instruction)
+            self.running = bool(p.autostart)
+            self.hold_reason = "" if self.running else "stopped"
+        c = self.runner.config
+        self.get_logger().info(
+            f"policy ready: {c.backbone} {c.action_space} window {c.window_size} chunk {c.fwd_pred_next_n} on "
+            f"{self.runner.device} ({self.runner.dtype}), warm-up {warm_s:.1f}s; "
+            f"{'running' if self.running else 'call ~/start to run'}")
+
+    @staticmethod
+    def _build_runner(p: PolicyParams, model: RoboVLM | None) -> PolicyRunner:
+        if model is None and not p.checkpoint:
+            raise ValueError("parameter 'checkpoint' is empty: give the checkpoint directory to run")
+        limits = SafetyLimits(tuple(p.action_low), tuple(p.action_high), p.max_linear_velocity,
+                              p.max_angular_velocity)
+        return PolicyRunner(p.checkpoint if model is None else model, device=p.device, dtype=p.dtype,
+                            execute_steps=p.execute_steps or None, ensemble=p.ensemble, limits=limits)
+
+    def _init_state(self) -> None:
         self.lock = threading.Lock()  # guards the flags below and publishing; never held during inference
         self.running = False
         self.needs_reset = False  # worker resets the runner's history before its next step
@@ -103,13 +115,16 @@ class PolicyNode(Node):
         self.runtime_overhead_ms: deque[float] = deque(maxlen=200)  # runner.step minus inference (preprocessing)
         self.hold_reason = "stopped"
 
-        self._image_sub(p["camera_topic"], self.camera, "camera")
+    def _init_interfaces(self) -> None:
+        """Subscriptions, publishers, services, the worker thread and the timers."""
+        r = self.robot
+        self._image_sub(r.camera_topic, self.camera, "camera")
         if self.uses_hand:
-            self._image_sub(p["gripper_camera_topic"], self.hand, "gripper camera")
-        self.create_subscription(JointState, p["joint_states_topic"], self._on_joints, qos_profile_sensor_data)
+            self._image_sub(r.gripper_camera_topic, self.hand, "gripper camera")
+        self.create_subscription(JointState, r.joint_states_topic, self._on_joints, qos_profile_sensor_data)
         self.create_subscription(String, "~/instruction", self._on_instruction_msg, 10)
-        self.arm_pub = self.create_publisher(self.commands.arm_msg_type, p["arm_command_topic"], 10)
-        self.gripper_pub = self.create_publisher(self.commands.gripper_msg_type, p["gripper_command_topic"], 10)
+        self.arm_pub = self.create_publisher(self.commands.arm_msg_type, r.arm_command_topic, 10)
+        self.gripper_pub = self.create_publisher(self.commands.gripper_msg_type, r.gripper_command_topic, 10)
         self.chunk_pub = self.create_publisher(Float64MultiArray, "~/action", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(Trigger, "~/start", self._on_start)
@@ -126,26 +141,16 @@ class PolicyNode(Node):
         self.create_timer(self.period, self._on_tick)
         self.create_timer(1.0, self._publish_diagnostics)
 
-        if p["instruction"].strip():
-            self._set_instruction(p["instruction"])
-            self.running = bool(p["autostart"])
-            self.hold_reason = "" if self.running else "stopped"
-        self.get_logger().info(
-            f"policy ready: {runner.config.backbone} {runner.config.action_space} window {runner.config.window_size} "
-            f"chunk {runner.config.fwd_pred_next_n} on {runner.device} ({runner.dtype}), warm-up {warm_s:.1f}s; "
-            f"{'running' if self.running else 'call ~/start to run'}")
-
     # ------------------------------------------------------------------ inputs
     def _image_sub(self, topic: str, slot: _Latest, label: str) -> None:
-        compressed = topic.rstrip("/").endswith("/compressed")
 
         def on_image(msg):
             t0 = time.time()
             try:
                 image = decode_image(msg)
-                if min(image.shape[:2]) < self.p["min_image_size"]:
+                if min(image.shape[:2]) < self.p.min_image_size:
                     raise ImageDecodeError(f"{image.shape[1]}x{image.shape[0]} image is smaller than "
-                                           f"min_image_size {self.p['min_image_size']}")
+                                           f"min_image_size {self.p.min_image_size}")
                 slot.set(image, msg.header.stamp)
                 stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
                 # transport (when the sender stamps with the same clock) + decoding, in ms
@@ -155,7 +160,7 @@ class PolicyNode(Node):
                 self.stats["rejected_msgs"] += 1
                 self.get_logger().warning(f"rejected {label} image: {e}", throttle_duration_sec=2.0)
 
-        self.create_subscription(CompressedImage if compressed else Image, topic, on_image, qos_profile_sensor_data)
+        self.create_subscription(CompressedImage if is_compressed(topic) else Image, topic, on_image, qos_profile_sensor_data)
 
     def _on_joints(self, msg: JointState) -> None:
         try:  # checked with the function that builds the state, so a stored message always gives one
@@ -169,8 +174,7 @@ class PolicyNode(Node):
     def _state(self, msg: JointState, last_gripper_command: float = GRIPPER_OPEN) -> np.ndarray:
         """The model's state from a JointState: the bag converter's function, so deployment sees what
         training saw (without a gripper joint, the last gripper command this episode)."""
-        return state_from_joints(msg, self.p["arm_joints"], self.p["gripper_joint"], self.p["gripper_open_threshold"],
-                                 last_gripper_command, self.p["max_joint_position"])
+        return self.robot.state(msg, last_gripper_command)
 
     # ------------------------------------------------------------------ instruction
     def _validate_params(self, params: list[Parameter]) -> SetParametersResult:
@@ -188,7 +192,7 @@ class PolicyNode(Node):
             if prm.name == "instruction":
                 self._set_instruction(prm.value)
             elif prm.name == "max_input_age_s":
-                self.p["max_input_age_s"] = prm.value
+                self.p.max_input_age_s = prm.value
 
     def _set_instruction(self, text: str) -> None:
         text = text.strip()
@@ -238,7 +242,7 @@ class PolicyNode(Node):
         if self.uses_hand:
             ages["gripper camera"] = self.hand.age(now)
         stale = [f"{k} {'missing' if v == float('inf') else f'{v:.2f}s old'}" for k, v in ages.items()
-                 if v > self.p["max_input_age_s"]]
+                 if v > self.p.max_input_age_s]
         return ", ".join(stale) if stale else None
 
     def _on_tick(self) -> None:
@@ -257,7 +261,7 @@ class PolicyNode(Node):
             arm, joint_msg = self.joints.value
             slots = [self.camera, self.joints] + ([self.hand] if self.uses_hand else [])
             stamp = self.joints.stamp
-            if self.p["wait_for_new_inputs"] and (any(s.stamp != stamp for s in slots)
+            if self.p.wait_for_new_inputs and (any(s.stamp != stamp for s in slots)
                                                   or stamp <= self._stamp_of_last_job):
                 return  # not yet one new step's inputs: stepping now would mix or repeat steps
             obs = {"rgb": self.camera.value}  # the state is built by the worker (it knows the last command)
@@ -380,7 +384,7 @@ class PolicyNode(Node):
 
 
 def main(args=None) -> int:
-    return run_node(PolicyNode, "robovlm_policy", args)
+    return run_node(PolicyNode, POLICY_NODE, args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """``sim_node``: the MuJoCo tabletop robot behind the same ROS 2 topics as a real arm.
 
 Publishes the static and gripper cameras (``sensor_msgs/Image``, rgb8) and ``JointState``
-(joint1..joint6 + gripper_joint = finger opening in metres) every control period; consumes
+(``arm_joints`` + ``gripper_joint`` = finger opening in metres) every control period; consumes
 ``TwistStamped`` end-effector velocity commands (differential IK) and ``Float64MultiArray`` gripper
 commands (nearer ``gripper_open_position`` = open). A twist older than ``command_timeout_s`` counts
 as zero, like MoveIt Servo's halt. Services: ``~/reset`` (Trigger: a new episode from the ``seed``
@@ -28,7 +28,6 @@ from typing import Callable
 
 import numpy as np
 from geometry_msgs.msg import TwistStamped
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from rclpy.time import Time
@@ -36,60 +35,29 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from ..robot.messages import gripper_from_command, gripper_position
-from ..sim.tabletop import ARM_JOINTS, TabletopEnv
+from ..node_params import SimParams
+from ..robot.messages import FrameError, arm_from_command, gripper_from_command
+from ..sim.tabletop import TabletopEnv
+from .commands import CommandBuilder
+from .params import declare_params
 from .spin import run_node
 
-PARAMS = {
-    "camera_topic": ("/camera/image_raw", "static camera output"),
-    "gripper_camera_topic": ("/gripper_camera/image_raw", "gripper camera output"),
-    "joint_states_topic": ("/joint_states", "JointState output"),
-    "arm_command_topic": ("/servo_node/delta_twist_cmds", "TwistStamped input"),
-    "gripper_command_topic": ("/gripper_controller/commands", "Float64MultiArray input"),
-    "image_size": (96, "camera images are image_size x image_size"),
-    "control_rate_hz": (10.0, "physics advances one period per tick; sensors are published every tick"),
-    "real_time_factor": (1.0, "simulated seconds per wall-clock second"),
-    "command_timeout_s": (0.5, "an older twist is treated as zero (simulated seconds)"),
-    "gripper_open_position": (0.04, "gripper command meaning open"),
-    "gripper_closed_position": (0.0, "gripper command meaning closed"),
-    "seed": (0, "seed of the episode the next ~/reset starts"),
-    "target": ("", "block the next ~/reset asks for (red, green, blue); empty: drawn from the seed"),
-    "max_episode_seconds": (0.0, "the physics stops after this many simulated seconds of an episode, until the "
-                                 "next ~/reset (0: never)"),
-    "stop_on_success": (False, "the physics stops once the task succeeds, until the next ~/reset"),
-    "lockstep_resend_s": (1.0, "with a step gate (lockstep): publish the unanswered step again after this wait, "
-                               "wall-clock seconds"),
-    "lockstep_timeout_s": (60.0, "with a step gate (lockstep): longest wait for the policy, wall-clock seconds"),
-    "actuation_noise": (0.0, "velocity-tracking error: each commanded twist component is scaled by 1 + N(0, this), "
-                             "redrawn every 5 steps and seeded by the episode (0: an ideal arm)"),
-    "noise_seed": (0, "another draw of the actuation noise for the same episodes (0: the episode's own)"),
-}
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-def namespaced_topics(ns: str) -> dict[str, str]:
-    """The robot's topic parameters under ``/ns`` (shared by sim_node, policy_node and the recorder)."""
-    return {"camera_topic": f"/{ns}/camera/image_raw", "gripper_camera_topic": f"/{ns}/gripper_camera/image_raw",
-            "joint_states_topic": f"/{ns}/joint_states", "arm_command_topic": f"/{ns}/arm_cmd",
-            "gripper_command_topic": f"/{ns}/grip_cmd"}
 
 
 class SimNode(Node):
     def __init__(self, env: TabletopEnv | None = None, **kwargs):
         super().__init__("sim_node", **kwargs)
-        for name, (default, description) in PARAMS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description,
-                                                                      read_only=name not in ("seed", "target")))
-        p = {name: self.get_parameter(name).value for name in PARAMS}
-        self.p = p
-        self.env = env or TabletopEnv(image_size=p["image_size"], control_hz=p["control_rate_hz"],
-                                      actuation_noise=p["actuation_noise"], noise_seed=p["noise_seed"])
-        self.cam_pub = self.create_publisher(Image, p["camera_topic"], qos_profile_sensor_data)
-        self.hand_pub = self.create_publisher(Image, p["gripper_camera_topic"], qos_profile_sensor_data)
-        self.joint_pub = self.create_publisher(JointState, p["joint_states_topic"], qos_profile_sensor_data)
+        self.p = p = declare_params(self, SimParams)
+        self.env = env or TabletopEnv(image_size=p.image_size, control_hz=p.control_rate_hz,
+                                      actuation_noise=p.actuation_noise, noise_seed=p.noise_seed)
+        self.cam_pub = self.create_publisher(Image, p.camera_topic, qos_profile_sensor_data)
+        self.hand_pub = self.create_publisher(Image, p.gripper_camera_topic, qos_profile_sensor_data)
+        self.joint_pub = self.create_publisher(JointState, p.joint_states_topic, qos_profile_sensor_data)
+        self.joint_names = list(p.arm_joints) + [p.gripper_joint or "gripper_joint"]
         self.instruction_pub = self.create_publisher(String, "~/instruction", LATCHED)
-        self.create_subscription(TwistStamped, p["arm_command_topic"], self._on_twist, 10)
-        self.create_subscription(Float64MultiArray, p["gripper_command_topic"], self._on_gripper, 10)
+        self.create_subscription(TwistStamped, p.arm_command_topic, self._on_twist, 10)
+        self.create_subscription(Float64MultiArray, p.gripper_command_topic, self._on_gripper, 10)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_service(Trigger, "~/success", self._on_success)
         self.sim_time = 0.0
@@ -104,8 +72,8 @@ class SimNode(Node):
         self._sensor_msgs: list[tuple] = []  # (publisher, message) of the newest step, for a resend
         self.lockstep = {"steps": 0, "resends": 0, "timeouts": 0}
         self.received = {"arm": 0, "gripper": 0}  # command messages, valid or not
-        self.reset_episode(p["seed"], p["target"])
-        self.tick_timer = self.create_timer(1.0 / (p["control_rate_hz"] * p["real_time_factor"]), self._tick)
+        self.reset_episode(p.seed, p.target)
+        self.tick_timer = self.create_timer(1.0 / (p.control_rate_hz * p.real_time_factor), self._tick)
 
     def reset_episode(self, seed: int, target: str = "") -> str:
         if target and target not in self.env.colors:
@@ -121,19 +89,17 @@ class SimNode(Node):
 
     def _on_twist(self, msg: TwistStamped) -> None:
         self.received["arm"] += 1
-        t = msg.twist
-        v = np.array([t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z])
-        if np.isfinite(v).all():
-            self.twist, self.twist_time = v, self.sim_time
-        else:
-            self.get_logger().warning("ignored a non-finite twist", throttle_duration_sec=2.0)
+        try:
+            self.twist, self.twist_time = arm_from_command(msg, np.zeros(6)), self.sim_time
+        except FrameError as e:
+            self.get_logger().warning(f"ignored a twist: {e}", throttle_duration_sec=2.0)
 
     def _on_gripper(self, msg: Float64MultiArray) -> None:
         self.received["gripper"] += 1
         if len(msg.data) != 1 or not np.isfinite(msg.data[0]):
             self.get_logger().warning("ignored a malformed gripper command", throttle_duration_sec=2.0)
             return
-        self.gripper = gripper_from_command(msg, self.p["gripper_open_position"], self.p["gripper_closed_position"])
+        self.gripper = gripper_from_command(msg, self.p.gripper_open_position, self.p.gripper_closed_position)
 
     def _on_reset(self, request, response):
         try:
@@ -173,24 +139,24 @@ class SimNode(Node):
                 return
             if not self.step_gate(self.stamp_ns):
                 waited = time.monotonic() - self.step_started
-                if waited < self.p["lockstep_timeout_s"]:
-                    if time.monotonic() - self.published_at >= self.p["lockstep_resend_s"]:
+                if waited < self.p.lockstep_timeout_s:
+                    if time.monotonic() - self.published_at >= self.p.lockstep_resend_s:
                         self.lockstep["resends"] += 1  # a sensor message may be lost: the same step again
                         self._publish(self._sensor_msgs)
                     return  # the policy has not answered the newest step yet
                 self.lockstep["timeouts"] += 1
                 self.get_logger().error("lockstep: no command for the newest sensors in "
-                                        f"{self.p['lockstep_timeout_s']} s, stepping anyway",
+                                        f"{self.p.lockstep_timeout_s} s, stepping anyway",
                                         throttle_duration_sec=2.0)
             self.lockstep["steps"] += 1
-        twist = self.twist if self.sim_time - self.twist_time <= self.p["command_timeout_s"] else np.zeros(6)
+        twist = self.twist if self.sim_time - self.twist_time <= self.p.command_timeout_s else np.zeros(6)
         action = np.r_[twist, self.gripper].astype(np.float64)
         self.applied.update(action.tobytes())
         self.env.step(action)
         self.sim_time += self.env.dt
-        limit = self.p["max_episode_seconds"]
+        limit = self.p.max_episode_seconds
         self.episode_over = bool((limit and self.sim_time - self.episode_start >= limit - 1e-9)
-                                 or (self.p["stop_on_success"] and self.env.success()))
+                                 or (self.p.stop_on_success and self.env.success()))
         self.publish_sensors()
 
     def publish_sensors(self) -> None:
@@ -208,7 +174,7 @@ class SimNode(Node):
                         data=self.last_images[camera].tobytes())
             msg.header.stamp, msg.header.frame_id = stamp, camera
             msgs.append((pub, msg))
-        js = JointState(name=ARM_JOINTS + ["gripper_joint"],
+        js = JointState(name=self.joint_names,
                         position=[float(x) for x in self.env.joint_positions()] + [self.env.gripper_width()])
         js.header.stamp = stamp
         msgs.append((self.joint_pub, js))
@@ -246,9 +212,10 @@ class ExpertNode(Node):
         self.inputs_stamp_of_last_command = -1  # stamp_ns of the step last answered
         self.sent = {"arm": 0, "gripper": 0}
         p = sim.p
-        self.arm_pub = self.create_publisher(TwistStamped, p["arm_command_topic"], 10)
-        self.grip_pub = self.create_publisher(Float64MultiArray, p["gripper_command_topic"], 10)
-        self.create_timer(1.0 / (p["control_rate_hz"] * p["real_time_factor"]), self._tick)
+        self.commands = CommandBuilder(p.robot(), 1.0 / p.control_rate_hz)  # the policy node's messages
+        self.arm_pub = self.create_publisher(self.commands.arm_msg_type, p.arm_command_topic, 10)
+        self.grip_pub = self.create_publisher(self.commands.gripper_msg_type, p.gripper_command_topic, 10)
+        self.create_timer(1.0 / (p.control_rate_hz * p.real_time_factor), self._tick)
 
     def start(self) -> None:
         self.expert.reset()
@@ -264,14 +231,9 @@ class ExpertNode(Node):
         if self.lockstep and stamp_ns == self.inputs_stamp_of_last_command:
             return  # this step has its command already
         a = self.expert.act()
-        msg = TwistStamped()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        (msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z,
-         msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z) = (float(x) for x in a[:6])
-        self.arm_pub.publish(msg)
-        p = self.sim.p
-        self.grip_pub.publish(Float64MultiArray(data=[gripper_position(a[6], p["gripper_open_position"],
-                                                                       p["gripper_closed_position"])]))
+        stamp = self.get_clock().now().to_msg()
+        self.arm_pub.publish(self.commands.arm(a[:6], None, stamp))
+        self.grip_pub.publish(self.commands.gripper(a[6], stamp))
         self.sent["arm"] += 1
         self.sent["gripper"] += 1
         self.inputs_stamp_of_last_command = stamp_ns

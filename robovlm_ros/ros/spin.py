@@ -35,9 +35,8 @@ def run_node(make_node: Callable[[], Node], name: str, args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        # Teardown can hang inside the DDS layer (a policy_node was seen spinning in rcl_node_fini
-        # for minutes after SIGTERM): faulthandler's watchdog is a C thread that needs no GIL, so it
-        # prints where the process hangs and ends it after TEARDOWN_LIMIT_S.
+        # teardown can hang inside the DDS layer (rcl_node_fini); faulthandler's watchdog is a C thread
+        # that needs no GIL, so it prints where the process hangs and ends it after TEARDOWN_LIMIT_S
         faulthandler.dump_traceback_later(TEARDOWN_LIMIT_S, exit=True)
         node.destroy_node()
         rclpy.try_shutdown()
