@@ -1,23 +1,21 @@
-"""``robovlm-ros``: the package's command line."""
+"""``robovlm-ros``: the package's command line (one module per subcommand in ``commands/``)."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-from . import bench, check, demo
-from .data import convert
-from .train import run as train_run
+from .commands import bench, check, convert, demo, train
+from .commands import eval as eval_command
+
+SUBCOMMANDS = (convert, train, eval_command, demo, check, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robovlm-ros", description="VLA policies for ROS 2 robots")
     sub = parser.add_subparsers(dest="command", required=True)
-    convert.add_parser(sub)
-    train_run.add_parser(sub)
-    demo.add_parsers(sub)
-    check.add_parser(sub)
-    bench.add_parser(sub)
+    for command in SUBCOMMANDS:
+        command.add_parser(sub)
     return parser
 
 

@@ -88,7 +88,8 @@ def test_the_shipped_policy_is_what_demo_retrain_makes_with_its_defaults():
     command recorded in its made_by.json must parse to the same arguments as that bare command, and
     the recipe it was trained with must be the one the demo trains with now."""
     from robovlm_ros.cli import build_parser
-    from robovlm_ros.demo import DEMO_TRAIN, RETRAIN_ARGS
+    from robovlm_ros.commands.demo import RETRAIN_ARGS
+    from robovlm_ros.sim.demo_recipe import DEMO_TRAIN
 
     made_by = json.loads(open(os.path.join(REPO, "robovlm_ros", "sim", "demo_policy", "made_by.json")).read())
     recorded = build_parser().parse_args(shlex.split(made_by["command"])[1:])

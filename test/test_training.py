@@ -106,7 +106,7 @@ def test_validation_reports_held_out_r2_and_gripper_accuracy(tmp_path, dataset):
     pred, target = [], []
     with torch.no_grad():
         for b in loader:
-            pred.append(policy.predict_normalized(b)[:, 0].numpy())
+            pred.append(policy.predict(b, normalized=True)[:, 0].numpy())
             target.append(b["actions"][:, -1, 0].numpy())
     pred, target = np.concatenate(pred), np.concatenate(target)
     assert len(pred) == len(data.val_ds) > 2
@@ -253,3 +253,27 @@ def test_bf16_mixed_precision_and_gradient_accumulation(tmp_path, dataset):
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["global_step"] == 3
     assert state["robovlm_ros"]["batches_seen"] == 6  # two batches per optimiser step
+
+
+def test_training_normalises_with_the_datasets_own_statistics(tmp_path, dataset):
+    """One home for the statistics: a single dataset's meta/stats.json (written at conversion, over the
+    stored float32 values) is what the policy is normalised with, not a second computation."""
+    import shutil
+
+    from robovlm_ros.data.lerobot import LeRobotEpisodes, feature_stats
+    from robovlm_ros.train.run import build
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    stats_path = copy / "meta" / "stats.json"
+    written = json.loads(stats_path.read_text())
+    frames = LeRobotEpisodes(str(copy)).episodes
+    # the written statistics are those of the stored frames, exactly
+    assert written["action"] == feature_stats(np.concatenate([e["action"] for e in frames]))
+    assert written["observation.state"] == feature_stats(np.concatenate([e["state"] for e in frames]))
+    # and training takes them from the file: an edited q99 reaches the policy's normaliser
+    written["action"]["q99"] = [v + 0.5 for v in written["action"]["q99"]]
+    stats_path.write_text(json.dumps(written))
+    model, _, _ = build(load_train_config(write_config(tmp_path / "cfg.yaml", copy, tmp_path / "run")))
+    assert model.normalizer.stats["action"]["q99"] == written["action"]["q99"]
+    assert model.normalizer.stats["state"] == written["observation.state"]

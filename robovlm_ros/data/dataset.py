@@ -6,54 +6,12 @@ A sample is a window of ``window_size`` consecutive frames of one episode; frame
 """
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
-from .lerobot import EPISODES_PATH, IMAGE_KEYS, decode_png, feature_stats
+from .lerobot import LeRobotEpisodes, decode_png
 from .vl import tokenize_vl
-
-
-class LeRobotEpisodes:
-    """All episodes of one dataset directory in memory (arrays + PNG bytes)."""
-
-    def __init__(self, root: str):
-        self.root = root
-        info_path = os.path.join(root, "meta", "info.json")
-        if not os.path.exists(info_path):
-            raise FileNotFoundError(f"{root} is not a LeRobot dataset (meta/info.json missing)")
-        with open(info_path) as f:
-            self.info = json.load(f)
-        tasks = pq.read_table(os.path.join(root, "meta", "tasks.parquet")).to_pylist()
-        task_of = {t["task_index"]: t["task"] for t in tasks}
-        self.episodes = []
-        tables = {}  # a data file may hold several episodes (LeRobot v3)
-        for ep in pq.read_table(os.path.join(root, EPISODES_PATH)).to_pylist():
-            path = os.path.join(root, self.info["data_path"].format(chunk_index=ep["data/chunk_index"],
-                                                                     file_index=ep["data/file_index"]))
-            if path not in tables:
-                tables[path] = pq.read_table(path)
-            table = tables[path]
-            rows = np.flatnonzero(table.column("episode_index").to_numpy() == ep["episode_index"])
-            cols = table.take(rows).to_pydict()
-            record = {"task": task_of[cols["task_index"][0]],
-                      "state": np.asarray(cols["observation.state"], np.float32),
-                      "action": np.asarray(cols["action"], np.float32)}
-            for key, feature in IMAGE_KEYS.items():
-                if feature in cols:
-                    record[key] = [im["bytes"] for im in cols[feature]]
-            self.episodes.append(record)
-
-
-def dataset_stats(sources: list[LeRobotEpisodes]) -> dict:
-    """Normaliser statistics ({"action": ..., "state": ...}) over all given datasets."""
-    states = np.concatenate([ep["state"] for s in sources for ep in s.episodes])
-    actions = np.concatenate([ep["action"] for s in sources for ep in s.episodes])
-    return {"action": feature_stats(actions), "state": feature_stats(states)}
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""A dataset in the LeRobot v3 layout (so LeRobot tools can open it) and its statistics.
+"""Datasets in the LeRobot v3 layout (so LeRobot tools can open them): the writer ``convert`` uses,
+the reader training uses, and their statistics.
 
     meta/info.json                       fps, features, counts, path templates   (codebase_version v3.0)
     meta/stats.json                      per feature: mean, std, min, max, q01, q99, count
@@ -7,6 +8,7 @@
     data/chunk-000/file-NNN.parquet      one row per frame; images as PNG bytes ({"bytes", "path"} structs)
 
 The whole dataset is written into a temporary sibling directory and renamed into place at the end.
+Statistics are computed on the values as stored (float32), so training reads back exactly these.
 """
 from __future__ import annotations
 
@@ -93,8 +95,8 @@ class LeRobotWriter:
         self.episodes.append({"episode_index": ep, "tasks": [task], "length": n, "data/chunk_index": chunk,
                               "data/file_index": file, "dataset_from_index": self.total,
                               "dataset_to_index": self.total + n, **extra})
-        self.states.append(np.asarray(frames["state"]))
-        self.actions.append(np.asarray(frames["action"]))
+        self.states.append(np.asarray(frames["state"], np.float32))
+        self.actions.append(np.asarray(frames["action"], np.float32))
         self.total += n
 
     def finish(self) -> dict:
@@ -132,3 +134,50 @@ class LeRobotWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class LeRobotEpisodes:
+    """All episodes of one dataset directory in memory (arrays + PNG bytes)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        info_path = os.path.join(root, "meta", "info.json")
+        if not os.path.exists(info_path):
+            raise FileNotFoundError(f"{root} is not a LeRobot dataset (meta/info.json missing)")
+        with open(info_path) as f:
+            self.info = json.load(f)
+        stats_path = os.path.join(root, "meta", "stats.json")
+        self.stats = {}  # per feature, as written at conversion (stats.json)
+        if os.path.exists(stats_path):
+            with open(stats_path) as f:
+                self.stats = json.load(f)
+        tasks = pq.read_table(os.path.join(root, "meta", "tasks.parquet")).to_pylist()
+        task_of = {t["task_index"]: t["task"] for t in tasks}
+        self.episodes = []
+        tables = {}  # a data file may hold several episodes (LeRobot v3)
+        for ep in pq.read_table(os.path.join(root, EPISODES_PATH)).to_pylist():
+            path = os.path.join(root, self.info["data_path"].format(chunk_index=ep["data/chunk_index"],
+                                                                     file_index=ep["data/file_index"]))
+            if path not in tables:
+                tables[path] = pq.read_table(path)
+            table = tables[path]
+            rows = np.flatnonzero(table.column("episode_index").to_numpy() == ep["episode_index"])
+            cols = table.take(rows).to_pydict()
+            record = {"task": task_of[cols["task_index"][0]],
+                      "state": np.asarray(cols["observation.state"], np.float32),
+                      "action": np.asarray(cols["action"], np.float32)}
+            for key, feature in IMAGE_KEYS.items():
+                if feature in cols:
+                    record[key] = [im["bytes"] for im in cols[feature]]
+            self.episodes.append(record)
+
+
+def dataset_stats(sources: list[LeRobotEpisodes]) -> dict:
+    """Normaliser statistics ({"action": ..., "state": ...}): a single dataset's own ``stats.json``;
+    over several datasets they are computed from all their frames (quantiles do not combine)."""
+    if len(sources) == 1 and {"action", "observation.state"} <= set(sources[0].stats):
+        stats = sources[0].stats
+        return {"action": stats["action"], "state": stats["observation.state"]}
+    states = np.concatenate([ep["state"] for s in sources for ep in s.episodes])
+    actions = np.concatenate([ep["action"] for s in sources for ep in s.episodes])
+    return {"action": feature_stats(actions), "state": feature_stats(states)}

@@ -9,27 +9,7 @@ from __future__ import annotations
 
 COLORS = {"red": (0.85, 0.1, 0.1, 1), "green": (0.1, 0.7, 0.2, 1), "blue": (0.15, 0.3, 0.9, 1)}
 
-def scene_xml(image: int = 96) -> str:
-    blocks = "".join(f'''
-    <body name="{c}" pos="0.4 0 0.025"><freejoint name="{c}_free"/>
-      <geom name="{c}_geom" type="box" size="0.02 0.02 0.02" rgba="{' '.join(map(str, rgba))}" mass="0.05" friction="1.5 0.01 0.001" condim="4"/>
-    </body>''' for c, rgba in COLORS.items())
-    return f'''<mujoco model="tabletop">
-  <compiler angle="radian"/>
-  <option timestep="0.002" gravity="0 0 -9.81"/>
-  <visual><global offwidth="{image}" offheight="{image}"/><quality shadowsize="0" offsamples="0"/></visual>
-  <default>
-    <joint damping="2" armature="0.05"/>
-    <position kp="400" kv="40" forcerange="-80 80"/>
-    <!-- arm geoms touch the table and the blocks, never each other (contype/conaffinity bits) -->
-    <default class="arm"><geom contype="2" conaffinity="0"/></default>
-    <geom contype="1" conaffinity="3"/>
-  </default>
-  <worldbody>
-    <light pos="0 0 2" dir="0 0 -1" castshadow="false"/>
-    <geom name="table" type="plane" size="1 1 0.05" rgba="0.75 0.72 0.65 1"/>
-    <camera name="static" pos="0.7 0 0.54" xyaxes="0 1 0 -0.866 0 0.5" fovy="42"/>
-    <body name="base" pos="0 0 0.05">
+ARM_BODY = '''    <body name="base" pos="0 0 0.05">
       <geom class="arm" type="cylinder" size="0.05 0.05" rgba="0.3 0.3 0.3 1"/>
       <body name="link1" pos="0 0 0.05">
         <joint name="joint1" axis="0 0 1" range="-3.1 3.1"/>
@@ -65,7 +45,30 @@ def scene_xml(image: int = 96) -> str:
           </body>
         </body>
       </body>
-    </body>{blocks}
+    </body>'''  # the arm and its cameras, joint1..joint6 and the fingers
+
+
+def scene_xml(image: int = 96) -> str:
+    blocks = "".join(f'''
+    <body name="{c}" pos="0.4 0 0.025"><freejoint name="{c}_free"/>
+      <geom name="{c}_geom" type="box" size="0.02 0.02 0.02" rgba="{' '.join(map(str, rgba))}" mass="0.05" friction="1.5 0.01 0.001" condim="4"/>
+    </body>''' for c, rgba in COLORS.items())
+    return f'''<mujoco model="tabletop">
+  <compiler angle="radian"/>
+  <option timestep="0.002" gravity="0 0 -9.81"/>
+  <visual><global offwidth="{image}" offheight="{image}"/><quality shadowsize="0" offsamples="0"/></visual>
+  <default>
+    <joint damping="2" armature="0.05"/>
+    <position kp="400" kv="40" forcerange="-80 80"/>
+    <!-- arm geoms touch the table and the blocks, never each other (contype/conaffinity bits) -->
+    <default class="arm"><geom contype="2" conaffinity="0"/></default>
+    <geom contype="1" conaffinity="3"/>
+  </default>
+  <worldbody>
+    <light pos="0 0 2" dir="0 0 -1" castshadow="false"/>
+    <geom name="table" type="plane" size="1 1 0.05" rgba="0.75 0.72 0.65 1"/>
+    <camera name="static" pos="0.7 0 0.54" xyaxes="0 1 0 -0.866 0 0.5" fovy="42"/>
+{ARM_BODY}{blocks}
   </worldbody>
   <equality><joint joint1="finger_l" joint2="finger_r"/></equality>
   <actuator>

@@ -50,24 +50,32 @@ class TrainerConfig:
 
 @dataclass
 class TrainConfig:
-    model: dict = field(default_factory=dict)  # PolicyConfig fields; "tiny": true (+ "size") = random weights
+    model: PolicyConfig = field(default_factory=PolicyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     output_dir: str = "runs/robovlm"
     seed: int = 0
 
-    def policy_config(self) -> PolicyConfig:
-        model = dict(self.model)
-        if model.pop("tiny", False):
-            backbone = model.pop("backbone", "paligemma")
-            return PolicyConfig.tiny(backbone, size=model.pop("size", "tiny"), **model)
-        if "size" in model:
-            raise ValueError("model.size only applies to tiny (random-weight) backbones")
-        return PolicyConfig(**model)
-
     def to_dict(self) -> dict:
+        """Everything as plain data; ``train_config_from_dict`` reads it back (the model section then
+        holds the resolved PolicyConfig, backbone architecture included)."""
         return dataclasses.asdict(self)
+
+
+SECTIONS = {"model", "data", "optim", "trainer", "output_dir", "seed"}
+
+
+def policy_config(model: dict) -> PolicyConfig:
+    """The ``model`` section: PolicyConfig fields; ``tiny: true`` (+ ``size``) builds a random-weight
+    backbone of ``backbone``'s family (PolicyConfig.tiny)."""
+    model = dict(model)
+    if model.pop("tiny", False):
+        backbone = model.pop("backbone", "paligemma")
+        return PolicyConfig.tiny(backbone, size=model.pop("size", "tiny"), **model)
+    if "size" in model:
+        raise ValueError("model.size only applies to tiny (random-weight) backbones")
+    return PolicyConfig.from_dict(model)
 
 
 def _section(cls, data: dict | None, name: str):
@@ -81,24 +89,42 @@ def _section(cls, data: dict | None, name: str):
     return cls(**data)
 
 
-def load_train_config(path: str) -> TrainConfig:
-    with open(path) as f:
-        raw = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
-    raw = raw or {}
-    unknown = set(raw) - {"model", "data", "optim", "trainer", "output_dir", "seed"}
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``SECTION.KEY=VALUE`` strings (values in YAML syntax) over a raw configuration; a copy."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for text in overrides:
+        path, sep, value = text.partition("=")
+        section, _, key = path.partition(".")
+        if not sep or section not in SECTIONS:
+            raise ValueError(f"--set {text!r}: expected SECTION.KEY=VALUE with SECTION one of {sorted(SECTIONS)}")
+        if key:
+            raw.setdefault(section, {})[key] = yaml.safe_load(value)
+        else:
+            raw[section] = yaml.safe_load(value)
+    return raw
+
+
+def train_config_from_dict(raw: dict, base_dir: str = ".", source: str = "config") -> TrainConfig:
+    """A checked TrainConfig; relative dataset paths are taken relative to ``base_dir``."""
+    unknown = set(raw) - SECTIONS
     if unknown:
-        raise ValueError(f"{path}: unknown sections {sorted(unknown)}")
-    base = os.path.dirname(os.path.abspath(path))
-    cfg = TrainConfig(model=dict(raw.get("model") or {}), data=_section(DataConfig, raw.get("data"), "data"),
-                      optim=_section(OptimConfig, raw.get("optim"), "optim"),
-                      trainer=_section(TrainerConfig, raw.get("trainer"), "trainer"),
+        raise ValueError(f"{source}: unknown sections {sorted(unknown)}")
+    data, optim = _section(DataConfig, raw.get("data"), "data"), _section(OptimConfig, raw.get("optim"), "optim")
+    trainer = _section(TrainerConfig, raw.get("trainer"), "trainer")
+    cfg = TrainConfig(model=policy_config(raw.get("model") or {}), data=data, optim=optim, trainer=trainer,
                       output_dir=raw.get("output_dir", "runs/robovlm"), seed=int(raw.get("seed", 0)))
-    # relative dataset paths are relative to the config file, like most tools do
-    absolute = lambda paths: [d if os.path.isabs(d) else os.path.normpath(os.path.join(base, d)) for d in paths]  # noqa: E731
+    absolute = lambda paths: [d if os.path.isabs(d) else os.path.normpath(os.path.join(base_dir, d)) for d in paths]  # noqa: E731
     cfg.data.datasets, cfg.data.vl_datasets = absolute(cfg.data.datasets), absolute(cfg.data.vl_datasets)
     if not cfg.data.datasets:
-        raise ValueError(f"{path}: data.datasets is empty")
+        raise ValueError(f"{source}: data.datasets is empty")
     if cfg.optim.schedule not in ("constant", "cosine"):
         raise ValueError(f"optim.schedule must be constant or cosine, not {cfg.optim.schedule!r}")
-    cfg.policy_config()  # validate the model section now, not after loading data
     return cfg
+
+
+def load_train_config(path: str, overrides: list[str] = ()) -> TrainConfig:
+    """A training config file (YAML or JSON) with ``--set`` overrides; dataset paths relative to the
+    file, like most tools."""
+    with open(path) as f:
+        raw = (json.load(f) if path.endswith(".json") else yaml.safe_load(f)) or {}
+    return train_config_from_dict(apply_overrides(raw, list(overrides)), os.path.dirname(os.path.abspath(path)), path)

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..data.dataset import Collate, LeRobotEpisodes, WindowDataset
+from ..data.dataset import Collate, WindowDataset
+from ..data.lerobot import LeRobotEpisodes
 from ..data.vl import PairedDataset, VLDataset
 from .config import DataConfig
 

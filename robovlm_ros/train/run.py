@@ -1,11 +1,5 @@
-"""``robovlm-ros train --config FILE [--resume]``: fit, checkpoint resumably, export the policy.
-
-Output directory layout:
-    train_config.yaml    the resolved configuration
-    checkpoints/         Lightning checkpoints (every ``checkpoint_every`` steps + last.ckpt), atomic
-    logs/                CSV or TensorBoard logs (a resumed run continues them)
-    checkpoint/          the exported policy (DESIGN.md checkpoint directory) that policy_node loads
-"""
+"""Training a policy (``robovlm-ros train``): fit, checkpoint resumably, export the policy into
+``output_dir`` (its layout is the command's help, commands/train.py)."""
 from __future__ import annotations
 
 import os
@@ -18,9 +12,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..atomic_io import atomic_file
-from ..data.dataset import LeRobotEpisodes, dataset_stats
+from ..data.lerobot import LeRobotEpisodes, dataset_stats
 from ..model import Normalizer, RoboVLM
-from .config import TrainConfig, load_train_config
+from .config import TrainConfig
 from .data import PolicyDataModule, seed_everything
 from .logs import ProgressLines, ResumableCSVLogger, checkpoint_step
 from .module import PolicyModule
@@ -41,7 +35,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def build(cfg: TrainConfig):
     """Policy (normalised with the datasets' statistics), Lightning module and data module."""
     seed_everything(cfg.seed)
-    policy_cfg = cfg.policy_config()
+    policy_cfg = cfg.model
     sources = [LeRobotEpisodes(d) for d in cfg.data.datasets]
     # the statistics travel with the policy: the node unnormalises with exactly these
     normalizer = Normalizer(mode=policy_cfg.norm_mode, clip_bound=policy_cfg.clip_bound, stats=dataset_stats(sources))
@@ -106,30 +100,3 @@ def train(cfg: TrainConfig, resume: bool = False) -> str | None:
     model.save_pretrained(export)
     print(f"exported {export}  (ros2 launch robovlm_ros policy.launch.py checkpoint:={os.path.abspath(export)})")
     return export
-
-
-def run(args) -> int:
-    cfg = load_train_config(args.config)
-    for override in args.set or []:
-        section, _, rest = override.partition(".")
-        key, _, value = rest.partition("=")
-        target = cfg.model if section == "model" else getattr(cfg, section)
-        value = yaml.safe_load(value)
-        if isinstance(target, dict):
-            target[key] = value
-        else:
-            setattr(target, key, value)
-    if args.output_dir:
-        cfg.output_dir = args.output_dir
-    train(cfg, resume=args.resume)
-    return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train or fine-tune a policy on converted datasets", description=__doc__)
-    p.add_argument("--config", required=True, help="training config (YAML or JSON; examples in config/train/)")
-    p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
-    p.add_argument("--output-dir", help="override output_dir")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="override a config value, e.g. --set optim.max_steps=50 (repeatable)")
-    p.set_defaults(func=run)

@@ -7,52 +7,14 @@ decoding against uncached decoding (discrete), and checks that save -> load give
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-import time
-
-import torch
-
-from .model import PolicyConfig, RoboVLM
-from .model.synthetic import synthetic_batch
-
-
-def check_policy(config: PolicyConfig, steps: int, lr: float, device: str = "cpu") -> dict:
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    model = RoboVLM(config).to(device)
-    build_s = time.perf_counter() - t0
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in synthetic_batch(model, seed=1).items()}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses, t0 = [], time.perf_counter()
-    for _ in range(steps):
-        loss = model(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    step_s = (time.perf_counter() - t0) / max(steps, 1)
-    model.eval()
-    query = {k: v for k, v in batch.items() if k != "actions"}
-    result = {
-        "backbone": config.backbone, "action_space": config.action_space, "history": config.history_type,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "loss_first": losses[0], "loss_last": losses[-1], "loss_ratio": losses[0] / max(losses[-1], 1e-12),
-        "build_s": build_s, "train_step_s": step_s,
-    }
-    if config.action_space == "discrete":
-        result["kv_cache_exact"] = bool(torch.equal(model.decode_actions(query, use_cache=True),
-                                                    model.decode_actions(query, use_cache=False)))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "ckpt")
-        model.save_pretrained(path)
-        loaded = RoboVLM.from_pretrained(path, map_location=device)
-        result["save_load_exact"] = bool(torch.equal(loaded.predict(query), model.predict(query)))
-    return result
 
 
 def run(args) -> int:
+    import torch
+
+    from ..model import PolicyConfig
+    from ..model.check import check_policy
+
     rows = []
     for space in (["continuous", "discrete"] if args.action_space == "both" else [args.action_space]):
         for family in args.backbone:
@@ -86,7 +48,7 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from .model.backbones import FAMILIES
+    from ..model.backbones import FAMILIES
 
     p = sub.add_parser("check", help="train / decode / save-load check of a policy backbone on this machine",
                        description=__doc__)

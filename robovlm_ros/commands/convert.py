@@ -1,0 +1,59 @@
+"""``robovlm-ros convert``: rosbag2 episodes -> a LeRobot v3 dataset with normalisation statistics.
+
+Topics, joint names and command types come from the robot's parameters file (the one the policy
+node runs with, ``--params``), so a robot is described once for recording, training and deployment.
+"""
+from __future__ import annotations
+
+import json
+
+
+def print_reports(reports) -> None:
+    """One line per bag: converted (frames kept, what was dropped and why), skipped or error (why)."""
+    for r in reports:
+        drops = ", ".join(f"{n} {why}" for why, n in r.dropped.items()) or "none"
+        line = f"[{r.status}] {r.bag}"
+        if r.status == "converted":
+            line += f": {r.frames}/{r.candidates} frames kept, dropped: {drops}; task {r.instruction!r}"
+        if r.message:
+            line += f": {r.message}"
+        print(line)
+
+
+def run(args) -> int:
+    from ..data.convert import convert_bags
+    from ..node_params import load_policy_params
+
+    try:
+        reports = convert_bags(args.bags, args.out, load_policy_params(args.params), args.rate, args.max_age,
+                               args.image_size, args.include_failed, args.instruction, args.overwrite,
+                               every_command=args.every_command)
+    except (ValueError, FileExistsError) as e:
+        print(f"error: {e}")
+        return 1
+    print_reports(reports)
+    converted = [r for r in reports if r.status == "converted"]
+    print(f"wrote {args.out}: {len(converted)} episodes, {sum(r.frames for r in converted)} frames; "
+          f"{sum(r.status == 'error' for r in reports)} bags with errors, "
+          f"{sum(r.status == 'skipped' for r in reports)} skipped")
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump([r.__dict__ for r in reports], f, indent=2)
+    return 0 if converted else 1
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("convert", help="rosbag2 episodes -> LeRobot v3 dataset", description=__doc__)
+    p.add_argument("bags", nargs="+", help="bag directories, or folders of them (episode_recorder output)")
+    p.add_argument("--out", required=True, help="dataset directory to create")
+    p.add_argument("--params", help="the robot's parameters file (config/policy.yaml format): topics, joints")
+    p.add_argument("--rate", type=float, help="control rate to resample to (default: control_rate_hz)")
+    p.add_argument("--max-age", type=float, default=0.25, help="max age (s) of a stream's message at a frame")
+    p.add_argument("--image-size", type=int, help="store images resized to N x N (default: as recorded)")
+    p.add_argument("--instruction", help="instruction for bags recorded without episode_recorder")
+    p.add_argument("--include-failed", action="store_true", help="keep episodes marked unsuccessful")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p.add_argument("--every-command", action="store_true",
+                   help="a frame per recorded arm command, not thinned to --rate (lockstep simulator recordings)")
+    p.add_argument("--report", help="write the per-bag report as JSON")
+    p.set_defaults(func=run)
