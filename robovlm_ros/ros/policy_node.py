@@ -143,7 +143,6 @@ class PolicyNode(Node):
 
     # ------------------------------------------------------------------ inputs
     def _image_sub(self, topic: str, slot: _Latest, label: str) -> None:
-
         def on_image(msg):
             t0 = time.time()
             try:
