@@ -82,6 +82,7 @@ setup(
         "console_scripts": [
             "robovlm-ros = robovlm_ros.cli:main",
             "policy_node = robovlm_ros.ros.policy_node:main",
+            "policy_lifecycle_node = robovlm_ros.ros.policy_lifecycle_node:main",
             "episode_recorder = robovlm_ros.ros.episode_recorder:main",
             "sim_node = robovlm_ros.ros.sim_node:main",
         ],

@@ -4,22 +4,67 @@
     ros2 service call /robovlm_policy/start std_srvs/srv/Trigger
 
 Arguments: checkpoint, params_file (default: the installed config/policy.yaml), namespace,
-instruction, autostart, record (true: also `ros2 bag record` the node's inputs and outputs into
-record_dir).
+instruction, autostart, lifecycle (true: the managed node, configured and activated by this launch;
+it controls as soon as it is active and has an instruction), record (true: also `ros2 bag record` the
+node's inputs and outputs into record_dir).
+
+Works after `colcon build` (executables in <prefix>/lib/robovlm_ros) and after `pip install .`
+(executables on PATH, next to the Python that runs ros2 launch).
 """
 import os
+import shutil
 
-from ament_index_python.packages import get_package_share_directory
+import lifecycle_msgs.msg
+from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, EmitEvent, ExecuteProcess, OpaqueFunction, RegisterEventHandler
 from launch.conditions import IfCondition
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
 from launch_ros.parameter_descriptions import ParameterValue
 
 PACKAGE = "robovlm_ros"
 EXECUTABLE = "policy_node"
+LIFECYCLE_EXECUTABLE = "policy_lifecycle_node"
 NODE_NAME = "robovlm_policy"
+
+
+def _executable(name):
+    """(package, executable) for launch_ros: the colcon layout's lib/<package>/<name>, else the pip
+    layout's console script on PATH (package None: launch_ros then runs it as a plain command)."""
+    if os.path.exists(os.path.join(get_package_prefix(PACKAGE), "lib", PACKAGE, name)):
+        return PACKAGE, name
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} is neither in {get_package_prefix(PACKAGE)}/lib/{PACKAGE} (colcon) nor on PATH "
+                           f"(pip install .): is robovlm_ros installed in this environment?")
+    return None, path
+
+
+def _policy(context):
+    """The plain node, or the managed one driven to active (configure, then activate once inactive)."""
+    lifecycle = LaunchConfiguration("lifecycle").perform(context).lower() in ("true", "1")
+    package, executable = _executable(LIFECYCLE_EXECUTABLE if lifecycle else EXECUTABLE)
+    kwargs = dict(package=package, executable=executable, name=NODE_NAME,
+                  namespace=LaunchConfiguration("namespace").perform(context), output="screen",
+                  parameters=[LaunchConfiguration("params_file"), {
+                      # typed explicitly: an empty or numeric-looking string must stay a string
+                      "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
+                      "instruction": ParameterValue(LaunchConfiguration("instruction"), value_type=str),
+                      "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool)}])
+    if not lifecycle:
+        return [Node(**kwargs)]
+    node = LifecycleNode(**kwargs)
+    configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                            transition_id=lifecycle_msgs.msg.Transition.TRANSITION_CONFIGURE))
+    activate = RegisterEventHandler(OnStateTransition(
+        target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
+        entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                              transition_id=lifecycle_msgs.msg.Transition.TRANSITION_ACTIVATE))]))
+    return [activate, node, configure]
 
 
 def _record(context):
@@ -43,24 +88,10 @@ def generate_launch_description():
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
         DeclareLaunchArgument("instruction", default_value="", description="initial language instruction"),
         DeclareLaunchArgument("autostart", default_value="false", description="start controlling at once"),
+        DeclareLaunchArgument("lifecycle", default_value="false",
+                              description="the managed node, configured and activated by this launch"),
         DeclareLaunchArgument("record", default_value="false", description="also record a rosbag"),
         DeclareLaunchArgument("record_dir", default_value="robovlm_record", description="rosbag output directory"),
     ]
-    node = Node(
-        package=PACKAGE,
-        executable=EXECUTABLE,
-        name=NODE_NAME,
-        namespace=LaunchConfiguration("namespace"),
-        output="screen",
-        parameters=[
-            LaunchConfiguration("params_file"),
-            {
-                # typed explicitly: an empty or numeric-looking string must stay a string
-                "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
-                "instruction": ParameterValue(LaunchConfiguration("instruction"), value_type=str),
-                "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
-            },
-        ],
-    )
     record = OpaqueFunction(function=_record, condition=IfCondition(LaunchConfiguration("record")))
-    return LaunchDescription([*args, node, record])
+    return LaunchDescription([*args, OpaqueFunction(function=_policy), record])

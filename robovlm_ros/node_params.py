@@ -26,6 +26,15 @@ class PolicyParams(RobotDescription):
     execute_steps: int = param(0, "actions of each predicted chunk executed before replanning (0 = whole chunk)",
                                range=(0, 1000))
     ensemble: bool = param(False, "predict every step and average overlapping chunks (temporal ensembling)")
+    execution: str = param("sync", "sync: the next chunk is computed once the queue is empty (the arm holds while "
+                                   "it is); async: it is computed while the queue still runs, once execute_steps "
+                                   "actions were executed, and joins it aligned to the arm")
+    chunk_combine: str = param("newest", "async: how a new chunk is combined with the queued actions it overlaps: "
+                                         "newest, average, weighted (2/3 newest), rtc (keep the committed prefix, "
+                                         "then ease into the new chunk)")
+    simulated_inference_delay_steps: int = param(0, "with wait_for_new_inputs (lockstep): a chunk becomes usable "
+                                                    "this many control steps after its inputs, to measure what "
+                                                    "inference latency costs", range=(0, 1000))
     action_low: list = param([-1.0] * 6, "per-dimension lower bound of the 6 arm values")
     action_high: list = param([1.0] * 6, "per-dimension upper bound of the 6 arm values")
     max_linear_velocity: float = param(0.25, "norm bound of arm values 0..2 (m/s for twist)", range=(1e-6, 1e9))

@@ -27,15 +27,16 @@ def test_policy_yaml_matches_the_declared_parameters():
 def test_launch_file_parses_and_names_the_installed_executable_and_config():
     tree = ast.parse(open(LAUNCH).read())
     strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-    assert {"robovlm_ros", "policy_node", "robovlm_policy", "policy.yaml", "config"} <= strings
+    assert {"robovlm_ros", "policy_node", "policy_lifecycle_node", "robovlm_policy", "policy.yaml", "config"} <= strings
     declared = {n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call)
                 and getattr(n.func, "id", "") == "DeclareLaunchArgument"}
-    assert {"checkpoint", "params_file", "namespace", "instruction", "autostart", "record"} <= declared
+    assert {"checkpoint", "params_file", "namespace", "instruction", "autostart", "lifecycle", "record"} <= declared
     funcs = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
     assert "generate_launch_description" in funcs
     # the executable the launch file names is a console script that setup.py installs
     setup_py = open(os.path.join(REPO, "setup.py")).read()
     assert re.search(r'"policy_node = robovlm_ros\.ros\.policy_node:main"', setup_py)
+    assert re.search(r'"policy_lifecycle_node = robovlm_ros\.ros\.policy_lifecycle_node:main"', setup_py)
     assert '"share/%s/launch" % PACKAGE, "launch/*.launch.py"' in setup_py
     assert '"share/%s/config" % PACKAGE, "config/*.yaml"' in setup_py
 

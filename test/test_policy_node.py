@@ -98,8 +98,18 @@ def test_instruction_start_and_commands_within_limits(system):
     chunk = robot.since("action", t0)[-1]
     assert [d.size for d in chunk.layout.dim] == [3, 7] and len(chunk.data) == 21
     assert all(math.isfinite(x) for x in chunk.data)
-    assert wait_for(lambda: any(s.message.startswith("running") for _, d in robot.received["diagnostics"]
-                                for s in d.status if s.hardware_id.endswith(f"{robot.ns}/robovlm_policy")), 3.0)
+    ours = lambda: [s for _, d in robot.received["diagnostics"] for s in d.status  # noqa: E731
+                    if s.hardware_id.endswith(f"{robot.ns}/robovlm_policy") and s.message.startswith("running")]
+    assert wait_for(lambda: ours(), 3.0)
+    # the cadence report: does the policy keep up with the control rate (sync: a chunk within a period)
+    cadence = {kv.key: kv.value for kv in ours()[-1].values if kv.key.startswith("cadence_")}
+    assert float(cadence["cadence_period_ms"]) == pytest.approx(1000 / RATE)
+    assert float(cadence["cadence_inference_budget_ms"]) == pytest.approx(1000 / RATE)
+    infer_p99 = float(cadence["cadence_infer_p99_ms"])
+    assert 0 < infer_p99 <= float(cadence["cadence_infer_max_ms"])
+    assert cadence["cadence_keeps_up"] == str(infer_p99 <= 1000 / RATE)
+    assert 0 <= float(cadence["cadence_input_age_p99_ms"]) <= 1000 * node.p.max_input_age_s
+    assert float(cadence["cadence_headroom_ms"]) == pytest.approx(1000 / RATE - float(cadence["cadence_send_p99_ms"]))
 
 
 def test_camera_loss_holds_within_a_period_and_resumes(system):
@@ -134,7 +144,8 @@ def test_malformed_inputs_are_rejected_without_commands(system):
     robot.bad_image = True
     robot.bad_joints = True
     # good inputs aged out, and no step computed from them is still in flight
-    assert wait_for(lambda: node.hold_reason.startswith("stale inputs") and node._job is None, 5.0)
+    assert wait_for(lambda: node.hold_reason.startswith("stale inputs") and node._job is None
+                    and not node.worker_busy, 5.0)
     t_bad = time.monotonic()
     time.sleep(0.6)
     during = robot.since("arm", t_bad)
@@ -249,7 +260,8 @@ def test_compressed_camera_topic(system):
     assert wait_for(lambda: any(twist_vec(m).any() for m in robot.since("arm", t0)))
     robot.bad_image = True
     assert wait_for(lambda: node.stats["rejected_msgs"] > 3, 3.0)
-    assert wait_for(lambda: node.hold_reason.startswith("stale inputs") and node._job is None, 5.0)
+    assert wait_for(lambda: node.hold_reason.startswith("stale inputs") and node._job is None
+                    and not node.worker_busy, 5.0)
     t_bad = time.monotonic()
     time.sleep(0.4)
     assert all(not twist_vec(m).any() for m in robot.since("arm", t_bad))
@@ -298,20 +310,20 @@ def test_without_a_gripper_joint_the_state_is_the_last_gripper_command_of_the_ep
     of every episode, as the bag converter builds it (test_convert). The node used to carry the last
     command of the previous episode into the next one."""
     node, robot = system
-    seen, step = [], node.runner.step
+    seen, predict = [], node.runner.predict_chunk
 
-    def closing_step(obs):  # the policy closes the gripper at every step
+    def closing(obs):  # the policy closes the gripper at every step (execute_steps 1: a chunk per step)
         seen.append(obs["state"][6])
-        action = step(obs)
-        action[6] = -1.0
-        return action
+        chunk = predict(obs)
+        chunk[:, 6] = -1.0
+        return chunk
 
-    node.runner.step = closing_step
+    node.runner.predict_chunk = closing
     robot.set_instruction("pick up the red block")
     assert robot.trigger("start").success
     assert wait_for(lambda: len(seen) >= 3, 10.0)
     assert robot.trigger("stop").success
-    assert wait_for(lambda: node._job is None, 10.0)  # a step still computing when stopped has finished
+    assert wait_for(lambda: node._job is None and not node.worker_busy, 10.0)  # a step computing at the stop is done
     assert seen[0] == 1.0 and all(g == -1.0 for g in seen[1:])  # open, then the previous command
     first_run = len(seen)
     assert robot.trigger("start").success  # a new episode: open again, not the last episode's close
@@ -334,10 +346,56 @@ def test_absurd_joint_positions_and_tiny_images_are_rejected(system):
         else:
             robot.size = (1, 1)
         assert wait_for(lambda: node.stats["rejected_msgs"] > rejected + 3, 5.0)
-        assert wait_for(lambda: node.hold_reason.startswith("stale inputs") and node._job is None, 5.0)
+        assert wait_for(lambda: node.hold_reason.startswith("stale inputs") and node._job is None
+                    and not node.worker_busy, 5.0)
         t_bad = time.monotonic()
         time.sleep(3 / RATE)
         assert all(not twist_vec(m).any() for m in robot.since("arm", t_bad))  # holds only
         robot.joint_positions, robot.size = np.linspace(0.1, 0.6, 6), (48, 64)
         t_good = time.monotonic()
         assert wait_for(lambda: any(twist_vec(m).any() for m in robot.since("arm", t_good)), 5.0)
+
+
+def _slow_policy_cadence(executor, tmp_path, execution, seconds=2.5, tries=3):
+    """The node on a policy that takes 3 control periods per chunk: (policy commands' send times per
+    measurement window, dry control steps after the first chunk, chunk delays in actions)."""
+    path = tmp_path / f"long_chunk_{execution}"
+    if not path.exists():
+        torch.manual_seed(0)
+        RoboVLM(PolicyConfig.tiny("llava", window_size=1, fwd_pred_next_n=10)).save_pretrained(path)
+    ns = f"c{uuid.uuid4().hex[:8]}"
+    period = 1.0 / RATE
+    node = PolicyNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
+        "checkpoint": str(path), "device": "cpu", "camera_topic": f"/{ns}/camera/image_raw",
+        "gripper_camera_topic": f"/{ns}/gripper_camera/image_raw", "joint_states_topic": f"/{ns}/joint_states",
+        "arm_command_topic": f"/{ns}/arm_cmd", "gripper_command_topic": f"/{ns}/grip_cmd", "control_rate_hz": RATE,
+        "execute_steps": 2, "execution": execution, "max_input_age_s": 1.0}.items()])
+    predict = node.runner.predict_chunk
+    node.runner.predict_chunk = lambda obs: (time.sleep(3 * period), predict(obs))[1]
+    robot = FakeRobot("fake_robot", ns, node.commands.arm_msg_type, node.commands.gripper_msg_type)
+    executor.add(node, robot)
+    robot.set_instruction("pick up the red block")
+    assert robot.trigger("start").success
+    assert wait_for(lambda: node.stats["steps"] >= 2, 10.0)  # the first chunk exists
+    starved_before, windows = node.control.starved, []
+    for _ in range(tries):
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        # when the node sent each policy command (header stamp: the send time, not the delivery)
+        windows.append([Time.from_msg(m.header.stamp).nanoseconds * 1e-9 for t, m in robot.received["arm"]
+                        if t > t0 and np.any(twist_vec(m))])
+    return windows, node.control.starved - starved_before, node.control.schedule.last_delay
+
+
+def test_async_execution_sends_a_policy_command_every_period_while_a_slow_policy_computes(executor, tmp_path):
+    """Async: with chunks that take 3 control periods, a policy command still goes out every period
+    (no gap over 1.5 periods, no dry step); each chunk joins the queue 3 actions late. Sync, same
+    policy: the arm waits at every chunk boundary (the contrast shows the measurement can fail)."""
+    period = 1.0 / RATE
+    windows, starved, delay = _slow_policy_cadence(executor, tmp_path, "async")
+    gaps = [max(np.diff(w)) for w in windows if len(w) > 2]
+    # a loaded machine can delay one timer tick: the best of the measurement windows counts
+    assert min(gaps) <= 1.5 * period, gaps
+    assert starved == 0 and delay >= 3
+    windows, starved, delay = _slow_policy_cadence(executor, tmp_path, "sync", tries=1)
+    assert max(np.diff(windows[0])) >= 2.5 * period and starved > 0 and delay == 0

@@ -5,7 +5,7 @@ import torch
 
 from robovlm_ros.model import PolicyConfig, RoboVLM
 from robovlm_ros.runtime import PolicyRunner, SafetyLimits, UnsafeActionError
-from robovlm_ros.runtime.chunking import ActionQueue, TemporalEnsembler
+from robovlm_ros.runtime.chunking import ChunkSchedule
 
 
 def observations(n, seed=0, size=(48, 64)):
@@ -84,22 +84,25 @@ def test_execute_steps_replans_every_k_steps_and_plays_the_chunk_in_order():
 
 
 def test_temporal_ensembling_weights_older_predictions_first():
-    ens = TemporalEnsembler(decay=0.5)
+    ens = ChunkSchedule(3, ensemble_decay=0.5)
     c0 = np.array([[0.0] * 6 + [1.0], [1.0] * 6 + [1.0], [2.0] * 6 + [-1.0]])
     c1 = np.array([[10.0] * 6 + [-1.0], [20.0] * 6 + [-1.0], [30.0] * 6 + [-1.0]])
-    ens.add_chunk(c0)
+    assert ens.wants_chunk()
+    ens.add_chunk(c0, ens.request())
     np.testing.assert_allclose(ens.pop(), c0[0])
-    ens.add_chunk(c1)
+    assert ens.wants_chunk()  # a chunk every step
+    ens.add_chunk(c1, ens.request())
     out = ens.pop()
     w = np.exp(-0.5 * np.arange(2))
     np.testing.assert_allclose(out[:6], (w[0] * 1.0 + w[1] * 10.0) / w.sum())
     assert out[6] == 1.0  # (0.61 * 1 - 0.39 * 1) > 0 -> open
 
 
-def test_action_queue_keeps_only_execute_steps():
-    q = ActionQueue(2)
-    q.add_chunk(np.arange(21.0).reshape(3, 7))
-    assert q.pop()[0] == 0 and q.pop()[0] == 7 and q.needs_chunk()
+def test_sync_schedule_keeps_only_execute_steps():
+    q = ChunkSchedule(3, execute_steps=2)
+    q.add_chunk(np.arange(21.0).reshape(3, 7), q.request())
+    assert not q.wants_chunk()
+    assert q.pop()[0] == 0 and q.pop()[0] == 7 and q.wants_chunk() and q.pop() is None
 
 
 def test_safety_clamps_scales_and_rejects():
@@ -131,7 +134,7 @@ def test_runner_actions_respect_limits_and_instruction_rules():
         assert np.all(np.abs(a[:6]) <= 0.01) and a[6] in (-1.0, 1.0)
     assert len(runner._window) == 3
     runner.set_instruction("another task")  # a new task restarts the history
-    assert len(runner._window) == 0 and runner.chunker.needs_chunk()
+    assert len(runner._window) == 0 and runner.schedule.wants_chunk()
     with pytest.raises(ValueError, match="hand_rgb"):
         runner.step({"rgb": obs[0]["rgb"], "state": obs[0]["state"]})
     with pytest.raises(ValueError, match="NaN"):
@@ -162,3 +165,90 @@ def test_bfloat16_runner_matches_float32_closely():
         out[dtype] = np.stack([runner.step(o) for o in obs])
     assert np.isfinite(out["bfloat16"]).all()
     np.testing.assert_allclose(out["bfloat16"][:, :6], out["float32"][:, :6], atol=0.05)
+
+
+def chunk_of(*values):
+    """[n, 7]: arm values all equal to each value, gripper open."""
+    return np.array([[v] * 6 + [1.0] for v in values], dtype=float)
+
+
+
+
+def test_async_schedule_action_by_action():
+    s = ChunkSchedule(5, execute_steps=2, execution="async", combine="average")
+    s.add_chunk(chunk_of(0, 1, 2, 3, 4), s.request())
+    s.pop(), s.pop()
+    mark = s.request()
+    s.pop()  # executes 2 while the new chunk is computed
+    s.add_chunk(chunk_of(10, 11, 12, 13, 14), mark)
+    # queue was [3, 4]; new chunk after the executed step: [11, 12, 13, 14]; overlap averaged
+    assert [s.pop()[0] for _ in range(4)] == pytest.approx([7, 8, 13, 14])
+    assert s.pop() is None  # dry: the caller holds the arm
+
+
+def test_rtc_keeps_the_committed_prefix_then_eases_into_the_new_chunk():
+    s = ChunkSchedule(8, execute_steps=2, execution="async", combine="rtc")
+    s.add_chunk(chunk_of(*range(8)), s.request())
+    s.pop(), s.pop()
+    mark = s.request()
+    s.pop(), s.pop()  # two executed while it was computed: delay 2
+    s.add_chunk(chunk_of(*range(100, 108)), mark)
+    # queue [4..7] vs new [102..105]: 2 committed (delay), then weights 1/3, 2/3; then the new chunk's rest
+    got = [s.pop()[0] for _ in range(6)]
+    assert got == pytest.approx([4, 5, 6 + (104 - 6) / 3, 7 + 2 * (105 - 7) / 3, 106, 107])
+
+
+def test_sync_waits_for_the_chunk_and_async_with_newest_equals_sync_without_delay():
+    s = ChunkSchedule(5, execute_steps=2)
+    mark = s.request()
+    assert s.pop() is None  # sync: nothing to execute while the chunk is computed
+    s.add_chunk(chunk_of(0, 1, 2, 3, 4), mark)
+    assert s.last_delay == 0 and [s.pop()[0] for _ in range(2)] == [0, 1] and s.pop() is None
+    rng = np.random.default_rng(0)
+    chunks = [np.c_[rng.normal(size=(5, 6)), np.sign(rng.normal(size=5))] for _ in range(6)]
+    out = {}
+    for execution in ("sync", "async"):
+        s, k, actions = ChunkSchedule(5, execute_steps=2, execution=execution), 0, []
+        for _ in range(10):
+            if s.wants_chunk():
+                s.add_chunk(chunks[k], s.request())
+                k += 1
+            actions.append(s.pop())
+        out[execution] = np.array(actions)
+    np.testing.assert_array_equal(out["sync"], out["async"])
+    with pytest.raises(ValueError, match="chunk_combine"):
+        ChunkSchedule(5, execution="async", combine="mean")
+
+
+def test_a_chunk_computed_for_the_old_instruction_is_never_executed():
+    """Real time: a new instruction while a chunk is computed discards the queue at once and that chunk
+    when it arrives; lockstep: a chunk still waiting out its simulated delay is discarded too."""
+    from robovlm_ros.runtime.control import ChunkedControl
+
+    model = tiny_model(fwd_pred_next_n=5)
+    runner = PolicyRunner(model, device="cpu")
+    runner.set_instruction("pick up the red block")
+    control = ChunkedControl(runner, execution="async", execute_steps=2)
+    obs = observations(8)
+    action, job = control.control_step(obs[0])
+    assert action is None and job.owed  # the first step waits for its own chunk
+    assert control.deliver(job, control.compute(job)) is not None
+    action, job = control.control_step(obs[1])
+    assert action is not None and job is not None and not job.owed  # 2 executed: the next chunk is due
+    action, next_job = control.control_step(obs[2])
+    assert action is not None and next_job is None  # the queue runs while it is computed
+    chunk = control.compute(job)
+    control.clear("pick up the blue block")
+    assert len(control.schedule) == 0  # at once, before the chunk arrives
+    assert control.deliver(job, chunk) is None and len(control.schedule) == 0
+    action, job = control.control_step(obs[3])
+    assert action is None and job.owed
+    control.compute(job)
+    assert runner.instruction == "pick up the blue block"  # the worker restarted the runner with it
+
+    lockstep = ChunkedControl(runner, execution="sync", execute_steps=2, simulated_delay_steps=2)
+    assert lockstep.lockstep_step(obs[4]) is None  # requested: usable 2 steps later
+    assert lockstep.lockstep_step(obs[5]) is None
+    lockstep.clear("pick up the green block")
+    assert lockstep.lockstep_step(obs[6]) is None and len(lockstep.schedule) == 0  # the old chunk is gone
+    assert lockstep.starved == 3 and runner.instruction == "pick up the green block"

@@ -127,8 +127,8 @@ def _drive_with_a_policy(checkpoint, delay_s, lockstep, steps=24):
         **robot, "checkpoint": str(checkpoint), "device": "cpu", "control_rate_hz": 40.0, "max_input_age_s": 2.0,
         "execute_steps": 1, "autostart": True, "instruction": "pick up the red block",
         "wait_for_new_inputs": lockstep}))
-    step = policy.runner.step
-    policy.runner.step = lambda obs: (time.sleep(delay_s), step(obs))[1]
+    predict = policy.runner.predict_chunk  # execute_steps 1: a chunk every step
+    policy.runner.predict_chunk = lambda obs: (time.sleep(delay_s), predict(obs))[1]
     sim = SimNode(namespace=ns, parameter_overrides=overrides({
         **robot, "image_size": 32, "real_time_factor": 4.0, "seed": 7}))
     if lockstep:
@@ -207,9 +207,9 @@ def test_an_evaluation_fails_loudly_when_lockstep_breaks(tmp_path, monkeypatch):
     RoboVLM(PolicyConfig.tiny("paligemma", fwd_pred_next_n=1, image_size=32)).save_pretrained(tmp_path / "ckpt")
 
     class StuckRunner(PolicyRunner):
-        def step(self, obs):
+        def predict_chunk(self, obs):
             time.sleep(2.0)
-            return super().step(obs)
+            return super().predict_chunk(obs)
 
     monkeypatch.setattr(policy_node, "PolicyRunner", StuckRunner)  # the runner the evaluation's node builds
     monkeypatch.setattr(ev, "LOCKSTEP_TIMEOUT_S", 0.5)

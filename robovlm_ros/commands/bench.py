@@ -49,6 +49,10 @@ def _print(report: dict, device: str) -> None:
               f"{node['step_overhead_p99_ms']:>9.2f}")
         print(f"{'node overhead (image in + step)':<34} {node['overhead_p50_ms']:>9.2f}")
         print(f"{'runner preprocessing (no model)':<34} {node['runtime_overhead_p50_ms']:>9.2f}")
+        c = node["cadence"]
+        print(f"cadence at {c['period_ms']:.0f} ms: inference p99 {c['infer_ms']['p99_ms']} ms (budget "
+              f"{c['inference_budget_ms']:.0f} ms, keeps up: {c['keeps_up']}), send p99 {c['send_ms']['p99_ms']} ms, "
+              f"input age p99 {c['input_age_ms']['p99_ms']} ms, starved steps {node['starved']}")
     else:
         print(f"node: {node['skipped']}")
     print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in report["ratios"].items()))

@@ -42,7 +42,8 @@ def run(args) -> int:
 
     kw = dict(episodes=args.episodes, seed0=args.seed0, max_seconds=args.max_seconds, speed=args.speed,
               image_size=args.image_size, device=args.device, lockstep=not args.realtime,
-              execute_steps=args.execute_steps, actuation_noise=args.actuation_noise, noise_seed=args.noise_seed)
+              execute_steps=args.execute_steps, actuation_noise=args.actuation_noise, noise_seed=args.noise_seed,
+              execution=args.execution, chunk_combine=args.chunk_combine, inference_delay_ms=args.inference_delay_ms)
     policy = evaluate(args.checkpoint, **kw)
     baseline = evaluate(args.checkpoint, wrong_instruction=True, **kw) if args.baseline else None
     print_results(policy, baseline)
@@ -78,6 +79,14 @@ def add_parser(sub) -> None:
     p.add_argument("--execute-steps", type=int, default=1,
                    help="actions of each predicted chunk executed before predicting again (the demo uses "
                         f"{DEMO_EXECUTE_STEPS}; 1 = replan every control step)")
+    p.add_argument("--execution", choices=("sync", "async"), default="sync",
+                   help="sync: the next chunk is computed once the queue is empty (the arm waits meanwhile); "
+                        "async: while the queue still runs, aligned to the arm when it arrives")
+    p.add_argument("--chunk-combine", choices=("newest", "average", "weighted", "rtc"), default="newest",
+                   help="async: how a new chunk joins the queued actions it overlaps")
+    p.add_argument("--inference-delay-ms", type=float, default=0.0,
+                   help="each chunk becomes usable this much simulated time after its inputs (whole control "
+                        "periods of 100 ms), while the simulator keeps stepping: what inference latency costs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--actuation-noise", type=float, default=0.0,
                    help="the simulated arm's relative velocity-tracking error, e.g. 1e-6 to see how much the "

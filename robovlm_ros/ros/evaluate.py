@@ -40,16 +40,23 @@ LOCKSTEP_TIMEOUT_S = 60.0  # longest wait for one command in lockstep before the
 def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_seconds: float = 6.0,
              wrong_instruction: bool = False, speed: float = 2.0, image_size: int = 64, device: str = "cpu",
              frames_to_keep: int = 3, progress: bool = True, lockstep: bool = True, execute_steps: int = 1,
-             actuation_noise: float = 0.0, noise_seed: int = 0) -> dict:
+             actuation_noise: float = 0.0, noise_seed: int = 0, execution: str = "sync", chunk_combine: str = "newest",
+             inference_delay_ms: float = 0.0) -> dict:
     """Run ``episodes`` seeded episodes; returns per-episode results, per-task and overall success.
     ``execute_steps``: actions of each predicted chunk executed before the policy predicts again.
     ``actuation_noise`` / ``noise_seed``: the simulated arm's relative tracking error (TabletopEnv).
+    ``execution`` / ``chunk_combine``: the policy node's chunk execution; ``inference_delay_ms``
+    (lockstep): each chunk becomes usable that much simulated time after its inputs were captured,
+    rounded up to whole control periods, while the simulator keeps stepping with the node's commands.
     Each result carries a digest of every action the physics applied, so two runs can be compared
     step for step (same digest: bit-identical episodes)."""
     from tqdm import tqdm
 
     ns = f"eval_{uuid.uuid4().hex[:8]}"
     robot = sim_robot(ns).as_params()
+    if inference_delay_ms and not lockstep:
+        raise ValueError("a simulated inference delay needs lockstep (in real time the delay is the real one)")
+    delay_steps = int(np.ceil(inference_delay_ms / 1000.0 * robot["control_rate_hz"] - 1e-9))
     with NodesInBackground() as ros:
         policy = PolicyNode(namespace=ns, parameter_overrides=overrides({
             **robot, "checkpoint": checkpoint, "device": device, "control_rate_hz": 10.0 * speed,
@@ -57,7 +64,8 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
             # never count as stale (a hold would restart the history and change the episode)
             "max_input_age_s": LOCKSTEP_TIMEOUT_S if lockstep else 0.5 / speed, "execute_steps": execute_steps,
             "action_low": [-0.3] * 6, "action_high": [0.3] * 6, "max_linear_velocity": 0.3,
-            "max_angular_velocity": 1.5, "wait_for_new_inputs": lockstep}))
+            "max_angular_velocity": 1.5, "wait_for_new_inputs": lockstep, "execution": execution,
+            "chunk_combine": chunk_combine, "simulated_inference_delay_steps": delay_steps}))
         sim = SimNode(namespace=ns, parameter_overrides=overrides({
             **robot, "image_size": image_size, "real_time_factor": speed, "max_episode_seconds": max_seconds,
             "stop_on_success": True, "lockstep_timeout_s": LOCKSTEP_TIMEOUT_S, "actuation_noise": actuation_noise,
@@ -73,11 +81,13 @@ def evaluate(checkpoint: str, episodes: int, seed0: int = EVAL_SEED0, max_second
                        for i in tqdm(range(episodes), desc="evaluating", unit="episode", disable=not progress)]
         finally:
             sim.release_renderer()  # on the executor thread that owns its context, also after an error
-        stats = {**policy.stats, "execute_steps": execute_steps, "lockstep": lockstep,
+        stats = {**policy.stats, "starved": policy.control.starved, "cadence": policy.cadence.report(), "execute_steps": execute_steps, "lockstep": lockstep,
                  **{f"lockstep_{k}": v for k, v in sim.lockstep.items()}}
     report = summarize(results, stats)
     numerics = {**cpu_numerics(), "mujoco": mujoco.__version__, "renderer": sim.env.renderer_info}
-    report["conditions"] = {"actuation_noise": actuation_noise, "noise_seed": noise_seed, "numerics": numerics}
+    report["conditions"] = {"actuation_noise": actuation_noise, "noise_seed": noise_seed, "execution": execution,
+                            "chunk_combine": chunk_combine, "inference_delay_ms": inference_delay_ms,
+                            "inference_delay_steps": delay_steps, "numerics": numerics}
     return report
 
 

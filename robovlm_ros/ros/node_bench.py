@@ -66,19 +66,21 @@ def node_overhead(model: RoboVLM, seconds: float, device: str) -> dict:
         while node.stats["steps"] == 0 and time.monotonic() - t_start < 30:  # the camera process starting up
             ex.spin_once(timeout_sec=0.05)
         node.input_ms.clear()
-        node.step_overhead_ms.clear()
+        node.cadence.send.clear()
+        node.cadence.input_age.clear()
         t_end = time.monotonic() + seconds
         while time.monotonic() < t_end:
             ex.spin_once(timeout_sec=0.05)
         stop.set()
         camera.join(timeout=10)
-        image_in, step = np.asarray(node.input_ms), np.asarray(node.step_overhead_ms)
+        image_in, step = np.asarray(node.input_ms), 1000 * np.asarray(node.cadence.send)
         result = {"image_in_p50_ms": float(np.percentile(image_in, 50)),
                   "image_in_p99_ms": float(np.percentile(image_in, 99)),
                   "step_overhead_p50_ms": float(np.percentile(step, 50)),
                   "step_overhead_p99_ms": float(np.percentile(step, 99)),
                   "runtime_overhead_p50_ms": float(np.percentile(node.runtime_overhead_ms, 50)),
-                  "commands": int(node.stats["steps"]), "overruns": int(node.stats["overruns"])}
+                  "commands": int(node.stats["steps"]), "starved": int(node.control.starved),
+                  "cadence": node.cadence.report()}
         # the ROS layer's share: one image's way in (transport + decode) plus the step's work around the
         # policy runner (input snapshot, command messages, publishing); the runner's own preprocessing is
         # reported apart (runtime_overhead) because it belongs to the policy, wherever it runs

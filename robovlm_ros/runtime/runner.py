@@ -19,7 +19,7 @@ import torch
 
 from ..model import RoboVLM
 from ..model.window_inference import Frame
-from .chunking import ActionQueue, TemporalEnsembler
+from .chunking import ChunkSchedule
 from .safety import SafetyLimits
 
 
@@ -42,12 +42,10 @@ class PolicyRunner:
         model = checkpoint if isinstance(checkpoint, RoboVLM) else RoboVLM.from_pretrained(str(checkpoint))
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.config = self.model.config
-        chunk = self.config.fwd_pred_next_n
-        execute_steps = execute_steps or chunk
-        if not 1 <= execute_steps <= chunk:
-            raise ValueError(f"execute_steps must be in 1..{chunk} (the checkpoint's chunk length)")
-        self.execute_steps = 1 if ensemble else execute_steps
-        self.chunker = TemporalEnsembler(ensemble_decay) if ensemble else ActionQueue(self.execute_steps)
+        # step()'s chunk execution: synchronous (each chunk computed when the queue is empty)
+        self.schedule = ChunkSchedule(self.config.fwd_pred_next_n, execute_steps,
+                                      ensemble_decay=ensemble_decay if ensemble else None)
+        self.execute_steps = self.schedule.execute_steps
         self.limits = limits or SafetyLimits()
         self.policy = self.model.window_predictor(use_cache=use_cache)
         self.instruction: str | None = None
@@ -62,7 +60,7 @@ class PolicyRunner:
         self._serial = 0
         self._chunk_norm: torch.Tensor | None = None  # newest normalised chunk, for discrete pre history
         self._since_chunk = 0
-        self.chunker.reset()
+        self.schedule.reset()
         self.policy.reset()
 
     def warmup(self) -> float:
@@ -103,22 +101,39 @@ class PolicyRunner:
         return Frame(self._serial, to(p.images(obs["rgb"])), hand, to(p.state(obs["state"])))
 
     def step(self, observation: dict) -> np.ndarray:
-        """One control step -> float64[7] (6 arm values within the limits + gripper +-1)."""
+        """One control step -> float64[7] (6 arm values within the limits + gripper +-1): the frame joins
+        the window, a chunk is predicted when the schedule wants one, the next queued action comes out."""
+        if self.schedule.wants_chunk():
+            mark = self.schedule.request()
+            self.schedule.add_chunk(self.predict_chunk(observation), mark)
+        else:
+            self.observe(observation)
+        return self.limits.apply(self.schedule.pop())
+
+    def predict_chunk(self, observation: dict) -> np.ndarray:
+        """The frame joins the window and the chunk for it is predicted: float64 [chunk, 7], unnormalised,
+        not yet safety-limited (``limits.apply`` each action before it is sent)."""
+        self._append(observation)
+        t0 = time.perf_counter()
+        chunk = self.policy.predict(list(self._window), self._text)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.last_inference_s = time.perf_counter() - t0
+        self._chunk_norm, self._since_chunk = chunk.float(), 0
+        self.last_chunk = self.model.normalizer.unnormalize_action(self._chunk_norm.cpu()).numpy().astype(np.float64)
+        return self.last_chunk
+
+    def observe(self, observation: dict) -> None:
+        """The frame joins the window without a prediction (a control step that executes queued actions)."""
+        frame = self._append(observation)
+        self._since_chunk += 1
+        if self._chunk_norm is not None:  # discrete pre: the frame carries the actions executed from it on
+            rest = self._chunk_norm[min(self._since_chunk, len(self._chunk_norm) - 1):]
+            self.policy.carry(frame, rest.to(self.device))
+
+    def _append(self, observation: dict) -> Frame:
         if self._text is None:
             raise RuntimeError("no instruction: call set_instruction() first")
         frame = self._frame(observation)
         self._window.append(frame)
-        if self.chunker.needs_chunk():
-            t0 = time.perf_counter()
-            chunk = self.policy.predict(list(self._window), self._text)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            self.last_inference_s = time.perf_counter() - t0
-            self._chunk_norm, self._since_chunk = chunk.float(), 0
-            self.last_chunk = self.model.normalizer.unnormalize_action(self._chunk_norm.cpu()).numpy().astype(np.float64)
-            self.chunker.add_chunk(self.last_chunk)
-        else:
-            self._since_chunk += 1
-            # the actions executed from this frame on: the rest of the newest chunk
-            self.policy.carry(frame, self._chunk_norm[self._since_chunk:].to(self.device))
-        return self.limits.apply(self.chunker.pop())
+        return frame
