@@ -17,7 +17,8 @@ import shutil
 import lifecycle_msgs.msg
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, ExecuteProcess, OpaqueFunction, RegisterEventHandler
+from launch.actions import (DeclareLaunchArgument, EmitEvent, ExecuteProcess, LogInfo, OpaqueFunction,
+                            RegisterEventHandler)
 from launch.conditions import IfCondition
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
@@ -55,8 +56,9 @@ def _policy(context):
                       "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
                       "instruction": ParameterValue(LaunchConfiguration("instruction"), value_type=str),
                       "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool)}])
+    where = LogInfo(msg=f"robovlm_ros: {executable if package is None else os.path.join(get_package_prefix(PACKAGE), 'lib', PACKAGE, executable)}")
     if not lifecycle:
-        return [Node(**kwargs)]
+        return [where, Node(**kwargs)]
     node = LifecycleNode(**kwargs)
     configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                             transition_id=lifecycle_msgs.msg.Transition.TRANSITION_CONFIGURE))
@@ -64,7 +66,7 @@ def _policy(context):
         target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
         entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                               transition_id=lifecycle_msgs.msg.Transition.TRANSITION_ACTIVATE))]))
-    return [activate, node, configure]
+    return [where, activate, node, configure]
 
 
 def _record(context):
