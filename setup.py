@@ -20,6 +20,7 @@ data_files = [
 for target, pattern in [
     ("share/%s/launch" % PACKAGE, "launch/*.launch.py"),
     ("share/%s/config" % PACKAGE, "config/*.yaml"),
+    ("share/%s/config" % PACKAGE, "robovlm_ros/ros/fastdds_large_messages.xml"),
     ("share/%s/config/train" % PACKAGE, "config/train/*"),
 ]:
     found = files(pattern)
@@ -38,7 +39,7 @@ setup(
     maintainer_email="maintainers@robovlm-ros.invalid",
     packages=find_packages(exclude=["test", "test.*"]),
     # the demo policy made by `robovlm-ros demo --retrain` (about 1.4 MB), evaluated by `robovlm-ros demo`
-    package_data={PACKAGE: ["sim/demo_policy/*"]},
+    package_data={PACKAGE: ["sim/demo_policy/*", "ros/fastdds_large_messages.xml"]},
     data_files=data_files,
     python_requires=">=3.10",
     install_requires=[

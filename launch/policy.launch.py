@@ -6,7 +6,8 @@
 Arguments: checkpoint, params_file (default: the installed config/policy.yaml), namespace,
 instruction, autostart, lifecycle (true: the managed node, configured and activated by this launch;
 it controls as soon as it is active and has an instruction), record (true: also `ros2 bag record` the
-node's inputs and outputs into record_dir).
+node's inputs and outputs into record_dir), dds_profile (the Fast DDS profile for raw camera images on
+one machine; README "Camera transport").
 
 Works after `colcon build` (executables in <prefix>/lib/robovlm_ros) and after `pip install .`
 (executables on PATH, next to the Python that runs ros2 launch).
@@ -18,7 +19,7 @@ import lifecycle_msgs.msg
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import (DeclareLaunchArgument, EmitEvent, ExecuteProcess, LogInfo, OpaqueFunction,
-                            RegisterEventHandler)
+                            RegisterEventHandler, SetEnvironmentVariable)
 from launch.conditions import IfCondition
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
@@ -69,6 +70,19 @@ def _policy(context):
     return [where, activate, node, configure]
 
 
+def _transport(context):
+    """Raw camera images on one machine: Fast DDS's large-message profile for the nodes this launch
+    starts, unless the environment names one already (the camera driver needs the same, README)."""
+    from robovlm_ros.ros.transport import LARGE_MESSAGES_PROFILE, PROFILE_VARIABLE
+
+    profile = LaunchConfiguration("dds_profile").perform(context)
+    if profile == "default":
+        profile = os.environ.get(PROFILE_VARIABLE, LARGE_MESSAGES_PROFILE)
+    if not profile:
+        return []
+    return [SetEnvironmentVariable(PROFILE_VARIABLE, profile), LogInfo(msg=f"robovlm_ros: {PROFILE_VARIABLE}={profile}")]
+
+
 def _record(context):
     """`ros2 bag record` of the node's inputs and outputs (the robot's topics from the parameters file)."""
     from robovlm_ros.node_params import load_policy_params
@@ -92,8 +106,11 @@ def generate_launch_description():
         DeclareLaunchArgument("autostart", default_value="false", description="start controlling at once"),
         DeclareLaunchArgument("lifecycle", default_value="false",
                               description="the managed node, configured and activated by this launch"),
+        DeclareLaunchArgument("dds_profile", default_value="default",
+                              description="Fast DDS profile file for the node ('default': $FASTDDS_DEFAULT_PROFILES_FILE "
+                                          "if set, else the package's large-message profile; '': the middleware's own)"),
         DeclareLaunchArgument("record", default_value="false", description="also record a rosbag"),
         DeclareLaunchArgument("record_dir", default_value="robovlm_record", description="rosbag output directory"),
     ]
     record = OpaqueFunction(function=_record, condition=IfCondition(LaunchConfiguration("record")))
-    return LaunchDescription([*args, OpaqueFunction(function=_policy), record])
+    return LaunchDescription([*args, OpaqueFunction(function=_transport), OpaqueFunction(function=_policy), record])

@@ -19,9 +19,11 @@ class _Latest:
 
     def __init__(self):
         self.value, self.t, self.stamp = None, None, None
+        self.count = 0  # messages accepted
 
     def set(self, value, stamp) -> None:
         self.value, self.t = value, time.monotonic()
+        self.count += 1
         self.stamp = stamp.sec * 1_000_000_000 + stamp.nanosec
 
     def age(self, now: float) -> float:
