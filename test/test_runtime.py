@@ -252,3 +252,31 @@ def test_a_chunk_computed_for_the_old_instruction_is_never_executed():
     lockstep.clear("pick up the green block")
     assert lockstep.lockstep_step(obs[6]) is None and len(lockstep.schedule) == 0  # the old chunk is gone
     assert lockstep.starved == 3 and runner.instruction == "pick up the green block"
+
+
+def test_a_failed_inference_does_not_leave_the_schedule_waiting_forever():
+    from robovlm_ros.runtime.control import ChunkedControl
+
+    runner = PolicyRunner(tiny_model(fwd_pred_next_n=5), device="cpu")
+    runner.set_instruction("pick up the red block")
+    obs = observations(3)
+    for lockstep in (True, False):
+        control = ChunkedControl(runner, execution="async", execute_steps=2)
+        bad = {**obs[0], "state": np.full(7, np.nan)}
+        with pytest.raises(ValueError, match="NaN"):
+            if lockstep:
+                control.lockstep_step(bad)
+            else:
+                _, job = control.control_step(bad)
+                try:
+                    control.compute(job)
+                finally:  # what the node's worker does with a failed job
+                    control.deliver(job, None)
+        assert control.schedule.wants_chunk()  # the next step asks again
+        action = control.lockstep_step(obs[1]) if lockstep else control.deliver(*_job_and_chunk(control, obs[1]))
+        assert action is not None and np.isfinite(action).all()
+
+
+def _job_and_chunk(control, observation):
+    _, job = control.control_step(observation)
+    return job, control.compute(job)

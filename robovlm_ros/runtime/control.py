@@ -128,10 +128,16 @@ class ChunkedControl:
                 self.schedule.add_chunk(chunk, mark)
             mark = self.schedule.request() if self.schedule.wants_chunk() else None
             generation = self.generation
-        if mark is not None:
-            chunk = self.runner.predict_chunk(observation)
-        else:
-            self.runner.observe(observation)
+        try:
+            if mark is not None:
+                chunk = self.runner.predict_chunk(observation)
+            else:
+                self.runner.observe(observation)
+        except Exception:
+            with self.lock:  # no chunk is coming: the next step asks again
+                if mark is not None and generation == self.generation:
+                    self.schedule.cancel()
+            raise
         with self.lock:
             if generation != self.generation:
                 self._reset_runner = True
