@@ -37,15 +37,17 @@ def joints(t_ns, value, names=JOINTS + ["gripper_joint"]):
     return T["sensor_msgs/msg/JointState"](header=header(t_ns), name=names, position=pos, velocity=z, effort=z)
 
 
-def write_bag(path, messages, instruction="pick up the red block", storage=StoragePlugin.MCAP):
-    """messages: [(topic, msgtype, t_ns, msg)] -> a rosbag2 directory like episode_recorder writes."""
+def write_bag(path, messages, instruction="pick up the red block", storage=StoragePlugin.MCAP, typestore=TS):
+    """messages: [(topic, msgtype, t_ns, msg)] -> a rosbag2 directory like episode_recorder writes
+    (``instruction`` None: like ``ros2 bag record``, no instruction stored)."""
     with Writer(path, version=9, storage_plugin=storage) as w:
         conns = {}
         for topic, msgtype, t, msg in sorted(messages, key=lambda m: m[2]):
             if topic not in conns:
-                conns[topic] = w.add_connection(topic, msgtype, typestore=TS)
-            w.write(conns[topic], t, TS.serialize_cdr(msg, msgtype))
-        w.set_custom_data("robovlm_ros.instruction", instruction)
+                conns[topic] = w.add_connection(topic, msgtype, typestore=typestore)
+            w.write(conns[topic], t, typestore.serialize_cdr(msg, msgtype))
+        if instruction is not None:
+            w.set_custom_data("robovlm_ros.instruction", instruction)
     return path
 
 
@@ -190,3 +192,120 @@ def test_without_a_gripper_joint_the_state_shows_the_last_gripper_command(tmp_pa
     commanded = np.array([-1.0 if j in closed else 1.0 for j in range(20)])
     np.testing.assert_array_equal(ep["action"][:, 6], commanded)
     np.testing.assert_array_equal(ep["state"][:, 6], np.r_[1.0, commanded[:-1]])
+
+
+def string(text):
+    return T["std_msgs/msg/String"](data=text)
+
+
+def test_bags_recorded_with_ros2_bag_record_convert_or_say_why(tmp_path, capsys):
+    """Bags a user recorded around a teleoperated arm: the instruction on a String topic, gripper
+    commands as Float64 or as control_msgs GripperCommand (a type the bag itself defines); bags that
+    cannot be converted each get their reason and the others still convert."""
+    from rosbags.typesys import get_types_from_msg
+
+    from robovlm_ros.commands.convert import run
+    from robovlm_ros.data.convert import NothingConverted
+
+    t0 = 1_000 * MS
+    base = [m for m in episode_messages(t0=t0)]
+    instr = ("/robovlm_policy/instruction", "std_msgs/msg/String", t0 - MS, string("stack the cubes"))
+    f64 = lambda j: ("/grip", "std_msgs/msg/Float64", t0 + j * 100 * MS + 11 * MS,  # noqa: E731
+                     T["std_msgs/msg/Float64"](data=0.0 if j >= 10 else 0.04))
+    write_bag(tmp_path / "bags" / "a_float64", base + [instr] + [f64(j) for j in range(20)], instruction=None)
+    ts = get_typestore(Stores.ROS2_KILTED)
+    ts.register(get_types_from_msg("float64 position\nfloat64 max_effort", "control_msgs/msg/GripperCommand"))
+    grip_cmd = lambda j: ("/grip", "control_msgs/msg/GripperCommand", t0 + j * 100 * MS + 11 * MS,  # noqa: E731
+                          ts.types["control_msgs/msg/GripperCommand"](position=0.0 if j >= 10 else 0.04, max_effort=5.0))
+    write_bag(tmp_path / "bags" / "b_control_msgs", base + [instr] + [grip_cmd(j) for j in range(20)],
+              instruction=None, typestore=ts)
+    two = ("/robovlm_policy/instruction", "std_msgs/msg/String", t0 + 500 * MS, string("push the blue cube"))
+    write_bag(tmp_path / "bags" / "c_two_tasks", base + [instr, two], instruction=None)
+    write_bag(tmp_path / "bags" / "d_no_instruction", base, instruction=None)
+    write_bag(tmp_path / "bags" / "e_no_camera", [m for m in base if m[0] != "/cam"])
+    corrupt = write_bag(tmp_path / "bags" / "f_truncated", base)
+    mcap = next(p for p in os.listdir(corrupt) if p.endswith(".mcap"))
+    with open(os.path.join(corrupt, mcap), "r+b") as f:
+        f.truncate(os.path.getsize(os.path.join(corrupt, mcap)) // 2)
+
+    robot = params(tmp_path, gripper_command_topic="/grip")
+    reports = {os.path.basename(r.bag): r for r in
+               convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), robot, progress=False)}
+    assert [reports[k].status for k in sorted(reports)] == ["converted", "converted", "error", "error", "error",
+                                                            "error"]
+    assert "2 different instructions" in reports["c_two_tasks"].message and "push the blue cube" in \
+        reports["c_two_tasks"].message
+    assert "no instruction" in reports["d_no_instruction"].message
+    assert "no messages on /cam" in reports["e_no_camera"].message and "/joints" in reports["e_no_camera"].message
+    assert "cannot read bag" in reports["f_truncated"].message
+    eps = LeRobotEpisodes(str(tmp_path / "ds")).episodes
+    assert [e["task"] for e in eps] == ["stack the cubes", "stack the cubes"]
+    expected = np.where(np.arange(20) >= 10, -1.0, 1.0)  # commands 10.. close the gripper
+    for ep in eps:
+        np.testing.assert_array_equal(ep["action"][:, 6], expected)
+
+    # nothing convertible: every bag's reason is printed, then the error (no traceback)
+    with pytest.raises(NothingConverted) as e:
+        convert_bags([str(tmp_path / "bags" / "d_no_instruction")], str(tmp_path / "none"), robot, progress=False)
+    assert "no instruction" in e.value.reports[0].message
+    args = type("A", (), dict(bags=[str(tmp_path / "bags" / "d_no_instruction"), str(corrupt)], out=str(tmp_path / "n"),
+                              params=None, rate=None, max_age=0.25, image_size=None, include_failed=False,
+                              instruction=None, overwrite=False, every_command=False, instruction_topic=None,
+                              report=None))
+    assert run(args) == 1
+    out = capsys.readouterr().out
+    assert "d_no_instruction: bag" in out and "f_truncated: cannot read bag" in out and "nothing written" in out
+
+
+def test_without_gripper_commands_the_gripper_action_is_the_state_it_led_to(tmp_path):
+    t0 = 1_000 * MS
+    msgs = [m for m in episode_messages(t0=t0) if m[0] != "/joints"]
+    width = lambda k: 0.0 if k >= 20 else 0.04  # noqa: E731  the fingers close from frame 20 (t0 + 1 s) on
+    for k in range(40):
+        js = joints(t0 + k * 50 * MS, k)
+        js.position[6] = width(k)
+        msgs.append(("/joints", "sensor_msgs/msg/JointState", t0 + k * 50 * MS + MS, js))
+    write_bag(tmp_path / "bags" / "ep", msgs)
+    convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), params(tmp_path), progress=False)
+    ep = LeRobotEpisodes(str(tmp_path / "ds")).episodes[0]
+    # frame j shows the state before command j; its gripper action is frame j+1's gripper state
+    np.testing.assert_array_equal(ep["action"][:-1, 6], ep["state"][1:, 6])
+    assert ep["state"][9, 6] == 1.0 and ep["action"][9, 6] == -1.0  # the step that closed it
+
+
+def test_without_a_params_file_topics_and_joints_are_found_by_type(tmp_path, capsys):
+    """`robovlm-ros convert` on a `ros2 bag record` bag with no parameters file: the cameras (the wrist one
+    by name), joint states, arm and gripper commands are found by message type and printed."""
+    from robovlm_ros.commands.convert import run
+    from robovlm_ros.data.discover import discover_robot
+    from robovlm_ros.data.bags import BagError
+
+    t0 = 1_000 * MS
+    rename = {"/cam": "/front/image_raw", "/cmd": "/arm_controller/commands", "/joints": "/joint_states"}
+    msgs = [(rename.get(t, t), *rest) for t, *rest in episode_messages(t0=t0)]
+    msgs += [("/wrist_cam/image_raw", "sensor_msgs/msg/Image", t0 + k * 50 * MS, image(t0 + k * 50 * MS, k))
+             for k in range(40)]
+    msgs += [("/gripper/command", "std_msgs/msg/Float64", t0 + j * 100 * MS + 11 * MS, T["std_msgs/msg/Float64"](data=0.04))
+             for j in range(20)]
+    msgs += [("/robovlm_policy/instruction", "std_msgs/msg/String", t0, string("stack the cubes"))]
+    bag = write_bag(tmp_path / "bags" / "ep", msgs, instruction=None)
+    robot = discover_robot(str(bag))
+    assert (robot.camera_topic, robot.gripper_camera_topic, robot.joint_states_topic) == (
+        "/front/image_raw", "/wrist_cam/image_raw", "/joint_states")
+    assert (robot.arm_command_topic, robot.arm_command_type, robot.gripper_command_topic) == (
+        "/arm_controller/commands", "float64_array", "/gripper/command")
+    assert robot.arm_joints == JOINTS and robot.gripper_joint == "gripper_joint"
+    args = type("A", (), dict(bags=[str(tmp_path / "bags")], out=str(tmp_path / "ds"), params=None, rate=None,
+                              max_age=0.25, image_size=None, include_failed=False, instruction=None, overwrite=False,
+                              every_command=False, instruction_topic=None, report=None))
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    assert "/wrist_cam/image_raw" in out and "[converted]" in out
+    ep = LeRobotEpisodes(str(tmp_path / "ds")).episodes[0]
+    assert ep["task"] == "stack the cubes" and "hand_rgb" in ep and len(ep["state"]) == 20
+    # two arm-command candidates of one type: ambiguous, said so
+    cmd = next(m for t, _, _, m in msgs if t == "/arm_controller/commands")
+    write_bag(tmp_path / "two" / "ep", msgs + [("/other/commands", "std_msgs/msg/Float64MultiArray", t0, cmd)],
+              instruction=None)
+    with pytest.raises(BagError, match="several arm command topics"):
+        discover_robot(str(tmp_path / "two" / "ep"))

@@ -20,15 +20,36 @@ def print_reports(reports) -> None:
         print(line)
 
 
-def run(args) -> int:
-    from ..data.convert import convert_bags
+def _robot(args):
+    """The robot from --params, else found by message type in the first bag (printed to confirm)."""
+    from ..data.bags import find_bags
+    from ..data.discover import describe, discover_robot
     from ..node_params import load_policy_params
 
+    if args.params:
+        return load_policy_params(args.params)
+    bags, _ = find_bags(args.bags)
+    if not bags:
+        raise ValueError(f"no bag in {', '.join(args.bags)}")
+    robot = discover_robot(bags[0])
+    print(f"no --params: topics and joints found by type in {bags[0]} (a parameters file chooses others; "
+          f"gripper positions and limits are the defaults of config/policy.yaml):\n{describe(robot)}")
+    return robot
+
+
+def run(args) -> int:
+    from ..data.convert import NothingConverted, convert_bags
+
     try:
-        reports = convert_bags(args.bags, args.out, load_policy_params(args.params), args.rate, args.max_age,
+        robot = _robot(args)
+        reports = convert_bags(args.bags, args.out, robot, args.rate, args.max_age,
                                args.image_size, args.include_failed, args.instruction, args.overwrite,
-                               every_command=args.every_command)
-    except (ValueError, FileExistsError) as e:
+                               every_command=args.every_command, instruction_topic=args.instruction_topic)
+    except NothingConverted as e:
+        print_reports(e.reports)
+        print(f"error: {e}")
+        return 1
+    except (ValueError, FileExistsError, RuntimeError) as e:  # (BagError is a RuntimeError)
         print(f"error: {e}")
         return 1
     print_reports(reports)
@@ -46,11 +67,15 @@ def add_parser(sub) -> None:
     p = sub.add_parser("convert", help="rosbag2 episodes -> LeRobot v3 dataset", description=__doc__)
     p.add_argument("bags", nargs="+", help="bag directories, or folders of them (episode_recorder output)")
     p.add_argument("--out", required=True, help="dataset directory to create")
-    p.add_argument("--params", help="the robot's parameters file (config/policy.yaml format): topics, joints")
+    p.add_argument("--params", help="the robot's parameters file (config/policy.yaml format): topics, joints, "
+                                    "gripper; without it they are found by message type in the first bag")
     p.add_argument("--rate", type=float, help="control rate to resample to (default: control_rate_hz)")
     p.add_argument("--max-age", type=float, default=0.25, help="max age (s) of a stream's message at a frame")
     p.add_argument("--image-size", type=int, help="store images resized to N x N (default: as recorded)")
     p.add_argument("--instruction", help="instruction for bags recorded without episode_recorder")
+    p.add_argument("--instruction-topic",
+                   help="std_msgs/String topic the instruction was published on (default: any String topic "
+                        "whose name ends in 'instruction', e.g. the policy node's ~/instruction)")
     p.add_argument("--include-failed", action="store_true", help="keep episodes marked unsuccessful")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     p.add_argument("--every-command", action="store_true",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rosbags.rosbag2 import Reader
-from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 EPISODE_FILE = "episode.json"
 RECORDING_DIR = ".recording"  # episode_recorder's episodes in progress (or interrupted)
@@ -24,6 +24,7 @@ class Episode:
     success: bool
     streams: dict[str, list[tuple[int, object]]] = field(default_factory=dict)  # topic -> [(log time ns, msg)]
     msgtypes: dict[str, str] = field(default_factory=dict)
+    available: dict[str, str] = field(default_factory=dict)  # every topic of the bag -> its message type
 
 
 def find_bags(paths: list[str]) -> tuple[list[str], list[str]]:
@@ -44,11 +45,42 @@ def find_bags(paths: list[str]) -> tuple[list[str], list[str]]:
     return bags, partial
 
 
-def read_episode(path: str, topics: list[str], instruction: str | None = None) -> Episode:
+def typestore_for(connections):
+    """The ROS 2 Kilted typestore plus the types a bag defines itself (mcap stores each connection's
+    message definition): messages of other packages (control_msgs, a vendor's) deserialise too."""
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    for conn in connections:
+        if conn.msgtype in typestore.fielddefs:
+            continue
+        text = getattr(conn.msgdef, "data", conn.msgdef)
+        try:
+            typestore.register(get_types_from_msg(text, conn.msgtype))
+        except Exception as e:  # noqa: BLE001 - the bag names a type it does not define
+            raise BagError(f"bag's topic {conn.topic} has type {conn.msgtype}, which neither ROS 2's common "
+                           f"interfaces nor the bag define ({type(e).__name__})") from e
+    return typestore
+
+
+def _instruction_in_topics(path: str, streams: dict, instruction_topics: list[str]) -> str | None:
+    """The instruction published on String topics of the bag: None when there is none; BagError when
+    several different ones were (one episode, one task: split the bag)."""
+    texts = {m.data.strip(): topic for topic in instruction_topics for _, m in streams.get(topic, [])
+             if m.data.strip()}
+    if len(texts) > 1:
+        listed = "; ".join(f"{t!r} on {topic}" for t, topic in texts.items())
+        raise BagError(f"bag {path} holds {len(texts)} different instructions ({listed}): split it into one "
+                       f"bag per task, or pass --instruction")
+    return next(iter(texts), None)
+
+
+def read_episode(path: str, topics: list[str], instruction: str | None = None,
+                 instruction_topic: str | None = None) -> Episode:
     """All messages of ``topics`` in log-time order, with the episode's instruction and success flag.
 
-    The instruction comes from ``instruction`` (overrides), ``episode.json`` (episode_recorder),
-    or the bag's custom data; a bag without any is an error.
+    The instruction comes from ``instruction`` (overrides), ``episode.json`` (episode_recorder), the
+    bag's custom data, or a std_msgs/String topic of the bag: ``instruction_topic``, or else any String
+    topic whose name ends in "instruction" (the policy node's ``~/instruction``); a bag without any,
+    or with several different ones, is an error.
     """
     meta = {}
     meta_path = os.path.join(path, EPISODE_FILE)
@@ -56,19 +88,28 @@ def read_episode(path: str, topics: list[str], instruction: str | None = None) -
         with open(meta_path) as f:
             meta = json.load(f)
     streams: dict[str, list] = {t: [] for t in topics}
-    typestore = get_typestore(Stores.ROS2_KILTED)
     try:
         with Reader(Path(path)) as reader:
             custom = getattr(getattr(reader.storage, "metadata", None), "custom", None) or {}
+            available = {c.topic: c.msgtype for c in reader.connections}
+            strings = [c.topic for c in reader.connections if c.msgtype == "std_msgs/msg/String"
+                       and (c.topic == instruction_topic if instruction_topic else c.topic.endswith("instruction"))]
+            streams.update({t: [] for t in strings})
             conns = [c for c in reader.connections if c.topic in streams]
+            typestore = typestore_for(conns)
             msgtypes = {c.topic: c.msgtype for c in conns}
-            for conn, timestamp, raw in reader.messages(connections=conns):
+            for conn, timestamp, raw in reader.messages(connections=conns) if conns else ():  # ([]: all)
                 streams[conn.topic].append((timestamp, typestore.deserialize_cdr(raw, conn.msgtype)))
+    except BagError:
+        raise
     except Exception as e:  # rosbags raises several types for truncated/corrupt files
         raise BagError(f"cannot read bag {path}: {type(e).__name__}: {e}") from e
     for msgs in streams.values():
         msgs.sort(key=lambda tm: tm[0])
-    text = instruction or meta.get("instruction") or custom.get("robovlm_ros.instruction")
+    text = (instruction or meta.get("instruction") or custom.get("robovlm_ros.instruction")
+            or _instruction_in_topics(path, streams, strings))
     if not text:
-        raise BagError(f"bag {path} has no instruction (no episode.json): pass --instruction")
-    return Episode(path, text, bool(meta.get("success", True)), streams, msgtypes)
+        where = f" (String topics: {', '.join(strings)})" if strings else ""
+        raise BagError(f"bag {path} has no instruction: no episode.json, no instruction topic{where}; pass "
+                       f"--instruction or --instruction-topic")
+    return Episode(path, text, bool(meta.get("success", True)), streams, msgtypes, available)

@@ -47,12 +47,17 @@ class EpisodeConverter:
             img = cv2.resize(img, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
         return img
 
-    def _gripper_at(self, streams: dict, grip_times: list, i: int) -> float:
-        """The i-th recorded gripper command as ±1 (open when there is none: i < 0)."""
-        if i < 0:
-            return GRIPPER_OPEN
-        return gripper_from_command(streams[self.grip_cmd][i][1], self.robot.gripper_open_position,
-                                    self.robot.gripper_closed_position)
+    def _gripper_commands(self, stream: list) -> tuple[list[int], list[float], int]:
+        """Recorded gripper commands as (times, ±1 values, how many were malformed and skipped)."""
+        times, values = [], []
+        for t, msg in stream:
+            try:
+                values.append(gripper_from_command(msg, self.robot.gripper_open_position,
+                                                   self.robot.gripper_closed_position))
+                times.append(t)
+            except FrameError:
+                continue
+        return times, values, len(stream) - len(times)
 
     def convert(self, episode) -> tuple[dict, BagReport]:
         s = episode.streams
@@ -67,42 +72,24 @@ class EpisodeConverter:
         aligned = align(reference, others, self.rate_hz, self.max_age_s,
                         thin_reference=not (self.every_command and with_commands))
         dropped = dict(aligned.dropped)
-        grip_times = [t for t, _ in s.get(self.grip_cmd, [])] if self.grip_cmd else []
-        half_period = int(0.5e9 / self.rate_hz)
+        grip_times, grips, bad = self._gripper_commands(s.get(self.grip_cmd, []) if self.grip_cmd else [])
+        if bad:
+            dropped["malformed gripper commands (messages skipped)"] = bad
         rows = {"rgb": [], "hand_rgb": [], "state": [], "action": [], "t": []}
         for k, t in enumerate(aligned.times_ns):
             try:
-                cam_msg = aligned.picks["camera"][k] if with_commands else aligned.picks["reference"][k]
-                rgb = self._image(cam_msg)
-                hand = self._image(aligned.picks["gripper camera"][k]) if self.hand else None
-                # without a gripper joint the state shows the last gripper command before this frame, as
-                # the policy node's does (its previous command)
-                last_grip = self._gripper_at(s, grip_times, np.searchsorted(grip_times, t, side="left") - 1)
-                state = self.robot.state(aligned.picks["joints"][k], last_grip)
-                if with_commands:
-                    arm = arm_from_command(aligned.picks["reference"][k], state[:6])
-                    # the gripper command of the same control step is sent just after the arm's: take the
-                    # latest one up to half a period after t (commands are actions, not observations)
-                    g = np.searchsorted(grip_times, t + half_period, side="right") - 1
-                    grip = self._gripper_at(s, grip_times, g) if g >= 0 else state[6]
-                    rows["action"].append(np.r_[arm, grip])
+                frame = self._frame(aligned, k, t, with_commands, grip_times, grips)
             except (ImageDecodeError, FrameError) as e:
                 reason = f"malformed: {e}"
                 dropped[reason] = dropped.get(reason, 0) + 1
                 continue
-            rows["rgb"].append(rgb)
-            rows["hand_rgb"].append(hand)
-            rows["state"].append(state)
-            rows["t"].append(t)
-        if not with_commands:  # derive actions from consecutive states; the last frame has no successor
-            st, ts = np.asarray(rows["state"]), np.asarray(rows["t"], dtype=np.float64) * 1e-9
-            if len(st) > 1:
-                vel = (st[1:, :6] - st[:-1, :6]) / np.diff(ts)[:, None]
-                rows["action"] = list(np.c_[vel, st[1:, 6]])
-            for key in ("rgb", "hand_rgb", "state", "t"):
-                rows[key] = rows[key][:-1]
-            if st.size:
-                dropped["last frame (no next state for the action)"] = 1
+            for key, value in zip(("rgb", "hand_rgb", "state", "action", "t"), frame):
+                rows[key].append(value)
+        if not with_commands:
+            self._actions_from_states(rows, dropped)
+        elif not grips and len(rows["state"]):  # no gripper commands: the gripper state the step led to
+            following = [st[6] for st in rows["state"][1:]] + [rows["state"][-1][6]]
+            rows["action"] = [np.r_[a[:6], g] for a, g in zip(rows["action"], following)]
         report.frames, report.candidates, report.dropped = len(rows["state"]), aligned.candidates, dropped
         t0 = rows["t"][0] if rows["t"] else 0
         frames = {"rgb": np.asarray(rows["rgb"]), "state": np.asarray(rows["state"]),
@@ -111,15 +98,58 @@ class EpisodeConverter:
             frames["hand_rgb"] = np.asarray(rows["hand_rgb"])
         return frames, report
 
+    def _frame(self, aligned, k: int, t: int, with_commands: bool, grip_times: list, grips: list) -> tuple:
+        """(rgb, hand_rgb, state, action or None, t) of aligned frame k; FrameError / ImageDecodeError
+        for a malformed message."""
+        cam_msg = aligned.picks["camera"][k] if with_commands else aligned.picks["reference"][k]
+        rgb = self._image(cam_msg)
+        hand = self._image(aligned.picks["gripper camera"][k]) if self.hand else None
+        # without a gripper joint the state shows the last gripper command before this frame, as the
+        # policy node's does (its previous command; open before the first)
+        i = np.searchsorted(grip_times, t, side="left") - 1
+        state = self.robot.state(aligned.picks["joints"][k], grips[i] if i >= 0 else GRIPPER_OPEN)
+        action = None
+        if with_commands:
+            arm = arm_from_command(aligned.picks["reference"][k], state[:6])
+            # the gripper command of the same control step is sent just after the arm's: take the latest
+            # one up to half a period after t (commands are actions, not observations)
+            g = np.searchsorted(grip_times, t + int(0.5e9 / self.rate_hz), side="right") - 1
+            action = np.r_[arm, grips[g] if g >= 0 else state[6]]
+        return rgb, hand, state, action, t
+
+    @staticmethod
+    def _actions_from_states(rows: dict, dropped: dict) -> None:
+        """No arm commands: joint velocities from consecutive states, the gripper the next state's; the
+        last frame has no successor and is dropped."""
+        st, ts = np.asarray(rows["state"]), np.asarray(rows["t"], dtype=np.float64) * 1e-9
+        if len(st) > 1:
+            vel = (st[1:, :6] - st[:-1, :6]) / np.diff(ts)[:, None]
+            rows["action"] = list(np.c_[vel, st[1:, 6]])
+        for key in ("rgb", "hand_rgb", "state", "t"):
+            rows[key] = rows[key][:-1]
+        if st.size:
+            dropped["last frame (no next state for the action)"] = 1
+
+
+class NothingConverted(ValueError):
+    """No bag gave an episode; ``reports`` says why for each."""
+
+    def __init__(self, message: str, reports: list[BagReport]):
+        super().__init__(message)
+        self.reports = reports
+
 
 def convert_bags(paths: list[str], out: str, robot: RobotDescription | None = None, rate_hz: float | None = None,
                  max_age_s: float = 0.25, image_size: int | None = None, include_failed: bool = False,
                  instruction: str | None = None, overwrite: bool = False, progress: bool = True,
-                 every_command: bool = False) -> list[BagReport]:
-    """``robot``: the recorded robot (default: ``RobotDescription()``); ``rate_hz`` the frame rate
-    (default: its control rate). ``every_command``: a frame for every recorded arm command instead of
-    thinning them to ``rate_hz`` (recordings where each command answers one observation, like
-    sim_node's lockstep demonstrations)."""
+                 every_command: bool = False, instruction_topic: str | None = None) -> list[BagReport]:
+    """A report per bag: converted, skipped or error, with the reason; a bag that cannot be converted
+    never stops the others (NothingConverted, with the reports, when none could be).
+
+    ``robot``: the recorded robot (default: ``RobotDescription()``); ``rate_hz`` the frame rate
+    (default: its control rate). ``instruction`` / ``instruction_topic``: see ``read_episode``.
+    ``every_command``: a frame for every recorded arm command instead of thinning them to ``rate_hz``
+    (recordings where each command answers one observation, like sim_node's lockstep demonstrations)."""
     robot = robot or RobotDescription()
     rate_hz = rate_hz or robot.control_rate_hz
     conv = EpisodeConverter(robot, rate_hz, max_age_s, image_size, every_command)
@@ -133,24 +163,37 @@ def convert_bags(paths: list[str], out: str, robot: RobotDescription | None = No
 
         for path in tqdm(bags, desc="converting", unit="bag", disable=not progress):
             try:
-                episode = read_episode(path, conv.topics, instruction)
+                reports.append(_convert_bag(conv, writer, path, instruction, instruction_topic, include_failed))
             except BagError as e:
                 reports.append(BagReport(path, "error", message=str(e)))
-                continue
-            if not episode.success and not include_failed:
-                reports.append(BagReport(path, "skipped", instruction=episode.instruction,
-                                         message="episode marked unsuccessful (--include-failed to keep)"))
-                continue
-            frames, report = conv.convert(episode)
-            if report.frames < 2:
-                report.status, report.message = "skipped", "fewer than 2 aligned frames"
-            else:
-                writer.add_episode(frames, episode.instruction,
-                                   {"success": episode.success, "source_bag": path,
-                                    "dropped_frames": int(sum(report.dropped.values()))})
-            reports.append(report)
+            except OSError:
+                raise  # the disk, not the bag: stop
+            except Exception as e:  # noqa: BLE001 - bag content nobody foresaw: this bag fails, the rest go on
+                reports.append(BagReport(path, "error", message=f"cannot convert: {type(e).__name__}: {e}"))
+        if not writer.episodes:
+            raise NothingConverted("no episode could be converted: nothing written", reports)
         writer.finish()
     except BaseException:
         writer.abort()
         raise
     return reports
+
+
+def _convert_bag(conv: EpisodeConverter, writer: LeRobotWriter, path: str, instruction: str | None,
+                 instruction_topic: str | None, include_failed: bool) -> BagReport:
+    episode = read_episode(path, conv.topics, instruction, instruction_topic)
+    if not episode.success and not include_failed:
+        return BagReport(path, "skipped", instruction=episode.instruction,
+                         message="episode marked unsuccessful (--include-failed to keep)")
+    required = [conv.cam, conv.joints] + ([conv.hand] if conv.hand else [])
+    missing = [t for t in required if not episode.streams.get(t)]
+    if missing:
+        raise BagError(f"bag {path} has no messages on {', '.join(missing)}; its topics: "
+                       + ", ".join(f"{t} ({m})" for t, m in sorted(episode.available.items())))
+    frames, report = conv.convert(episode)
+    if report.frames < 2:
+        report.status, report.message = "skipped", "fewer than 2 aligned frames"
+    else:
+        writer.add_episode(frames, episode.instruction, {"success": episode.success, "source_bag": path,
+                                                         "dropped_frames": int(sum(report.dropped.values()))})
+    return report

@@ -8,7 +8,9 @@ action = 6 arm values + gripper +-1, in the units of the command the robot recei
   JointTrajectory     the first point's velocities, or (target - current positions) / time_from_start
   no commands         joint velocities from consecutive states: (q[k+1] - q[k]) / dt   (documented choice:
                       the policy then drives a forward velocity controller, arm_command_type float64_array)
-gripper action: the commanded position nearer the open position -> +1, else -1.
+gripper action: the commanded position nearer the open position -> +1, else -1 (Float64,
+                Float64MultiArray, JointTrajectory or control_msgs GripperCommand); without gripper
+                commands, the gripper state of the next frame (what the command achieved).
 
 The policy node and the bag converter both build the state with ``state_from_joints``, so the model
 sees in deployment exactly what it was trained on.
@@ -91,7 +93,37 @@ def arm_from_command(msg, current_arm: np.ndarray) -> np.ndarray:
     return a
 
 
+def gripper_command_value(msg) -> float:
+    """The commanded gripper position of a gripper command message:
+      std_msgs/Float64               data
+      std_msgs/Float64MultiArray     data[0] (one value)
+      trajectory_msgs/JointTrajectory  the first point's first position
+      control_msgs/GripperCommand    position (also inside an action goal: command.position)
+    Raises FrameError for another message or a malformed / non-finite one."""
+    if hasattr(msg, "points"):
+        if not msg.points or not len(msg.points[0].positions):
+            raise FrameError("gripper trajectory without a point position")
+        value = msg.points[0].positions[0]
+    elif hasattr(msg, "command") and hasattr(msg.command, "position"):
+        value = msg.command.position
+    elif hasattr(msg, "position") and hasattr(msg, "max_effort"):
+        value = msg.position
+    elif hasattr(msg, "data"):
+        data = msg.data
+        if np.ndim(data) == 0:
+            value = data
+        elif len(data) == 1:
+            value = data[0]
+        else:
+            raise FrameError(f"gripper command has {len(data)} values, expected 1")
+    else:
+        raise FrameError(f"{type(msg).__name__} is not a gripper command message")
+    value = float(value)
+    if not np.isfinite(value):
+        raise FrameError("gripper command is not finite")
+    return value
+
+
 def gripper_from_command(msg, open_position: float, closed_position: float) -> float:
-    """A gripper command message (Float64MultiArray or JointTrajectory) as ±1."""
-    value = msg.points[0].positions[0] if hasattr(msg, "points") else msg.data[0]
-    return gripper_from_position(value, open_position, closed_position)
+    """A gripper command message (gripper_command_value's types) as ±1."""
+    return gripper_from_position(gripper_command_value(msg), open_position, closed_position)

@@ -96,10 +96,10 @@ class SimNode(Node):
 
     def _on_gripper(self, msg: Float64MultiArray) -> None:
         self.received["gripper"] += 1
-        if len(msg.data) != 1 or not np.isfinite(msg.data[0]):
-            self.get_logger().warning("ignored a malformed gripper command", throttle_duration_sec=2.0)
-            return
-        self.gripper = gripper_from_command(msg, self.p.gripper_open_position, self.p.gripper_closed_position)
+        try:
+            self.gripper = gripper_from_command(msg, self.p.gripper_open_position, self.p.gripper_closed_position)
+        except FrameError as e:
+            self.get_logger().warning(f"ignored a gripper command: {e}", throttle_duration_sec=2.0)
 
     def _on_reset(self, request, response):
         try:
