@@ -1,6 +1,5 @@
 """Bag-vs-live parity: a recorded bag replayed through the policy node gives the model exactly the
 inputs the dataset converted from the same bag gives training (images, state, preprocessing)."""
-import time
 import uuid
 
 import numpy as np

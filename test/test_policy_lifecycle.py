@@ -58,6 +58,10 @@ def state(robot):
     return robot.call(GetState, f"/{robot.ns}/robovlm_policy/get_state", GetState.Request()).current_state.label
 
 
+def slowed(predict):
+    return lambda obs: (time.sleep(0.6), predict(obs))[1]
+
+
 def moving_since(robot, t0):
     return [m for t, m in robot.received["arm"] if t > t0 and np.any([m.twist.linear.x, m.twist.linear.y,
                                                                        m.twist.linear.z, m.twist.angular.x])]
@@ -79,7 +83,7 @@ def test_configure_activate_deactivate_cleanup_shutdown(managed):
 
     # deactivate while a chunk is being computed: the worker's chunk is discarded, a hold goes out
     predict = node.runner.predict_chunk
-    node.runner.predict_chunk = lambda obs: (time.sleep(0.6), predict(obs))[1]
+    node.runner.predict_chunk = slowed(predict)
     assert wait_for(lambda: node.worker_busy, 5.0)
     assert transition(robot, Transition.TRANSITION_DEACTIVATE) and state(robot) == "inactive"
     t_inactive = time.monotonic()
@@ -87,7 +91,7 @@ def test_configure_activate_deactivate_cleanup_shutdown(managed):
     assert not moving_since(robot, t_inactive)
     assert robot.received["arm"] and not np.any(robot.received["arm"][-1][1].twist.linear.x)  # the hold
 
-    # cleanup while a chunk is being computed: it finishes, then the policy is freed
+    # active again, then cleanup: the policy is freed
     node.runner.predict_chunk = predict
     assert transition(robot, Transition.TRANSITION_ACTIVATE)
     assert wait_for(lambda: len(moving_since(robot, time.monotonic() - 0.3)) >= 1, 10.0)
