@@ -7,7 +7,6 @@ import weakref
 
 import numpy as np
 import pytest
-import torch
 
 rclpy = pytest.importorskip("rclpy")
 from lifecycle_msgs.msg import Transition  # noqa: E402
@@ -15,20 +14,12 @@ from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
 from ros_helpers import FakeRobot, wait_for  # noqa: E402
-from robovlm_ros.model import PolicyConfig, RoboVLM  # noqa: E402
+from test_policy_node import checkpoint  # noqa: E402,F401,F811  (the same tiny checkpoint fixture)
 from robovlm_ros.ros.commands import ARM_TYPES, GRIPPER_TYPES  # noqa: E402
 from robovlm_ros.ros.policy_lifecycle_node import LifecyclePolicyNode  # noqa: E402
 from robovlm_ros.ros.spin import BackgroundExecutor  # noqa: E402
 
 RATE = 10.0
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "policy"
-    RoboVLM(PolicyConfig.tiny("llava", use_state=True, fwd_pred_next_n=3)).save_pretrained(path)
-    return path
 
 
 @pytest.fixture
