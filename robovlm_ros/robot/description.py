@@ -92,9 +92,6 @@ class RobotDescription:
         """field name -> value: ROS parameter overrides of a node that reads this description."""
         return {name: getattr(self, name) for name in params_of(type(self))}
 
-    def image_topics(self) -> list[str]:
-        return [t for t in (self.camera_topic, self.gripper_camera_topic) if t]
-
     # ------------------------------------------------------------------ messages
     def state(self, joint_state, last_gripper_command: float) -> np.ndarray:
         """[6 arm positions, gripper ±1] from a JointState (robot/messages.py ``state_from_joints``)."""

@@ -36,6 +36,7 @@ class LifecyclePolicyNode(PolicyCore, LifecycleNode):
             warm_s = self._configure()
         except Exception as e:  # a missing or broken checkpoint: stay unconfigured, say why
             self.get_logger().error(f"configure failed: {e}")
+            self.control = self.runner = None  # nothing half-made is used by a later transition
             return TransitionCallbackReturn.FAILURE
         self.configured = True
         self._log_ready(warm_s)

@@ -40,7 +40,7 @@ class ChunkedControl:
                  execute_steps: int | None = None, ensemble: bool = False, simulated_delay_steps: int = 0):
         self.runner = runner
         self.schedule = ChunkSchedule(runner.config.fwd_pred_next_n, execute_steps, execution, combine,
-                                      ensemble_decay=0.1 if ensemble else None)
+                                      ensemble_decay=runner.ensemble_decay if ensemble else None)
         if simulated_delay_steps < 0:
             raise ValueError("simulated_delay_steps must be >= 0")
         self.delay_steps = simulated_delay_steps

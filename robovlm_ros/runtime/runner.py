@@ -42,6 +42,7 @@ class PolicyRunner:
         model = checkpoint if isinstance(checkpoint, RoboVLM) else RoboVLM.from_pretrained(str(checkpoint))
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.config = self.model.config
+        self.ensemble_decay = ensemble_decay
         # step()'s chunk execution: synchronous (each chunk computed when the queue is empty)
         self.schedule = ChunkSchedule(self.config.fwd_pred_next_n, execute_steps,
                                       ensemble_decay=ensemble_decay if ensemble else None)

@@ -18,7 +18,6 @@ FINGER_OPEN, FINGER_CLOSED = 0.0, -0.03  # finger slide joint targets
 OPEN_WIDTH = 0.027  # finger opening (0.03 + q) at or above which the gripper reports "open"
 SUCCESS_HEIGHT = 0.1
 BLOCK_X, BLOCK_Y = (0.3, 0.5), (-0.15, 0.15)  # where block centres are placed (m), at least 9 cm apart
-ARM_JOINTS = [f"joint{i}" for i in range(1, 7)]
 
 
 def instruction_for(color: str) -> str:
