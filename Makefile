@@ -1,6 +1,6 @@
 PYTHON ?= python
 
-.PHONY: install test test-loaded test-slow test-cuda
+.PHONY: install test test-loaded test-slow test-cuda test-lerobot
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
@@ -19,3 +19,9 @@ test-slow:
 # on a machine with a CUDA GPU (skipped elsewhere)
 test-cuda:
 	$(PYTHON) -m pytest -m cuda
+
+# our datasets checked by LeRobot 0.4.4 itself, in an environment of its own (built once, see tools/lerobot-venv)
+LEROBOT_VENV ?= .lerobot-venv
+test-lerobot:
+	tools/lerobot-venv $(LEROBOT_VENV)
+	ROBOVLM_LEROBOT_PYTHON=$(abspath $(LEROBOT_VENV))/run-python $(PYTHON) -m pytest -m lerobot

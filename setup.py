@@ -57,6 +57,8 @@ setup(
         "opencv-python-headless>=4.9",
         # datasets and training
         "pyarrow>=15",
+        "pandas>=2,<3",  # LeRobot's tables (tasks are indexed by their text, as pandas writes an index)
+        "av>=14,<16",  # mp4 camera streams as LeRobot stores them (PyAV bundles FFmpeg with SVT-AV1)
         "lightning>=2.4,<3",
         "torchmetrics>=1.4,<2",  # held-out R^2 and gripper accuracy during validation
         "tqdm>=4.60",

@@ -16,7 +16,7 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 
 from ros_helpers import wait_for  # noqa: E402
 from robovlm_ros.data.convert import convert_bags  # noqa: E402
-from robovlm_ros.data.lerobot import LeRobotEpisodes, decode_png  # noqa: E402
+from robovlm_ros.data.lerobot_reader import LeRobotEpisodes  # noqa: E402
 from robovlm_ros.model import PolicyConfig, RoboVLM  # noqa: E402
 from robovlm_ros.node_params import load_policy_params  # noqa: E402
 from robovlm_ros.ros.policy_node import PolicyNode  # noqa: E402
@@ -74,7 +74,7 @@ def test_a_bag_replayed_through_the_node_gives_the_model_what_training_saw(tmp_p
         "arm_command_type": "float64_array", "gripper_command_topic": f"/{ns}/grip_cmd"}}}))
     robot = load_policy_params(str(robot_yaml))
     bag = record_bag(tmp_path / "bags" / "ep", ns)
-    convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), robot, progress=False)
+    convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), robot, progress=False, storage="png")
     ep = LeRobotEpisodes(str(tmp_path / "ds")).episodes[0]
     assert len(ep["state"]) == STEPS and set(ep["state"][:, 6]) == {1.0, -1.0}
 
@@ -115,11 +115,11 @@ def test_a_bag_replayed_through_the_node_gives_the_model_what_training_saw(tmp_p
     assert len(seen) == STEPS
     processor = node.runner.model.processor
     for j, obs in enumerate(seen):
-        np.testing.assert_array_equal(obs["rgb"], decode_png(ep["rgb"][j]))
-        np.testing.assert_array_equal(obs["hand_rgb"], decode_png(ep["hand_rgb"][j]))
+        np.testing.assert_array_equal(obs["rgb"], ep["rgb"][j])
+        np.testing.assert_array_equal(obs["hand_rgb"], ep["hand_rgb"][j])
         # the dataset stores float32, the node hands float64 to the processor, which makes float32 of it
         np.testing.assert_array_equal(obs["state"].astype(np.float32), ep["state"][j])
-        assert torch.equal(processor.images(obs["rgb"]), processor.images(decode_png(ep["rgb"][j])))
+        assert torch.equal(processor.images(obs["rgb"]), processor.images(ep["rgb"][j]))
         assert torch.equal(processor.state(obs["state"]), processor.state(ep["state"][j]))
 
 

@@ -11,8 +11,7 @@ from rosbags.typesys import Stores, get_typestore
 from robovlm_ros.data.align import align
 from robovlm_ros.data.convert import convert_bags
 from robovlm_ros.node_params import load_policy_params
-from robovlm_ros.data.lerobot import LeRobotEpisodes
-from robovlm_ros.data.lerobot import decode_png
+from robovlm_ros.data.lerobot_reader import LeRobotEpisodes
 
 TS = get_typestore(Stores.ROS2_KILTED)
 T = TS.types
@@ -26,9 +25,9 @@ def header(t_ns):
 
 
 def image(t_ns, value):
-    data = np.full(8 * 8 * 3, value % 250, np.uint8)
-    return T["sensor_msgs/msg/Image"](header=header(t_ns), height=8, width=8, encoding="rgb8", is_bigendian=0,
-                                      step=24, data=data)
+    data = np.full(32 * 32 * 3, value % 250, np.uint8)
+    return T["sensor_msgs/msg/Image"](header=header(t_ns), height=32, width=32, encoding="rgb8", is_bigendian=0,
+                                      step=96, data=data)
 
 
 def joints(t_ns, value, names=JOINTS + ["gripper_joint"]):
@@ -90,12 +89,13 @@ def test_alignment_never_uses_a_later_message():
 
 def test_commands_pair_with_the_observations_before_them(tmp_path):
     write_bag(tmp_path / "bags" / "ep1", episode_messages())
-    reports = convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), params(tmp_path), progress=False)
+    reports = convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), params(tmp_path), progress=False,
+                           storage="png")  # lossless: the pixels say which camera frame was paired
     assert reports[0].status == "converted" and reports[0].frames == 20
     ep = LeRobotEpisodes(str(tmp_path / "ds")).episodes[0]
     np.testing.assert_array_equal(ep["action"][:, 0], np.arange(20))
     # command j at t0 + 100 j + 10 ms: the latest camera frame is k = 2j (t0 + 100 j ms)
-    pixels = [decode_png(b)[0, 0, 0] for b in ep["rgb"]]
+    pixels = [im[0, 0, 0] for im in ep["rgb"]]
     np.testing.assert_array_equal(pixels, [(2 * j) % 250 for j in range(20)])
     np.testing.assert_allclose(ep["state"][:, 0], [2 * j for j in range(20)], atol=1e-5)
     assert ep["task"] == "pick up the red block"  # from the bag's custom data
@@ -116,12 +116,12 @@ def test_every_command_keeps_commands_closer_than_a_period(tmp_path):
     thinned = convert_bags([str(tmp_path / "bags")], str(tmp_path / "a"), params(tmp_path), progress=False)
     assert thinned[0].frames < 20
     kept = convert_bags([str(tmp_path / "bags")], str(tmp_path / "b"), params(tmp_path), progress=False,
-                        every_command=True)
+                        every_command=True, storage="png")
     assert kept[0].frames == 20
     ep = LeRobotEpisodes(str(tmp_path / "b")).episodes[0]
     np.testing.assert_array_equal(ep["action"][:, 0], np.arange(20))
     # each command still pairs with the newest camera frame before it (80 ms late: frame 2j + 1)
-    pixels = [decode_png(b)[0, 0, 0] for b in ep["rgb"]]
+    pixels = [im[0, 0, 0] for im in ep["rgb"]]
     np.testing.assert_array_equal(pixels, [(2 * j + (j % 4 == 1)) % 250 for j in range(20)])
 
 
@@ -204,6 +204,7 @@ def test_bags_recorded_with_ros2_bag_record_convert_or_say_why(tmp_path, capsys)
     cannot be converted each get their reason and the others still convert."""
     from rosbags.typesys import get_types_from_msg
 
+    from robovlm_ros.cli import build_parser
     from robovlm_ros.commands.convert import run
     from robovlm_ros.data.convert import NothingConverted
 
@@ -248,10 +249,8 @@ def test_bags_recorded_with_ros2_bag_record_convert_or_say_why(tmp_path, capsys)
     with pytest.raises(NothingConverted) as e:
         convert_bags([str(tmp_path / "bags" / "d_no_instruction")], str(tmp_path / "none"), robot, progress=False)
     assert "no instruction" in e.value.reports[0].message
-    args = type("A", (), dict(bags=[str(tmp_path / "bags" / "d_no_instruction"), str(corrupt)], out=str(tmp_path / "n"),
-                              params=None, rate=None, max_age=0.25, image_size=None, include_failed=False,
-                              instruction=None, overwrite=False, every_command=False, instruction_topic=None,
-                              report=None))
+    args = build_parser().parse_args(["convert", str(tmp_path / "bags" / "d_no_instruction"), str(corrupt),
+                                      "--out", str(tmp_path / "n")])
     assert run(args) == 1
     out = capsys.readouterr().out
     assert "d_no_instruction: bag" in out and "f_truncated: cannot read bag" in out and "nothing written" in out
@@ -276,6 +275,7 @@ def test_without_gripper_commands_the_gripper_action_is_the_state_it_led_to(tmp_
 def test_without_a_params_file_topics_and_joints_are_found_by_type(tmp_path, capsys):
     """`robovlm-ros convert` on a `ros2 bag record` bag with no parameters file: the cameras (the wrist one
     by name), joint states, arm and gripper commands are found by message type and printed."""
+    from robovlm_ros.cli import build_parser
     from robovlm_ros.commands.convert import run
     from robovlm_ros.data.discover import discover_robot
     from robovlm_ros.data.bags import BagError
@@ -295,10 +295,7 @@ def test_without_a_params_file_topics_and_joints_are_found_by_type(tmp_path, cap
     assert (robot.arm_command_topic, robot.arm_command_type, robot.gripper_command_topic) == (
         "/arm_controller/commands", "float64_array", "/gripper/command")
     assert robot.arm_joints == JOINTS and robot.gripper_joint == "gripper_joint"
-    args = type("A", (), dict(bags=[str(tmp_path / "bags")], out=str(tmp_path / "ds"), params=None, rate=None,
-                              max_age=0.25, image_size=None, include_failed=False, instruction=None, overwrite=False,
-                              every_command=False, instruction_topic=None, report=None))
-    assert run(args) == 0
+    assert run(build_parser().parse_args(["convert", str(tmp_path / "bags"), "--out", str(tmp_path / "ds")])) == 0
     out = capsys.readouterr().out
     assert "/wrist_cam/image_raw" in out and "[converted]" in out
     ep = LeRobotEpisodes(str(tmp_path / "ds")).episodes[0]
@@ -309,3 +306,36 @@ def test_without_a_params_file_topics_and_joints_are_found_by_type(tmp_path, cap
               instruction=None)
     with pytest.raises(BagError, match="several arm command topics"):
         discover_robot(str(tmp_path / "two" / "ep"))
+
+
+def test_video_is_the_default_with_one_frame_per_row(tmp_path):
+    """mp4 per camera, LeRobot's layout: episodes back to back in one file, each a timestamp range whose
+    frames are the rows' images (within the codec's loss), timestamps frame_index / fps."""
+    import pyarrow.parquet as pq
+
+    from robovlm_ros.data.video import count_frames
+
+    for name in ("ep1", "ep2"):
+        write_bag(tmp_path / "bags" / name, episode_messages())
+    convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), params(tmp_path), progress=False)
+    info = json.loads((tmp_path / "ds" / "meta" / "info.json").read_text())
+    feature = info["features"]["observation.images.rgb"]
+    assert feature["dtype"] == "video" and feature["info"]["video.codec"] == "av1"
+    rows = pq.read_table(tmp_path / "ds" / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
+    video = tmp_path / "ds" / "videos" / "observation.images.rgb" / "chunk-000" / "file-000.mp4"
+    assert count_frames(str(video)) == sum(r["length"] for r in rows) == info["total_frames"] == 40
+    assert [r["videos/observation.images.rgb/from_timestamp"] for r in rows] == [0.0, 2.0]
+    data = pq.read_table(tmp_path / "ds" / "data" / "chunk-000" / "file-000.parquet").to_pydict()
+    np.testing.assert_allclose(data["timestamp"], np.float32(np.array(data["frame_index"]) / 10.0))
+    for ep in LeRobotEpisodes(str(tmp_path / "ds")).episodes:
+        pixels = np.array([im.astype(float).mean() for im in ep["rgb"]])
+        np.testing.assert_allclose(pixels, [(2 * j) % 250 for j in range(20)], atol=3)  # the paired frames
+
+
+def test_video_storage_refuses_frames_too_small_to_encode(tmp_path):
+    from robovlm_ros.data.lerobot import DatasetSettingsError
+
+    write_bag(tmp_path / "bags" / "ep1", episode_messages())
+    with pytest.raises(DatasetSettingsError, match="--storage png"):
+        convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), params(tmp_path), progress=False, image_size=16)
+    assert not (tmp_path / "ds").exists()

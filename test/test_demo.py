@@ -7,15 +7,14 @@ import sys
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
+import pandas as pd
 import pytest
 
 pytest.importorskip("rclpy")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from robovlm_ros.cli import main  # noqa: E402
-from robovlm_ros.data.lerobot import LeRobotEpisodes  # noqa: E402
-from robovlm_ros.data.lerobot import decode_png  # noqa: E402
+from robovlm_ros.data.lerobot_reader import LeRobotEpisodes  # noqa: E402
 from robovlm_ros.sim.demo_recipe import DEMO_ACTUATION_NOISE, DEMO_EXECUTE_STEPS, DEMO_IMAGE_SIZE  # noqa: E402
 from robovlm_ros.sim.tabletop import TabletopEnv  # noqa: E402
 
@@ -54,7 +53,7 @@ def test_record_convert_train_eval_end_to_end_small(tmp_path, capsys):
     # one rosbag2 per recorded expert episode, and how they were recorded (for resuming)
     assert sorted(episodes)[-1] == "recording.json" and len(episodes) == 4
     # one layout demonstrated once per block: three episodes, three instructions
-    tasks = pq.read_table(tmp_path / "demo" / "dataset" / "meta" / "tasks.parquet").column("task").to_pylist()
+    tasks = list(pd.read_parquet(tmp_path / "demo" / "dataset" / "meta" / "tasks.parquet").index)
     assert sorted(tasks) == [f"pick up the {c} block" for c in ("blue", "green", "red")]
     # one dataset frame per simulated control step although the bags ran 3x faster than real time:
     # an expert pick (descend ~14 cm at <= 0.15 m/s, close 4 steps, lift) takes well over 20 steps
@@ -68,7 +67,7 @@ def test_record_convert_train_eval_end_to_end_small(tmp_path, capsys):
     env.reset(0, target=ep["task"].split()[3])  # the first layout (seed 0), its task's block
     errors = []
     for img, action in zip(ep["hand_rgb"], ep["action"]):
-        errors.append(np.abs(env.render("gripper").astype(float) - decode_png(img)).mean())
+        errors.append(np.abs(env.render("gripper").astype(float) - img).mean())
         env.step(action)
     env.close()
     assert len(errors) > 20 and max(errors) < 2.0, np.round(errors, 2)

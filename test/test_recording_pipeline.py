@@ -22,7 +22,7 @@ from ros_helpers import ARM_JOINTS, wait_for  # noqa: E402
 from ros_helpers import call as ros_call  # noqa: E402
 from robovlm_ros.data.convert import convert_bags  # noqa: E402
 from robovlm_ros.node_params import load_policy_params  # noqa: E402
-from robovlm_ros.data.lerobot import LeRobotEpisodes  # noqa: E402
+from robovlm_ros.data.lerobot_reader import LeRobotEpisodes  # noqa: E402
 from robovlm_ros.ros.episode_recorder import EpisodeRecorder  # noqa: E402
 from robovlm_ros.ros.spin import BackgroundExecutor  # noqa: E402
 
@@ -142,7 +142,7 @@ def test_record_convert_matches_what_was_published(ros_system, tmp_path, storage
     assert json.loads(open(os.path.join(params["output_dir"], episodes[1], "episode.json")).read())["success"] is False
 
     out = tmp_path / "dataset"
-    reports = convert_bags([params["output_dir"]], str(out), params_file(tmp_path, ns), max_age_s=0.2,
+    reports = convert_bags([params["output_dir"]], str(out), params_file(tmp_path, ns), max_age_s=0.2, storage="png",
                            progress=False)
     assert [r.status for r in reports] == ["converted", "skipped"]  # the failed episode is left out
     ds = LeRobotEpisodes(str(out))
@@ -155,16 +155,16 @@ def test_record_convert_matches_what_was_published(ros_system, tmp_path, storage
     np.testing.assert_array_equal(ep["action"][:, 0], [k for k, _ in sent])
     np.testing.assert_array_equal(ep["action"][:, 6], [1.0 if (k // 5) % 2 == 0 else -1.0 for k, _ in sent])
     # observations are the latest at or before each command: the sensor tick published just before it
-    from robovlm_ros.data.lerobot import decode_png
-
     for (k, c), state, rgb in zip(sent, ep["state"], ep["rgb"]):
         np.testing.assert_allclose(state[:6], [c + i / 10 for i in range(6)], atol=1e-4)
         assert state[6] == (1.0 if c % 2 else -1.0)
-        assert decode_png(rgb)[0, 0, 0] == c % 250
+        assert rgb[0, 0, 0] == c % 250
     stats = json.loads((out / "meta" / "stats.json").read_text())
     assert stats["action"]["max"][0] == max(k for k, _ in sent) and stats["action"]["count"] == [len(sent)]
     episodes_table = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
-    assert episodes_table[0]["length"] == len(sent) and episodes_table[0]["success"] is True
+    assert episodes_table[0]["length"] == len(sent)
+    extras = [json.loads(line) for line in (out / "meta" / "robovlm_ros" / "episodes.jsonl").read_text().splitlines()]
+    assert extras[0]["success"] is True and extras[0]["source_bag"].endswith(episodes[0])
 
 
 def test_start_refused_with_stale_inputs(ros_system):
@@ -196,7 +196,7 @@ def test_recorded_episodes_train_a_policy_the_runner_loads(ros_system, tmp_path)
         demo.commanding = False
         assert call(client, Trigger, srv("stop"), Trigger.Request()).success
     reports = convert_bags([params["output_dir"]], str(tmp_path / "ds"), params_file(tmp_path, ns), max_age_s=0.2,
-                           progress=False)
+                           progress=False, image_size=32)  # video storage: 24 x 32 frames are too small to encode
     assert [r.status for r in reports] == ["converted", "converted"]
     cfg_path = tmp_path / "train.yaml"
     cfg_path.write_text(yaml.safe_dump({

@@ -260,7 +260,8 @@ def test_training_normalises_with_the_datasets_own_statistics(tmp_path, dataset)
     stored float32 values) is what the policy is normalised with, not a second computation."""
     import shutil
 
-    from robovlm_ros.data.lerobot import LeRobotEpisodes, feature_stats
+    from robovlm_ros.data.lerobot_reader import LeRobotEpisodes
+    from robovlm_ros.data.lerobot_stats import feature_stats
     from robovlm_ros.train.run import build
 
     copy = tmp_path / "ds"

@@ -44,7 +44,8 @@ def run(args) -> int:
         robot = _robot(args)
         reports = convert_bags(args.bags, args.out, robot, args.rate, args.max_age,
                                args.image_size, args.include_failed, args.instruction, args.overwrite,
-                               every_command=args.every_command, instruction_topic=args.instruction_topic)
+                               every_command=args.every_command, instruction_topic=args.instruction_topic,
+                               storage=args.storage, crf=args.crf, plots=not args.no_plots)
     except NothingConverted as e:
         print_reports(e.reports)
         print(f"error: {e}")
@@ -60,6 +61,11 @@ def run(args) -> int:
     if args.report:
         with open(args.report, "w") as f:
             json.dump([r.__dict__ for r in reports], f, indent=2)
+    from ..data.quality_report import load_report, summary_lines
+
+    for line in summary_lines(load_report(args.out)):
+        print(line)
+    print(f"quality report: {args.out}/quality/report.json (robovlm-ros inspect {args.out})")
     return 0 if converted else 1
 
 
@@ -80,5 +86,9 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     p.add_argument("--every-command", action="store_true",
                    help="a frame per recorded arm command, not thinned to --rate (lockstep simulator recordings)")
+    p.add_argument("--storage", choices=("video", "png"), default="video",
+                   help="cameras as mp4 video per camera (LeRobot's default, AV1) or lossless PNG frames")
+    p.add_argument("--crf", type=int, default=30, help="video quality: lower is closer to the recorded images")
+    p.add_argument("--no-plots", action="store_true", help="no per-episode plot in the quality report")
     p.add_argument("--report", help="write the per-bag report as JSON")
     p.set_defaults(func=run)

@@ -15,7 +15,9 @@ from ..robot.images import ImageDecodeError, decode_image
 from ..robot.messages import GRIPPER_OPEN, FrameError, arm_from_command, gripper_from_command
 from .align import align
 from .bags import BagError, find_bags, read_episode
-from .lerobot import LeRobotWriter
+from .lerobot import DatasetSettingsError, LeRobotWriter
+from .quality_report import QualityReport
+from .video import DEFAULT_CRF
 
 
 @dataclass
@@ -75,7 +77,8 @@ class EpisodeConverter:
         grip_times, grips, bad = self._gripper_commands(s.get(self.grip_cmd, []) if self.grip_cmd else [])
         if bad:
             dropped["malformed gripper commands (messages skipped)"] = bad
-        rows = {"rgb": [], "hand_rgb": [], "state": [], "action": [], "t": []}
+        rows = {"rgb": [], "hand_rgb": [], "state": [], "action": [], "t": [], "cam_t": []}
+        camera_time = {id(msg): t for t, msg in s[self.cam]}
         for k, t in enumerate(aligned.times_ns):
             try:
                 frame = self._frame(aligned, k, t, with_commands, grip_times, grips)
@@ -85,15 +88,18 @@ class EpisodeConverter:
                 continue
             for key, value in zip(("rgb", "hand_rgb", "state", "action", "t"), frame):
                 rows[key].append(value)
+            rows["cam_t"].append(camera_time[id(aligned.picks["camera" if with_commands else "reference"][k])])
         if not with_commands:
             self._actions_from_states(rows, dropped)
         elif not grips and len(rows["state"]):  # no gripper commands: the gripper state the step led to
             following = [st[6] for st in rows["state"][1:]] + [rows["state"][-1][6]]
             rows["action"] = [np.r_[a[:6], g] for a, g in zip(rows["action"], following)]
         report.frames, report.candidates, report.dropped = len(rows["state"]), aligned.candidates, dropped
-        t0 = rows["t"][0] if rows["t"] else 0
-        frames = {"rgb": np.asarray(rows["rgb"]), "state": np.asarray(rows["state"]),
-                  "action": np.asarray(rows["action"]), "timestamp": (np.asarray(rows["t"]) - t0) * 1e-9}
+        # frame and camera message receive times feed the quality report (the dataset's timestamps are
+        # frame_index / fps, as LeRobot requires)
+        frames = {"rgb": np.asarray(rows["rgb"]), "state": np.asarray(rows["state"]).reshape(-1, 7),
+                  "action": np.asarray(rows["action"]).reshape(-1, 7),
+                  "frame_times_ns": np.asarray(rows["t"], np.int64), "camera_times_ns": np.asarray(rows["cam_t"], np.int64)}
         if self.hand:
             frames["hand_rgb"] = np.asarray(rows["hand_rgb"])
         return frames, report
@@ -125,7 +131,7 @@ class EpisodeConverter:
         if len(st) > 1:
             vel = (st[1:, :6] - st[:-1, :6]) / np.diff(ts)[:, None]
             rows["action"] = list(np.c_[vel, st[1:, 6]])
-        for key in ("rgb", "hand_rgb", "state", "t"):
+        for key in ("rgb", "hand_rgb", "state", "t", "cam_t"):
             rows[key] = rows[key][:-1]
         if st.size:
             dropped["last frame (no next state for the action)"] = 1
@@ -142,14 +148,17 @@ class NothingConverted(ValueError):
 def convert_bags(paths: list[str], out: str, robot: RobotDescription | None = None, rate_hz: float | None = None,
                  max_age_s: float = 0.25, image_size: int | None = None, include_failed: bool = False,
                  instruction: str | None = None, overwrite: bool = False, progress: bool = True,
-                 every_command: bool = False, instruction_topic: str | None = None) -> list[BagReport]:
+                 every_command: bool = False, instruction_topic: str | None = None, storage: str = "video",
+                 crf: int = DEFAULT_CRF, plots: bool = True) -> list[BagReport]:
     """A report per bag: converted, skipped or error, with the reason; a bag that cannot be converted
-    never stops the others (NothingConverted, with the reports, when none could be).
+    never stops the others (NothingConverted, with the reports, when none could be). The dataset gets
+    its quality report (quality/report.json, a plot per episode unless ``plots`` is off).
 
     ``robot``: the recorded robot (default: ``RobotDescription()``); ``rate_hz`` the frame rate
     (default: its control rate). ``instruction`` / ``instruction_topic``: see ``read_episode``.
     ``every_command``: a frame for every recorded arm command instead of thinning them to ``rate_hz``
-    (recordings where each command answers one observation, like sim_node's lockstep demonstrations)."""
+    (recordings where each command answers one observation, like sim_node's lockstep demonstrations).
+    ``storage``: "video" (mp4 per camera, LeRobot's default; ``crf`` its quality) or "png" (lossless)."""
     robot = robot or RobotDescription()
     rate_hz = rate_hz or robot.control_rate_hz
     conv = EpisodeConverter(robot, rate_hz, max_age_s, image_size, every_command)
@@ -157,21 +166,24 @@ def convert_bags(paths: list[str], out: str, robot: RobotDescription | None = No
     reports = [BagReport(p, "skipped", message="incomplete recording (never stopped)") for p in partial]
     writer = LeRobotWriter(out, rate_hz, state_names=list(robot.arm_joints) + ["gripper"],
                            action_names=[f"arm_{i}" for i in range(6)] + ["gripper"],
-                           robot_type="ros2_arm", overwrite=overwrite)
+                           robot_type="ros2_arm", overwrite=overwrite, storage=storage, crf=crf)
+    quality = QualityReport(writer.tmp, rate_hz, robot, plots)
     try:
         from tqdm import tqdm
 
         for path in tqdm(bags, desc="converting", unit="bag", disable=not progress):
             try:
-                reports.append(_convert_bag(conv, writer, path, instruction, instruction_topic, include_failed))
+                reports.append(_convert_bag(conv, writer, quality, path, instruction, instruction_topic,
+                                            include_failed))
             except BagError as e:
                 reports.append(BagReport(path, "error", message=str(e)))
-            except OSError:
-                raise  # the disk, not the bag: stop
+            except (OSError, DatasetSettingsError):
+                raise  # the disk or the settings, not the bag: stop
             except Exception as e:  # noqa: BLE001 - bag content nobody foresaw: this bag fails, the rest go on
                 reports.append(BagReport(path, "error", message=f"cannot convert: {type(e).__name__}: {e}"))
         if not writer.episodes:
             raise NothingConverted("no episode could be converted: nothing written", reports)
+        quality.write()
         writer.finish()
     except BaseException:
         writer.abort()
@@ -179,8 +191,8 @@ def convert_bags(paths: list[str], out: str, robot: RobotDescription | None = No
     return reports
 
 
-def _convert_bag(conv: EpisodeConverter, writer: LeRobotWriter, path: str, instruction: str | None,
-                 instruction_topic: str | None, include_failed: bool) -> BagReport:
+def _convert_bag(conv: EpisodeConverter, writer: LeRobotWriter, quality: QualityReport, path: str,
+                 instruction: str | None, instruction_topic: str | None, include_failed: bool) -> BagReport:
     episode = read_episode(path, conv.topics, instruction, instruction_topic)
     if not episode.success and not include_failed:
         return BagReport(path, "skipped", instruction=episode.instruction,
@@ -193,7 +205,10 @@ def _convert_bag(conv: EpisodeConverter, writer: LeRobotWriter, path: str, instr
     frames, report = conv.convert(episode)
     if report.frames < 2:
         report.status, report.message = "skipped", "fewer than 2 aligned frames"
-    else:
-        writer.add_episode(frames, episode.instruction, {"success": episode.success, "source_bag": path,
-                                                         "dropped_frames": int(sum(report.dropped.values()))})
+        return report
+    index = writer.add_episode(frames, episode.instruction, {
+        "success": episode.success, "source_bag": path, "dropped_frames": int(sum(report.dropped.values())),
+        "dropped": dict(report.dropped), "first_frame_time_ns": int(frames["frame_times_ns"][0])})
+    quality.add(index, path, {t: episode.streams[t] for t in conv.topics if episode.streams.get(t)}, required,
+                frames, report)
     return report

@@ -1,4 +1,4 @@
-"""Training windows from LeRobot v3 datasets written by ``robovlm-ros convert``.
+"""Training windows from LeRobot v3 datasets (``robovlm-ros convert``'s or LeRobot's own).
 
 A sample is a window of ``window_size`` consecutive frames of one episode; frame t carries the
 ``fwd_pred_next_n`` actions a[t], ..., a[t+n-1], masked where they would run past the episode end
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .lerobot import LeRobotEpisodes, decode_png
+from .lerobot_reader import LeRobotEpisodes
 from .vl import tokenize_vl
 
 
@@ -46,9 +46,9 @@ class WindowDataset(Dataset):
         ep = self.sources[si].episodes[ei]
         n, p = len(ep["state"]), self.processor
         frames = range(s, s + self.window)
-        sample = {"rgb": p.images(np.stack([decode_png(ep["rgb"][f]) for f in frames]))}
+        sample = {"rgb": p.images(np.stack([ep["rgb"][f] for f in frames]))}
         if self.use_hand:
-            sample["hand_rgb"] = p.images(np.stack([decode_png(ep["hand_rgb"][f]) for f in frames]))
+            sample["hand_rgb"] = p.images(np.stack([ep["hand_rgb"][f] for f in frames]))
         if self.shift_pad:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
             for key in ("rgb", "hand_rgb"):

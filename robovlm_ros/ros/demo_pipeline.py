@@ -12,7 +12,7 @@ import os
 import shutil
 
 from ..atomic_io import write_json
-from ..sim.demo_recipe import DEMO_EVERY_BLOCK, DEMO_IMAGE_SIZE, DEMO_TRAIN
+from ..sim.demo_recipe import DEMO_EVERY_BLOCK, DEMO_IMAGE_SIZE, DEMO_STORAGE, DEMO_TRAIN
 
 DEMO_STATE = "demo_run.json"  # in the output directory: the arguments of the run and the stages it has finished
 DEMO_STAGE_DIRS = ("episodes", "dataset", "grounding_vqa", "run")  # what a run makes in its output directory
@@ -71,7 +71,7 @@ def retrain(out: str, demos: int, actuation_noise: float, steps: int, grounding_
         # and how long after an arm command its gripper command is looked for
         reports = convert_bags([episodes], os.path.join(out, "dataset"), rec["robot"],
                                rate_hz=rec["robot"].control_rate_hz * rec["speed"], overwrite=True, progress=False,
-                               every_command=True)
+                               every_command=True, storage=DEMO_STORAGE)
         print(f"    {sum(r.status == 'converted' for r in reports)} of {len(reports)} bags converted")
         mark("converted", True)
     else:

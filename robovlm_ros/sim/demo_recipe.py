@@ -26,5 +26,6 @@ DEMO_EPISODES = 3600  # expert episodes: 1200 layouts x 3 blocks
 DEMO_GROUNDING_QUESTIONS = True  # co-train with questions asked with the instruction (sim/grounding_vqa.py)
 # sim_node's tracking error while recording: the expert also shows how to recover (TabletopEnv)
 DEMO_ACTUATION_NOISE = 0.5
+DEMO_STORAGE = "png"  # the shipped policy was trained on lossless frames; video storage is untried (README)
 DEMO_EVERY_BLOCK = True  # every layout demonstrated once per block: only the instruction tells which
 DEMO_EXECUTE_STEPS = 2  # actions of each predicted 5-step chunk executed (chosen on validation episodes)

@@ -8,12 +8,15 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from ..data.layout import IMAGE_KEYS
 from ..model import PolicyConfig
 
 
 @dataclass
 class DataConfig:
-    datasets: list[str] = field(default_factory=list)  # LeRobot v3 dataset directories (robovlm-ros convert)
+    datasets: list[str] = field(default_factory=list)  # LeRobot v3 dataset directories (convert's or LeRobot's)
+    # the dataset features the policy's cameras read: static camera (rgb) and gripper camera (hand_rgb)
+    image_keys: dict[str, str] = field(default_factory=lambda: dict(IMAGE_KEYS))
     val_fraction: float = 0.1     # share of episodes held out for validation (split by episode)
     batch_size: int = 8
     num_workers: int = 0

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..data.dataset import Collate, WindowDataset
-from ..data.lerobot import LeRobotEpisodes
+from ..data.lerobot_reader import LeRobotEpisodes
 from ..data.vl import PairedDataset, VLDataset
 from .config import DataConfig
 

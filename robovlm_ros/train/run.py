@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..atomic_io import atomic_file
-from ..data.lerobot import LeRobotEpisodes, dataset_stats
+from ..data.lerobot_reader import LeRobotEpisodes, dataset_stats
 from ..model import Normalizer, RoboVLM
 from .config import TrainConfig
 from .data import PolicyDataModule, seed_everything
@@ -36,7 +36,7 @@ def build(cfg: TrainConfig):
     """Policy (normalised with the datasets' statistics), Lightning module and data module."""
     seed_everything(cfg.seed)
     policy_cfg = cfg.model
-    sources = [LeRobotEpisodes(d) for d in cfg.data.datasets]
+    sources = [LeRobotEpisodes(d, cfg.data.image_keys) for d in cfg.data.datasets]
     # the statistics travel with the policy: the node unnormalises with exactly these
     normalizer = Normalizer(mode=policy_cfg.norm_mode, clip_bound=policy_cfg.clip_bound, stats=dataset_stats(sources))
     model = RoboVLM(policy_cfg, normalizer=normalizer)
