@@ -47,7 +47,12 @@ def episodes():
     return out
 
 
-def checked_by_lerobot(python, tmp_path, storage):
+def checked_by_lerobot(python, tmp_path, storage, monkeypatch=None, one_file_per_episode=False):
+    if one_file_per_episode:  # file size limits of 0: every episode starts new data and video files
+        import robovlm_ros.data.lerobot as writer_module
+
+        monkeypatch.setattr(writer_module, "DATA_FILE_MB", 0)
+        monkeypatch.setattr(writer_module, "VIDEO_FILE_MB", 0)
     eps = episodes()
     w = LeRobotWriter(str(tmp_path / "ds"), 10.0, [f"j{i}" for i in range(6)] + ["gripper"],
                       [f"arm_{i}" for i in range(6)] + ["gripper"], "ros2_arm", storage=storage)
@@ -73,9 +78,12 @@ def assert_images_close(decoded, expected, storage):
         assert err < 4, err
 
 
-@pytest.mark.parametrize("storage", ["video", "png"])
-def test_lerobot_loads_iterates_and_edits_our_dataset(lerobot_python, tmp_path, storage):
-    eps, r, work = checked_by_lerobot(lerobot_python, tmp_path, storage)
+@pytest.mark.parametrize("storage, one_file_per_episode", [("video", False), ("png", False), ("video", True)])
+def test_lerobot_loads_iterates_and_edits_our_dataset(lerobot_python, tmp_path, monkeypatch, storage,
+                                                      one_file_per_episode):
+    eps, r, work = checked_by_lerobot(lerobot_python, tmp_path, storage, monkeypatch, one_file_per_episode)
+    files = sorted(p.name for p in (tmp_path / "ds" / "data" / "chunk-000").iterdir())
+    assert len(files) == (3 if one_file_per_episode else 1)
     read = r["read"]
     assert (read["frames"], read["episodes"]) == (sum(LENGTHS), 3)
     assert read["tasks"] == [t for t, n in zip(TASKS, LENGTHS) for _ in range(n)]  # the text, not an index

@@ -60,58 +60,79 @@ def next_file(chunk: int, file: int) -> tuple[int, int]:
     return (chunk + 1, 0) if file + 1 == CHUNK_SIZE else (chunk, file + 1)
 
 
-class _DataFiles:
-    """Frame tables appended to data/chunk-C/file-F.parquet, a new file once one passes DATA_FILE_MB."""
+class _RollingFiles:
+    """Episodes appended to chunk-C/file-F files, a new file once one passes ``limit_mb`` (LeRobot's
+    packing). Subclasses open, write and finish one file."""
 
-    def __init__(self, root: str):
-        self.root, self.index, self.writer, self.bytes = root, (0, 0), None, 0
+    def __init__(self, limit_mb: int):
+        self.index, self.writer, self.limit = (0, 0), None, limit_mb * 2**20
 
-    def append(self, table: pa.Table) -> dict:
+    def append(self, payload) -> dict:
+        """Where the episode went: its file's chunk and file index columns (and time range, for video)."""
         if self.writer is None:
-            path = os.path.join(self.root, DATA_PATH.format(chunk_index=self.index[0], file_index=self.index[1]))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self.writer, self.bytes = pq.ParquetWriter(path, table.schema), 0
-        self.writer.write_table(table)
-        self.bytes += table.nbytes
-        where = {"data/chunk_index": self.index[0], "data/file_index": self.index[1]}
-        if self.bytes >= DATA_FILE_MB * 2**20:
+            self.writer = self._open(payload)
+        where = self._write(payload)
+        if self._size() >= self.limit:
             self.close()
             self.index = next_file(*self.index)
         return where
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            self._finish()
             self.writer = None
 
 
-class _VideoFiles:
-    """One camera's frames appended to videos/<key>/chunk-C/file-F.mp4, a new file past VIDEO_FILE_MB."""
+class _DataFiles(_RollingFiles):
+    """Frame tables in data/chunk-C/file-F.parquet."""
+
+    def __init__(self, root: str):
+        super().__init__(DATA_FILE_MB)
+        self.root, self.bytes = root, 0
+
+    def _open(self, table: pa.Table):
+        path = os.path.join(self.root, DATA_PATH.format(chunk_index=self.index[0], file_index=self.index[1]))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.bytes = 0
+        return pq.ParquetWriter(path, table.schema)
+
+    def _write(self, table: pa.Table) -> dict:
+        self.writer.write_table(table)
+        self.bytes += table.nbytes
+        return {"data/chunk_index": self.index[0], "data/file_index": self.index[1]}
+
+    def _size(self) -> int:
+        return self.bytes
+
+    def _finish(self) -> None:
+        self.writer.close()
+
+
+class _VideoFiles(_RollingFiles):
+    """One camera's frames in videos/<key>/chunk-C/file-F.mp4; an episode is a time range of its file."""
 
     def __init__(self, root: str, key: str, fps: float, codec: str, crf: int):
-        self.root, self.key, self.fps, self.codec, self.crf = root, key, fps, codec, crf
-        self.index, self.writer, self.info = (0, 0), None, None
+        super().__init__(VIDEO_FILE_MB)
+        self.root, self.key, self.fps, self.codec, self.crf, self.info = root, key, fps, codec, crf, None
 
-    def append(self, images: np.ndarray) -> dict:
-        if self.writer is None:
-            path = os.path.join(self.root, VIDEO_PATH.format(video_key=self.key, chunk_index=self.index[0],
-                                                              file_index=self.index[1]))
-            self.writer = VideoFileWriter(path, self.fps, self.codec, self.crf)
+    def _open(self, images: np.ndarray) -> VideoFileWriter:
+        path = os.path.join(self.root, VIDEO_PATH.format(video_key=self.key, chunk_index=self.index[0],
+                                                          file_index=self.index[1]))
+        return VideoFileWriter(path, self.fps, self.codec, self.crf)
+
+    def _write(self, images: np.ndarray) -> dict:
         start = self.writer.frames / self.fps
         self.writer.append(images)
         p = f"videos/{self.key}/"
-        where = {p + "chunk_index": self.index[0], p + "file_index": self.index[1], p + "from_timestamp": start,
-                 p + "to_timestamp": self.writer.frames / self.fps}
-        if self.writer.size_bytes >= VIDEO_FILE_MB * 2**20:
-            self.close()
-            self.index = next_file(*self.index)
-        return where
+        return {p + "chunk_index": self.index[0], p + "file_index": self.index[1], p + "from_timestamp": start,
+                p + "to_timestamp": self.writer.frames / self.fps}
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.info = self.info or video_info(self.writer.path)
-            self.writer = None
+    def _size(self) -> int:
+        return self.writer.size_bytes
+
+    def _finish(self) -> None:
+        self.writer.close()
+        self.info = self.info or video_info(self.writer.path)
 
 
 class LeRobotWriter:
