@@ -22,6 +22,7 @@ test-cuda:
 
 # our datasets checked by LeRobot 0.4.4 itself, in an environment of its own (built once, see tools/lerobot-venv)
 LEROBOT_VENV ?= .lerobot-venv
+SHARED ?= ../shared
 test-lerobot:
-	tools/lerobot-venv $(LEROBOT_VENV)
+	tools/lerobot-venv $(LEROBOT_VENV) $(SHARED)
 	ROBOVLM_LEROBOT_PYTHON=$(abspath $(LEROBOT_VENV))/run-python $(PYTHON) -m pytest -m lerobot

@@ -99,7 +99,8 @@ class EpisodeConverter:
         # frame_index / fps, as LeRobot requires)
         frames = {"rgb": np.asarray(rows["rgb"]), "state": np.asarray(rows["state"]).reshape(-1, 7),
                   "action": np.asarray(rows["action"]).reshape(-1, 7),
-                  "frame_times_ns": np.asarray(rows["t"], np.int64), "camera_times_ns": np.asarray(rows["cam_t"], np.int64)}
+                  "frame_times_ns": np.asarray(rows["t"], np.int64),
+                  "camera_times_ns": np.asarray(rows["cam_t"], np.int64)}
         if self.hand:
             frames["hand_rgb"] = np.asarray(rows["hand_rgb"])
         return frames, report

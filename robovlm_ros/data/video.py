@@ -38,7 +38,8 @@ class VideoFileWriter:
 
     def __init__(self, path: str, fps: float, codec: str = DEFAULT_CODEC, crf: int = DEFAULT_CRF):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        logging.getLogger("libav").setLevel(logging.ERROR)  # SVT-AV1 prints its banner at info level
+        logging.getLogger("libav").setLevel(logging.ERROR)
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner and settings per file: errors only
         self.path, self.fps, self.frames = path, fps, 0
         self.container = av.open(path, "w", options={"movflags": "faststart"})
         self.stream = self.container.add_stream(codec, rate=_rate(fps), options=codec_options(codec, crf))

@@ -71,7 +71,7 @@ def retrain(out: str, demos: int, actuation_noise: float, steps: int, grounding_
         # and how long after an arm command its gripper command is looked for
         reports = convert_bags([episodes], os.path.join(out, "dataset"), rec["robot"],
                                rate_hz=rec["robot"].control_rate_hz * rec["speed"], overwrite=True, progress=False,
-                               every_command=True, storage=DEMO_STORAGE)
+                               every_command=True, storage=DEMO_STORAGE, plots=False)  # 3600 episodes
         print(f"    {sum(r.status == 'converted' for r in reports)} of {len(reports)} bags converted")
         mark("converted", True)
     else:
