@@ -8,7 +8,7 @@ import pytest
 from robovlm_ros.cli import main
 from robovlm_ros.data.convert import convert_bags
 from robovlm_ros.data.quality import frozen_and_stale, idle_stretches
-from test_convert import MS, T, episode_messages, image, params, write_bag
+from test_convert import MS, T, episode_messages, image, joints, params, write_bag
 
 N = 40  # frames of 0.1 s per episode (the camera and joints at 20 Hz)
 T0 = 1_000 * MS
@@ -33,7 +33,7 @@ def faulty(kind):
     elif kind == "idle":  # nobody moves the arm for the first 2.5 s
         msgs = [m for m in msgs if m[0] != "/cmd" and not (m[0] == "/joints" and rel(m) < 2.5)]
         msgs += [("/joints", "sensor_msgs/msg/JointState", T0 + k * 50 * MS + MS,
-                  __import__("test_convert").joints(T0 + k * 50 * MS, 50)) for k in range(50)]
+                  joints(T0 + k * 50 * MS, 50)) for k in range(50)]
         msgs += [command(T0 + j * 100 * MS + 10 * MS, 0.0 if j < 25 else j) for j in range(N)]
     elif kind == "skew":  # the camera's header stamps run slow against the recorder's clock
         msgs = [("/cam", m[1], m[2], image(m[2] - int(rel(m) * 0.2e9), int(rel(m) * 20))) if m[0] == "/cam" else m

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .layout import EXTRAS_PATH, IMAGE_KEYS, TASKS_PATH
+from .layout import IMAGE_KEYS, TASKS_PATH
 from .lerobot import decode_png
 from .lerobot_stats import feature_stats
 from .video import decode_frames
@@ -73,13 +73,12 @@ class LeRobotEpisodes:
             found = [k for k, f in features.items() if f["dtype"] in ("image", "video")]
             raise ValueError(f"{root} has no camera {self.image_keys['rgb']!r}; its cameras: "
                              f"{', '.join(found) or 'none'} (map them with data.image_keys)")
-        self.extras = self._extras()
         task_of = self._tasks()
         stores = {}
         self.episodes = []
         tables = {}  # a data file holds many episodes
         for ep in self._episode_rows():
-            data = self._file(tables, self.info["data_path"], ep, "data")
+            data = self._data_table(tables, ep)
             rows = np.flatnonzero(data.column("episode_index").to_numpy() == ep["episode_index"])
             cols = data.take(rows).select([c for c in data.column_names
                                            if c in ("task_index", "observation.state", "action")
@@ -108,17 +107,9 @@ class LeRobotEpisodes:
         rows = [r for path in files for r in pq.read_table(path).to_pylist()]
         return sorted(rows, key=lambda r: r["episode_index"])
 
-    def _extras(self) -> dict:
-        """Our own per-episode fields by episode index (none for datasets other tools wrote or edited)."""
-        path = os.path.join(self.root, EXTRAS_PATH)
-        if not os.path.exists(path):
-            return {}
-        with open(path) as f:
-            return {e["episode_index"]: e for e in map(json.loads, f)}
-
-    def _file(self, cache: dict, template: str, ep: dict, prefix: str):
-        path = os.path.join(self.root, template.format(chunk_index=ep[f"{prefix}/chunk_index"],
-                                                       file_index=ep[f"{prefix}/file_index"]))
+    def _data_table(self, cache: dict, ep: dict):
+        path = os.path.join(self.root, self.info["data_path"].format(chunk_index=ep["data/chunk_index"],
+                                                                     file_index=ep["data/file_index"]))
         if path not in cache:
             cache[path] = pq.read_table(path)
         return cache[path]
