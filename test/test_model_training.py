@@ -56,6 +56,30 @@ def test_frozen_backbone_gets_no_gradient(family, space):
     assert last_with, "the last decoder layer was unfrozen but got no gradient"
 
 
+@pytest.mark.parametrize("lora", [None, {"r": 4}])
+def test_train_text_last_n_restricts_a_trained_decoder(lora):
+    """RoboVLMs' train_decoder_layers: without freezing, only the last N decoder layers train; the
+    embeddings and the vision tower still do (full fine-tuning), or only LoRA (with lora)."""
+    cfg = PolicyConfig.tiny("llava", size={"layers": 3}, train_text_last_n=2, lora=lora)
+    model = RoboVLM(cfg)
+    model(make_batch(model))["loss"].backward()
+    lm = f"backbone.hf.{model.backbone.spec.language_model}"
+    assert len(model.backbone.decoder_layers) == 3
+    first_with, first_without = grads(model, f"{lm}.layers.0.")
+    assert not first_with and first_without, "layer 0 is before the last 2 and must not train"
+    assert all(p.grad is None and not p.requires_grad for n, p in model.named_parameters() if n.startswith(f"{lm}.layers.0."))
+    for i in (1, 2):
+        with_grad, _ = grads(model, f"{lm}.layers.{i}.")  # (LoRA's A matrices get no gradient while B is 0)
+        assert with_grad, f"layer {i} is among the last 2 and must train"
+        assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith(f"{lm}.layers.{i}."))
+    vis_with, _ = grads(model, f"backbone.hf.{model.backbone.spec.vision[0]}.")
+    assert vis_with
+    emb = model.backbone.embed_tokens.weight
+    assert emb.requires_grad == (lora is None)
+    with pytest.raises(ValueError, match="the decoder has 3 layers"):
+        RoboVLM(PolicyConfig.tiny("llava", size={"layers": 3}, train_text_last_n=4))
+
+
 @pytest.mark.parametrize("space", ["continuous", "discrete"])
 def test_tiny_policy_overfits_fixed_batch(space):
     torch.manual_seed(0)

@@ -109,7 +109,7 @@ def test_tiny_backbones_are_built_for_the_requested_size():
     model = RoboVLM(PolicyConfig.tiny("paligemma", image_size=48, size={"d": 96, "patch": 6}))
     vision = model.backbone.config.vision_config
     assert (vision.image_size, vision.patch_size, model.backbone.config.text_config.hidden_size) == (48, 6, 96)
-    assert model.encode_images(torch.zeros(2, 3, 48, 48)).shape == (2, (48 // 6) ** 2, 96)
+    assert model.encode_images(torch.zeros(2, 3, 48, 48))[0].shape == (2, (48 // 6) ** 2, 96)
     with pytest.raises(ValueError, match="unknown backbone size fields"):
         PolicyConfig.tiny("paligemma", size={"width": 96})
     with pytest.raises(ValueError, match="multiple of patch"):

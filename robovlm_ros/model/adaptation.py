@@ -3,7 +3,9 @@
 Rules (PolicyConfig fields):
   * parts RoboVLM adds (action tokens, state encoder, resampler, image start/end, head) always train;
   * the language model (embeddings, decoder, lm_head) trains unless ``freeze_backbone`` or ``lora``;
-  * ``train_text_last_n`` unfreezes the last N decoder layers of a frozen / LoRA language model;
+  * ``train_text_last_n`` restricts the decoder layers that train to the last N (RoboVLMs'
+    ``train_decoder_layers``): the earlier layers freeze in a trained language model, the last N
+    unfreeze in a frozen / LoRA one;
   * the vision encoder + projector train iff ``train_vision`` (and the backbone is not frozen);
   * ``lora`` injects peft LoRA adapters into every linear layer of the language model and trains
     only those (plus the rules above);
@@ -50,8 +52,11 @@ def apply_adaptation(model) -> None:
             if "lora_" in name:
                 p.requires_grad_(True)
     if cfg.train_text_last_n:
-        for layer in bb.decoder_layers[-cfg.train_text_last_n:]:
-            _set(layer, True)
+        layers = bb.decoder_layers
+        if not 0 < cfg.train_text_last_n <= len(layers):
+            raise ValueError(f"train_text_last_n={cfg.train_text_last_n}: the decoder has {len(layers)} layers")
+        for i, layer in enumerate(layers):
+            _set(layer, i >= len(layers) - cfg.train_text_last_n)
     if cfg.gradient_checkpointing:
         # non-reentrant: works when no decoder input requires grad (frozen embeddings)
         bb.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -102,6 +102,14 @@ class FamilySpec:
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
     position_offset: Callable[[PretrainedConfig], int] = lambda cfg: 0
+    # Qwen2-VL's multimodal rotary positions: image tokens at (t, h, w) = start + (0, row, col), and the
+    # image advances the position counter by its grid side, not by its token count
+    mrope: bool = False
+    # the family's own image start / end tokens: (hf config, tokenizer) -> ([start ids], [end ids]) or None
+    image_markers: Callable[[PretrainedConfig, object], "tuple[list[int], list[int]] | None"] = lambda cfg, tok: None
+    # the decoder call: (backbone, embeds, 2-D or 4-D mask, positions, cache, use_cache) -> (hidden, cache);
+    # None = the family's language model called with inputs_embeds
+    decode: Callable | None = None
     # adjustments to the HF config before the model is built (both random-init and from disk)
     fix_config: Callable[[PretrainedConfig], None] = lambda cfg: None
     tiny: Callable[[int, "BackboneSize"], dict] = field(default=lambda vocab, size: {})
@@ -198,6 +206,66 @@ def _tiny_idefics(vocab: int, z: BackboneSize) -> dict:
                 scale_factor=2, image_token_id=vocab - 1, tie_word_embeddings=False)
 
 
+def _token_ids(tokenizer, *tokens: str) -> list[int] | None:
+    """Ids of ``tokens`` in ``tokenizer``'s vocabulary, or None if one is missing."""
+    if tokenizer is None:
+        return None
+    vocab = tokenizer.get_vocab()
+    ids = [vocab.get(t) for t in tokens]
+    return None if None in ids else ids
+
+
+def _markers_kosmos2(cfg: PretrainedConfig, tokenizer):
+    # Kosmos-2's processor: <s> <image> [image tokens] </image> text
+    start, end = _token_ids(tokenizer, "<image>"), _token_ids(tokenizer, "</image>")
+    return (start, end) if start and end else None
+
+
+def _markers_qwen2_vl(cfg: PretrainedConfig, tokenizer):
+    # <|vision_start|> [<|image_pad|> ...] <|vision_end|>; the ids are in the model's config
+    return [cfg.vision_start_token_id], [cfg.vision_end_token_id]
+
+
+def _markers_idefics(cfg: PretrainedConfig, tokenizer):
+    # Idefics3 / SmolVLM, one image not split into tiles: <fake_token_around_image><global-img> [image
+    # tokens] <fake_token_around_image>
+    start = _token_ids(tokenizer, "<fake_token_around_image>", "<global-img>")
+    end = _token_ids(tokenizer, "<fake_token_around_image>")
+    return (start, end) if start and end else None
+
+
+def _additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _decode_kosmos2(bb: "Backbone", embeds, mask, positions, cache, use_cache):
+    """Kosmos-2's text decoder, layer by layer. Its own forward builds the causal mask as
+    [L_new, L_past + L_new], which cannot address a preallocated cache's L_max slots (the StaticCache
+    crash); here the mask is built for the cache's real key length, or taken as given when 4-D."""
+    from transformers import DynamicCache, StaticCache
+
+    tm = bb.language_model  # Kosmos2TextTransformer
+    if use_cache and cache is None:
+        cache = DynamicCache(config=tm.config)
+    n, new = embeds.shape[:2]
+    if mask.dim() == 4:  # [N, 1, L_new, L_kv], bool (True = attend) or additive
+        allowed = mask if mask.dtype == torch.bool else mask == 0
+    else:  # [N, L_past + L_new]: the padding mask, made causal
+        total = mask.shape[1]
+        kv = cache.layers[0].max_cache_len if isinstance(cache, StaticCache) else total
+        key = torch.arange(kv, device=embeds.device)
+        query = torch.arange(total - new, total, device=embeds.device)
+        pad = torch.zeros(n, kv, dtype=torch.bool, device=embeds.device)
+        pad[:, :total] = mask > 0
+        allowed = (key[None, :] <= query[:, None])[None, None] & pad[:, None, None, :]
+    hidden = tm.forward_embedding(input_ids=None, inputs_embeds=embeds, position_ids=positions)
+    hidden = nn.functional.dropout(hidden, p=tm.dropout, training=tm.training)  # as its forward does
+    attn = _additive_mask(allowed, hidden.dtype)
+    for layer in tm.layers:
+        hidden = layer(hidden, attn, None, cache=cache, use_cache=use_cache)
+    return tm.layer_norm(hidden), cache
+
+
 def _causal_gemma(cfg: PretrainedConfig) -> None:
     # PaliGemma marks its Gemma decoder bidirectional (prefix-LM). RoboVLM needs a causal decoder: the
     # `pre` history and KV-cached decoding rely on it, and with an all-ones mask the bidirectional
@@ -213,6 +281,7 @@ FAMILIES: dict[str, FamilySpec] = {
         "paligemma", "PaliGemmaForConditionalGeneration", **_DECODER_FAMILY,
         vision=("model.vision_tower", "model.multi_modal_projector"),
         image_features=_image_features_default, image_mean=HALF, image_std=HALF, tiny=_tiny_paligemma,
+        position_offset=lambda cfg: 1,  # PaliGemma's positions are 1-indexed
         fix_config=_causal_gemma),
     "kosmos2": FamilySpec(
         "kosmos-2", "Kosmos2ForConditionalGeneration", language_model="text_model.model",
@@ -220,27 +289,32 @@ FAMILIES: dict[str, FamilySpec] = {
         vision=("vision_model", "image_to_text_projection"),
         image_features=_image_features_kosmos2, image_mean=CLIP_MEAN, image_std=CLIP_STD,
         # Kosmos-2 indexes a sinusoidal table whose first (padding_idx + 1) rows are reserved.
-        position_offset=lambda cfg: cfg.text_config.pad_token_id + 1, tiny=_tiny_kosmos2),
+        position_offset=lambda cfg: cfg.text_config.pad_token_id + 1, tiny=_tiny_kosmos2,
+        image_markers=_markers_kosmos2, decode=_decode_kosmos2),
     "llava": FamilySpec(
         "llava", "LlavaForConditionalGeneration", **_DECODER_FAMILY,
         vision=("model.vision_tower", "model.multi_modal_projector"),
         image_features=_image_features_llava, image_mean=CLIP_MEAN, image_std=CLIP_STD, tiny=_tiny_llava),
     "qwen2_vl": FamilySpec(
         "qwen2_vl", "Qwen2VLForConditionalGeneration", **_DECODER_FAMILY, vision=("model.visual",),
-        image_features=_image_features_qwen2_vl, image_mean=CLIP_MEAN, image_std=CLIP_STD, tiny=_tiny_qwen2_vl),
+        image_features=_image_features_qwen2_vl, image_mean=CLIP_MEAN, image_std=CLIP_STD, tiny=_tiny_qwen2_vl,
+        mrope=True, image_markers=_markers_qwen2_vl),
     "qwen2_5_vl": FamilySpec(
         "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", **_DECODER_FAMILY, vision=("model.visual",),
-        image_features=_image_features_qwen2_vl, image_mean=CLIP_MEAN, image_std=CLIP_STD, tiny=_tiny_qwen2_5_vl),
+        image_features=_image_features_qwen2_vl, image_mean=CLIP_MEAN, image_std=CLIP_STD, tiny=_tiny_qwen2_5_vl,
+        mrope=True, image_markers=_markers_qwen2_vl),
     "idefics3": FamilySpec(
         "idefics3", "Idefics3ForConditionalGeneration", language_model="model.text_model",
         embed_tokens="model.text_model.embed_tokens", lm_head="lm_head",
         vision=("model.vision_model", "model.connector"),
-        image_features=_image_features_idefics, image_mean=HALF, image_std=HALF, tiny=_tiny_idefics),
+        image_features=_image_features_idefics, image_mean=HALF, image_std=HALF, tiny=_tiny_idefics,
+        image_markers=_markers_idefics),
     "smolvlm": FamilySpec(
         "smolvlm", "SmolVLMForConditionalGeneration", language_model="model.text_model",
         embed_tokens="model.text_model.embed_tokens", lm_head="lm_head",
         vision=("model.vision_model", "model.connector"),
-        image_features=_image_features_idefics, image_mean=HALF, image_std=HALF, tiny=_tiny_idefics),
+        image_features=_image_features_idefics, image_mean=HALF, image_std=HALF, tiny=_tiny_idefics,
+        image_markers=_markers_idefics),
 }
 
 MODEL_TYPE_TO_FAMILY = {spec.model_type: name for name, spec in FAMILIES.items()}
@@ -332,6 +406,9 @@ class Backbone(nn.Module):
         self.spec = family_spec(family)
         self.hf = hf_model
         self.position_offset = self.spec.position_offset(hf_model.config)
+        # Qwen2-VL: image tokens per side of one image (set by RoboVLM once the image size is known);
+        # None = every token takes the next 1-D position
+        self.mrope_grid: int | None = None
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -403,12 +480,51 @@ class Backbone(nn.Module):
         """pixels [N, 3, S, S] normalised -> [N, T, D] in the language model's embedding space."""
         return self.spec.image_features(self.hf, pixels)
 
+    # -- positions ------------------------------------------------------------------------------
+    # A sequence's mask says more than attend / ignore: 0 padding, 1 a token, 2 + i the i-th token of an
+    # image (row-major). Every family attends to all non-zero entries; the mask values only matter to
+    # the families with multimodal rotary positions (Qwen2-VL), whose image tokens sit on a 2-D grid.
+    def _steps(self, mask: torch.Tensor) -> torch.Tensor:
+        """How far each token advances the position counter: [N, L]."""
+        steps = (mask > 0).long()
+        if self.mrope_grid is None:
+            return steps
+        g = self.mrope_grid
+        last_of_image = mask == 2 + g * g - 1  # an image advances by its grid side, at its last token
+        return torch.where(mask >= 2, torch.where(last_of_image, g, 0), steps)
+
+    def positions(self, mask: torch.Tensor) -> torch.Tensor:
+        """Position ids of a sequence from its mask [N, L]: [N, L], or [3, N, L] (t, h, w) with
+        multimodal rotary positions. A text token's position is the number of positions before it,
+        so padding never shifts one (padding itself takes the next token's position)."""
+        steps = self._steps(mask)
+        pos = steps.cumsum(dim=1) - steps
+        if self.mrope_grid is None:
+            return pos
+        index = (mask - 2).clamp(min=0)
+        image = mask >= 2
+        row = torch.where(image, index // self.mrope_grid, 0)
+        col = torch.where(image, index % self.mrope_grid, 0)
+        return torch.stack([pos, pos + row, pos + col])
+
+    def next_position(self, mask: torch.Tensor) -> torch.Tensor:
+        """The 1-D position [N, 1] of a text token appended after ``mask`` [N, L]."""
+        return self._steps(mask).sum(dim=1, keepdim=True)
+
     def decode(self, inputs_embeds, attention_mask, position_ids, cache=None, use_cache=False):
-        """Run the decoder on embeddings; returns (last hidden state [N, L, D], cache)."""
+        """Run the decoder on embeddings; returns (last hidden state [N, L, D], cache).
+
+        attention_mask: [N, L_past + L_new] (the mask values above) or a 4-D mask [N, 1, L_new, L_kv];
+        position_ids: [N, L_new] or [3, N, L_new] (``positions``)."""
+        if attention_mask.dim() == 2:
+            attention_mask = (attention_mask > 0).long()
+        position_ids = position_ids + self.position_offset
+        if self.spec.decode is not None:
+            return self.spec.decode(self, inputs_embeds, attention_mask, position_ids, cache, use_cache)
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            position_ids=position_ids + self.position_offset,
+            position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
         )

@@ -59,7 +59,10 @@ def read_config(directory: str) -> PolicyConfig:
         raise CheckpointError(f"{path} has format version {meta['format_version']}; this robovlm_ros reads "
                               f"up to {FORMAT_VERSION}: upgrade robovlm_ros")
     try:
-        return PolicyConfig.from_dict(meta["policy"])
+        policy = dict(meta["policy"])
+        # written before the family's own image markers existed: its start / end vectors were learned
+        policy.setdefault("image_markers", "learned")
+        return PolicyConfig.from_dict(policy)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid policy config: {e}") from e
 

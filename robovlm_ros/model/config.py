@@ -35,6 +35,9 @@ class PolicyConfig:
     resampler_latents: int = 16
     resampler_depth: int = 2
     use_image_start_end: bool = False
+    image_markers: str = "family"        # family: the family's own start / end tokens where it has them
+                                         # (Kosmos-2, Qwen2-VL, Idefics3 / SmolVLM), else learned; learned
+    image_marker_ids: list | None = None  # [[start ids], [end ids]], filled when the model is built
     # --- continuous head ------------------------------------------------------------------------
     latent_num: int = 1                  # learnable action tokens per frame
     head: str = "lstm"                   # mlp | lstm | gpt
@@ -62,7 +65,7 @@ class PolicyConfig:
         checks = {
             "action_space": ("continuous", "discrete"), "history_type": ("post", "pre"),
             "head": ("mlp", "lstm", "gpt"), "arm_loss": ("huber", "mse"),
-            "norm_mode": ("clip", "quantile", "none"),
+            "norm_mode": ("clip", "quantile", "none"), "image_markers": ("family", "learned"),
         }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:

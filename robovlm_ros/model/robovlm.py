@@ -11,7 +11,8 @@ History:
   * pre:  one causal sequence ``[BOS] + segment_1 + ... + segment_W``;               [B, 1+W*S_f]
           each frame's prediction is read at its own action tokens, so it sees only frames <= t.
 Text is left padded inside its slot (padding sits in the middle of the sequence); positions are
-recomputed from the attention mask so padding never shifts a token's position.
+recomputed from the mask so padding never shifts a token's position. The mask also marks image tokens
+(Backbone.positions), so Qwen2-VL's image tokens get their 3-D rotary positions.
 """
 from __future__ import annotations
 
@@ -67,7 +68,18 @@ class RoboVLM(nn.Module):
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the backbone embeds {self.backbone.vocab_size}")
         self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
         self.resampler = PerceiverResampler(d, config.resampler_latents, config.resampler_depth) if config.use_resampler else None
-        self.image_start_end = nn.Parameter(torch.randn(2, d) * 0.02) if config.use_image_start_end else None
+        self.image_start_end = None  # learned start / end vectors [2, D] (families without their own tokens)
+        if config.use_image_start_end:
+            if config.image_marker_ids is None and config.image_markers == "family":
+                markers = family_spec(config.backbone).image_markers(self.backbone.config, tokenizer)
+                config.image_marker_ids = None if markers is None else [list(markers[0]), list(markers[1])]
+            if config.image_marker_ids is None:
+                self.image_start_end = nn.Parameter(torch.randn(2, d) * 0.02)
+        # the image tokens' grid side when the family places them on a 2-D grid of rotary positions
+        # (Qwen2-VL); resampled latents have no grid, so they are positioned as text
+        if family_spec(config.backbone).mrope and not config.use_resampler:
+            vcfg = self.backbone.config.vision_config
+            self.backbone.mrope_grid = config.image_size // (vcfg.patch_size * vcfg.spatial_merge_size)
         if config.use_state:
             # 6 arm dims -> Linear, gripper (+-1) -> Embedding, concatenated -> Linear: one state token
             self.state_arm = nn.Linear(config.arm_dim, d)
@@ -79,6 +91,7 @@ class RoboVLM(nn.Module):
                                    arm_dim=config.arm_dim, head_hidden=config.head_hidden, head_layers=config.head_layers)
         else:
             special = set(tokenizer.all_special_ids) | {getattr(self.backbone.config, "image_token_id", -1)}
+            special |= set(sum(config.image_marker_ids or [], []))
             self.action_tokenizer = ActionTokenizer(self.backbone.vocab_size, special, config.n_bins)
         # how KV-cached decoding stores its cache: "auto" = preallocated + CUDA graph on CUDA, growing
         # elsewhere; "static" / "dynamic" force one (greedy_tokens)
@@ -96,15 +109,26 @@ class RoboVLM(nn.Module):
         c = self.config
         return c.latent_num if c.action_space == "continuous" else c.fwd_pred_next_n * c.action_dim
 
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[N, 3, S, S] -> [N, T, D] image tokens, resampled and wrapped in start/end tokens if enabled."""
+    def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, 3, S, S] -> image tokens [N, T, D] (resampled and wrapped in start / end tokens if enabled:
+        the family's own tokens where it has them, else learned vectors) and their mask row [T]
+        (backbone.positions: 1 for a marker or resampled latent, 2 + i for the i-th image token)."""
         feats = self.backbone.image_features(pixels)
         if self.resampler is not None:
             feats = self.resampler(feats)
+        n, t = feats.shape[:2]
+        row = (torch.arange(t, device=feats.device) + 2) if self.backbone.mrope_grid else feats.new_ones(t, dtype=torch.long)
+        start = end = None
         if self.image_start_end is not None:
-            se = self.image_start_end.to(feats.dtype).unsqueeze(0).expand(feats.shape[0], -1, -1)
-            feats = torch.cat([se[:, :1], feats, se[:, 1:]], dim=1)
-        return feats
+            start, end = self.image_start_end[:1], self.image_start_end[1:]
+        elif self.config.image_marker_ids is not None:
+            ids = [torch.tensor(x, dtype=torch.long, device=feats.device) for x in self.config.image_marker_ids]
+            start, end = self.backbone.embed(ids[0]), self.backbone.embed(ids[1])
+        if start is not None:
+            wrap = lambda x: x.to(feats.dtype).unsqueeze(0).expand(n, -1, -1)  # noqa: E731
+            feats = torch.cat([wrap(start), feats, wrap(end)], dim=1)
+            row = torch.cat([row.new_ones(start.shape[0]), row, row.new_ones(end.shape[0])])
+        return feats, row
 
     def encode_state(self, state: torch.Tensor) -> torch.Tensor:
         """[N, 7] normalised state -> [N, 1, D] state token."""
@@ -119,11 +143,12 @@ class RoboVLM(nn.Module):
         action_part [N, n_action_slots, D] or None (discrete prefix without its action tokens).
         Returns embeds [N, S_f, D], mask [N, S_f].
         """
-        parts = [self.encode_images(rgb)]
+        images = [self.encode_images(rgb)]
         if self.config.use_hand_rgb:
             if hand_rgb is None:
                 raise ValueError("this policy uses the gripper camera: batch needs 'hand_rgb'")
-            parts.append(self.encode_images(hand_rgb))
+            images.append(self.encode_images(hand_rgb))
+        parts = [feats for feats, _ in images]
         n_img = sum(p.shape[1] for p in parts)
         parts.append(self.backbone.embed(input_ids))
         if self.config.use_state:
@@ -133,18 +158,18 @@ class RoboVLM(nn.Module):
         if action_part is not None:
             parts.append(action_part.to(parts[0].dtype))
         embeds = torch.cat(parts, dim=1)
-        ones = attention_mask.new_ones(attention_mask.shape[0], n_img)
-        tail = attention_mask.new_ones(attention_mask.shape[0], embeds.shape[1] - n_img - attention_mask.shape[1])
-        return embeds, torch.cat([ones, attention_mask, tail], dim=1)
+        n = attention_mask.shape[0]
+        image_mask = torch.cat([row for _, row in images]).to(attention_mask).expand(n, -1)
+        tail = attention_mask.new_ones(n, embeds.shape[1] - n_img - attention_mask.shape[1])
+        return embeds, torch.cat([image_mask, attention_mask, tail], dim=1)
 
     def bos(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.full((n, 1), self.bos_id, dtype=torch.long, device=device)
         return self.backbone.embed(ids), torch.ones(n, 1, dtype=torch.long, device=device)
 
-    @staticmethod
-    def positions(mask: torch.Tensor, start: torch.Tensor | int = 0) -> torch.Tensor:
-        """Position of every token = number of real tokens before it (+ start for a cached prefix)."""
-        return (mask.cumsum(dim=1) - 1).clamp(min=0) + start
+    def positions(self, mask: torch.Tensor) -> torch.Tensor:
+        """Position ids of a sequence from its mask (Backbone.positions): [N, L], or [3, N, L]."""
+        return self.backbone.positions(mask)
 
     def sequences(self, batch: dict, action_part: torch.Tensor | None):
         """Assemble the VLM input for a batch.  action_part [B, W, n_action_slots, D] or None.
@@ -238,7 +263,7 @@ class RoboVLM(nn.Module):
         new_embeds [N, L_new, D]; mask [N, L_past + L_new] covers the cached tokens and the new ones.
         Returns (hidden [N, L_new, D], cache now holding all L_past + L_new tokens).
         """
-        pos = self.positions(mask)[:, -new_embeds.shape[1]:]
+        pos = self.positions(mask)[..., -new_embeds.shape[1]:]
         return self.backbone.decode(new_embeds, mask, pos, cache=cache, use_cache=True)
 
     # ------------------------------------------------------------------------------------------
@@ -246,13 +271,13 @@ class RoboVLM(nn.Module):
     # ------------------------------------------------------------------------------------------
     def _vl_loss(self, batch: dict) -> torch.Tensor:
         """Next-token loss on ``vl_labels`` for [BOS] image text sequences (vl_rgb [B, 3, S, S])."""
-        img = self.encode_images(batch["vl_rgb"])
+        img, img_row = self.encode_images(batch["vl_rgb"])
         b = img.shape[0]
         bos, bos_mask = self.bos(b, img.device)
         text = self.backbone.embed(batch["vl_input_ids"])
         embeds = torch.cat([bos, img, text.to(img.dtype)], 1)
         prefix = 1 + img.shape[1]
-        mask = torch.cat([bos_mask, bos_mask.new_ones(b, img.shape[1]), batch["vl_attention_mask"]], 1)
+        mask = torch.cat([bos_mask, img_row.to(bos_mask).expand(b, -1), batch["vl_attention_mask"]], 1)
         labels = torch.cat([torch.full((b, prefix), IGNORE, device=img.device, dtype=torch.long), batch["vl_labels"]], 1)
         hidden, _ = self.backbone.decode(embeds, mask, self.positions(mask))
         logits = self.backbone.lm_head(hidden[:, :-1]).float()

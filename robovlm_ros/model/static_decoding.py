@@ -68,7 +68,7 @@ class GreedyStepper:
         length = mask.shape[1]
         self.out[:, 0] = first
         self.token.copy_(first)
-        self.position.copy_(self.model.positions(mask)[:, -1:] + 1)
+        self.position.copy_(self.model.backbone.next_position(mask))
         self.slot.fill_(length)
         self.index.fill_(1)
         self.keep.zero_()

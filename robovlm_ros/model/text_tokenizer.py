@@ -12,19 +12,24 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]  # ids 0..3, matching the tiny configs' pad/bos/eos
+# after the bytes (ids 260..263): the image start / end tokens of the families that have them
+# (backbones.FamilySpec.image_markers finds them by name, as in the real tokenizers)
+IMAGE_MARKERS = ["<image>", "</image>", "<fake_token_around_image>", "<global-img>"]
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level tokenizer with 4 special tokens + 256 byte tokens (vocabulary 260)."""
+    """Byte-level tokenizer: 4 special tokens, 256 byte tokens, 4 image marker tokens (vocabulary 264)."""
     byte_tokens = list(pre_tokenizers.ByteLevel.alphabet())
     vocab = {tok: i for i, tok in enumerate(SPECIALS + sorted(byte_tokens))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
         padding_side="left",
     )
+    fast.add_special_tokens({"additional_special_tokens": IMAGE_MARKERS})
+    return fast
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
