@@ -27,6 +27,16 @@ def _policy_factory(args):
     return lambda **kw: RoboVLM(PolicyConfig.tiny(args.backbone, size=args.size, use_state=True, **kw))
 
 
+def _backbone_name(args) -> str:
+    from ..model.presets import PRESETS
+
+    if args.checkpoint:
+        return args.checkpoint
+    if isinstance(args.size, str) and args.size in PRESETS:
+        return f"{args.size} ({PRESETS[args.size].family}, published architecture, random weights)"
+    return f"{args.backbone or 'paligemma'} ({args.size}, random weights)"
+
+
 def _targets(report: dict, w: int) -> dict:
     r = report["ratios"]
     targets = {f"window{w} cached step <= 1.5x window-1 step": r[f"window{w}_cache_vs_window1"] <= 1.5,
@@ -39,7 +49,7 @@ def _targets(report: dict, w: int) -> dict:
 
 def _print(report: dict, device: str) -> None:
     print(f"robovlm-ros bench — {report['hardware']['cpu']}, torch threads {report['hardware']['torch_threads']}, "
-          f"device {device}, backbone {report['backbone']}")
+          f"device {device}, backbone {report['backbone']}, {report['parameters'] / 1e6:,.1f}M parameters")
     print(f"{'measure':<34} {'p50 ms':>9} {'p99 ms':>9}")
     rows = [("step " + k, v) for k, v in report["step"].items()] + [("decode " + k, v) for k, v in report["decode"].items()]
     for name, v in rows:
@@ -72,9 +82,10 @@ def run(args) -> int:
     torch.manual_seed(0)
     report = {"hardware": {"cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "device": args.device,
                            "cuda": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
-              "backbone": f"{args.backbone} ({args.size}, random weights)" if not args.checkpoint else args.checkpoint}
+              "backbone": _backbone_name(args)}
     measured = policy_latency(_policy_factory(args), args.window, args.steps, args.reps, args.device)
     model = measured.pop("model")
+    report["parameters"] = sum(p.numel() for p in model.parameters())
     report.update(measured)
     try:
         from ..ros.node_bench import node_overhead  # ROS code lives in ros/; absent without ROS 2
@@ -90,13 +101,17 @@ def run(args) -> int:
     return 0
 
 
-def _size(text: str) -> str | dict:
-    if text in ("tiny", "small"):
+def size_arg(text: str) -> str | dict:
+    """--size: tiny, small, a real-size preset name or a JSON mapping of BackboneSize fields."""
+    from ..model.presets import PRESETS
+
+    if text in ("tiny", "small") or text in PRESETS:
         return text
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither tiny, small nor a JSON size") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is neither tiny, small, a preset ({', '.join(PRESETS)}) "
+                                         "nor a JSON size") from None
 
 
 def add_parser(sub) -> None:
@@ -104,10 +119,12 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("bench", help="latency of the policy step, discrete decoding and the ROS node",
                        description=__doc__)
-    p.add_argument("--backbone", default="paligemma", choices=sorted(FAMILIES), help="random-weight backbone family")
-    p.add_argument("--size", default="small", type=_size,
+    p.add_argument("--backbone", choices=sorted(FAMILIES),
+                   help="random-weight backbone family (default: the preset's, else paligemma)")
+    p.add_argument("--size", default="small", type=size_arg,
                    help="random-weight model size: tiny, small (~3.5M parameters, 224 px: compute, not Python "
-                        "overhead, dominates the timings) or a JSON size, e.g. "
+                        "overhead, dominates the timings), a real-size preset (smolvlm-256m, paligemma-3b-224, "
+                        "qwen2-vl-2b, kosmos-2: the published architecture) or a JSON size, e.g. "
                         "'{\"base\": \"small\", \"d\": 1024, \"layers\": 8, \"heads\": 16}'")
     p.add_argument("--checkpoint", help="benchmark this checkpoint's architecture instead of a tiny one")
     p.add_argument("--window", type=int, default=8)

@@ -17,15 +17,19 @@ def run(args) -> int:
 
     rows = []
     for space in (["continuous", "discrete"] if args.action_space == "both" else [args.action_space]):
-        for family in args.backbone:
+        for family in args.backbone or [_preset_family(args.size) or "paligemma"]:
             overrides = dict(action_space=space, history_type=args.history, use_state=True)
             if args.backbone_path:
                 cfg = PolicyConfig(backbone=family, backbone_path=args.backbone_path, window_size=2,
                                    fwd_pred_next_n=2, **overrides)
-            else:
-                cfg = PolicyConfig.tiny(family, **overrides)
-            lr = args.lr if args.lr else (3e-3 if space == "continuous" else 1e-2)
-            rows.append(check_policy(cfg, args.steps, lr, args.device))
+            elif args.size in ("tiny", "small") or isinstance(args.size, dict):
+                cfg = PolicyConfig.tiny(family, size=args.size, **overrides)
+            else:  # a real-size preset: one frame, one camera, vision frozen keep a CPU step in seconds
+                cfg = PolicyConfig.tiny(family, size=args.size, window_size=1, fwd_pred_next_n=2, use_hand_rgb=False,
+                                        train_vision=False, **overrides)
+            real_size = args.backbone_path or cfg.backbone_config.get("text_config", {}).get("vocab_size", 0) > 10_000
+            lr = args.lr if args.lr else (3e-4 if real_size else 3e-3 if space == "continuous" else 1e-2)
+            rows.append(check_policy(cfg, args.steps, lr, args.device, batch_size=1 if real_size else 2))
     header = f"{'backbone':<11} {'action':<10} {'hist':<4} {'params':>9} {'loss first→last':>18} {'÷':>7} " \
              f"{'step ms':>8} {'kv exact':>8} {'save/load':>9}"
     print(header)
@@ -47,14 +51,24 @@ def run(args) -> int:
     return 0 if ok else 1
 
 
+def _preset_family(size) -> str | None:
+    from ..model.presets import PRESETS
+
+    return PRESETS[size].family if isinstance(size, str) and size in PRESETS else None
+
+
 def add_parser(sub) -> None:
     from ..model.backbones import FAMILIES
+    from .bench import size_arg
 
     p = sub.add_parser("check", help="train / decode / save-load check of a policy backbone on this machine",
                        description=__doc__)
-    p.add_argument("--backbone", nargs="+", default=["paligemma"], choices=sorted(FAMILIES),
-                   help="backbone families to check (default: paligemma)")
+    p.add_argument("--backbone", nargs="+", choices=sorted(FAMILIES),
+                   help="backbone families to check (default: the preset's, else paligemma)")
     p.add_argument("--backbone-path", help="local directory of real weights (default: tiny random weights)")
+    p.add_argument("--size", default="tiny", type=size_arg,
+                   help="random-weight size: tiny, small, a real-size preset (smolvlm-256m, paligemma-3b-224, "
+                        "qwen2-vl-2b, kosmos-2) or a JSON size")
     p.add_argument("--action-space", choices=["continuous", "discrete", "both"], default="both")
     p.add_argument("--history", choices=["post", "pre"], default="post")
     p.add_argument("--steps", type=int, default=100)

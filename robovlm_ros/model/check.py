@@ -16,12 +16,12 @@ from .robovlm import RoboVLM
 from .synthetic import synthetic_batch
 
 
-def check_policy(config: PolicyConfig, steps: int, lr: float, device: str = "cpu") -> dict:
+def check_policy(config: PolicyConfig, steps: int, lr: float, device: str = "cpu", batch_size: int = 2) -> dict:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = RoboVLM(config).to(device)
     build_s = time.perf_counter() - t0
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in synthetic_batch(model, seed=1).items()}
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in synthetic_batch(model, batch_size, seed=1).items()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses, t0 = [], time.perf_counter()
     for _ in range(steps):

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 from .backbones import FAMILIES, backbone_size, family_spec, tiny_backbone_config
+from .presets import PRESETS, preset_config
 
 TINY_VOCAB = 640  # 260 byte-level text tokens + room for 256 action bins at the end
 
@@ -81,9 +82,19 @@ class PolicyConfig:
         return self.arm_dim + 1
 
     @classmethod
-    def tiny(cls, backbone: str = "paligemma", size: "str | dict" = "tiny", **overrides) -> "PolicyConfig":
-        """A random-weight policy of ``backbone``'s family for tests and experiments. ``size``: tiny | small
-        or a mapping of BackboneSize fields; the vision tower is built for ``image_size`` when given."""
+    def tiny(cls, backbone: str | None = None, size: "str | dict" = "tiny", **overrides) -> "PolicyConfig":
+        """A random-weight policy for tests and experiments. ``size``: tiny | small or a mapping of
+        BackboneSize fields (a ``backbone`` family, default paligemma; the vision tower is built for
+        ``image_size`` when given), or a real-size preset (model/presets.py: the published architecture,
+        its family and image size, PolicyConfig's defaults otherwise)."""
+        if isinstance(size, str) and size in PRESETS:
+            p = PRESETS[size]
+            if backbone not in (None, p.family):
+                raise ValueError(f"preset {size!r} is a {p.family} backbone, not {backbone}")
+            base = dict(backbone=p.family, tiny_backbone=True, backbone_config=preset_config(size),
+                        image_size=p.image_size)
+            return cls(**{**base, **overrides})
+        backbone = backbone or "paligemma"
         z = backbone_size(size, overrides.get("image_size"))
         base = dict(
             backbone=backbone, tiny_backbone=True, backbone_config=tiny_backbone_config(backbone, TINY_VOCAB, z),

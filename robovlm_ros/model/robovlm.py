@@ -117,7 +117,11 @@ class RoboVLM(nn.Module):
         if self.resampler is not None:
             feats = self.resampler(feats)
         n, t = feats.shape[:2]
-        row = (torch.arange(t, device=feats.device) + 2) if self.backbone.mrope_grid else feats.new_ones(t, dtype=torch.long)
+        g = self.backbone.mrope_grid
+        if g and t != g * g:
+            raise ValueError(f"{t} image tokens do not fill the {g}x{g} grid of rotary positions (image_size "
+                             f"{self.config.image_size} does not match the pixels given)")
+        row = (torch.arange(t, device=feats.device) + 2) if g else feats.new_ones(t, dtype=torch.long)
         start = end = None
         if self.image_start_end is not None:
             start, end = self.image_start_end[:1], self.image_start_end[1:]

@@ -44,6 +44,8 @@ from .policy_inputs import PolicyInputs, _Latest
 from .spin import run_node
 
 MAX_INSTRUCTION_CHARS = 512
+# a chunk being computed finishes before the worker stops: a real-size policy on a CPU takes seconds
+WORKER_JOIN_S = 60.0
 
 
 class PolicyCore(PolicyInputs):
@@ -93,7 +95,7 @@ class PolicyCore(PolicyInputs):
             with self._work:
                 self._alive = False
                 self._work.notify()
-            self._worker.join(timeout=30.0)
+            self._worker.join(timeout=WORKER_JOIN_S)
             self._worker = None
         for timer in self._timers_made:
             self.destroy_timer(timer)
@@ -392,7 +394,7 @@ class PolicyNode(PolicyCore, Node):
         with self._work:
             self._alive = False
             self._work.notify()
-        self._worker.join(timeout=5.0)
+        self._worker.join(timeout=WORKER_JOIN_S)
         return super().destroy_node()
 
 

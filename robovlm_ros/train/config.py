@@ -70,11 +70,11 @@ SECTIONS = {"model", "data", "optim", "trainer", "output_dir", "seed"}
 
 
 def policy_config(model: dict) -> PolicyConfig:
-    """The ``model`` section: PolicyConfig fields; ``tiny: true`` (+ ``size``) builds a random-weight
-    backbone of ``backbone``'s family (PolicyConfig.tiny)."""
+    """The ``model`` section: PolicyConfig fields; ``tiny: true`` (+ ``size``: tiny, small, a mapping or a
+    real-size preset) builds a random-weight backbone of ``backbone``'s family (PolicyConfig.tiny)."""
     model = dict(model)
     if model.pop("tiny", False):
-        backbone = model.pop("backbone", "paligemma")
+        backbone = model.pop("backbone", None)
         return PolicyConfig.tiny(backbone, size=model.pop("size", "tiny"), **model)
     if "size" in model:
         raise ValueError("model.size only applies to tiny (random-weight) backbones")
