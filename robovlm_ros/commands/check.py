@@ -27,7 +27,7 @@ def run(args) -> int:
             else:  # a real-size preset: one frame, one camera, vision frozen keep a CPU step in seconds
                 cfg = PolicyConfig.tiny(family, size=args.size, window_size=1, fwd_pred_next_n=2, use_hand_rgb=False,
                                         train_vision=False, **overrides)
-            real_size = args.backbone_path or cfg.backbone_config.get("text_config", {}).get("vocab_size", 0) > 10_000
+            real_size = bool(args.backbone_path or _preset_family(args.size))
             lr = args.lr if args.lr else (3e-4 if real_size else 3e-3 if space == "continuous" else 1e-2)
             rows.append(check_policy(cfg, args.steps, lr, args.device, batch_size=1 if real_size else 2))
     header = f"{'backbone':<11} {'action':<10} {'hist':<4} {'params':>9} {'loss first→last':>18} {'÷':>7} " \
