@@ -5,10 +5,10 @@ import argparse
 import os
 import sys
 
-from .commands import bench, check, convert, demo, inspect, train
+from .commands import bench, check, convert, demo, import_robovlms, inspect, train
 from .commands import eval as eval_command
 
-SUBCOMMANDS = (convert, inspect, train, eval_command, demo, check, bench)
+SUBCOMMANDS = (convert, inspect, train, eval_command, demo, check, bench, import_robovlms)
 
 
 def build_parser() -> argparse.ArgumentParser:

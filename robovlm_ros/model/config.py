@@ -27,11 +27,20 @@ class PolicyConfig:
     history_type: str = "post"           # post: per-frame VLM, head fuses time; pre: frames interleaved
     # --- inputs -------------------------------------------------------------------------------
     use_hand_rgb: bool = True
+    image_order: str = "static_first"    # static_first | hand_first (RoboVLMs inserts the hand image first)
     use_state: bool = False
     image_size: int | None = None        # default: the backbone's
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
     max_text_len: int = 48
+    # the text: ``prompt`` with {instruction} filled in, tokenised (with the tokenizer's special tokens when
+    # prompt_special_tokens), then prompt_trim = [first, last] tokens dropped: what a RoboVLMs prompt puts
+    # before the images is the sequence start below, what it puts after the action tokens changes nothing
+    # a causal decoder computes at them
+    prompt: str = "{instruction}"
+    prompt_special_tokens: bool = False
+    prompt_trim: list = field(default_factory=lambda: [0, 0])
+    sequence_start: str | None = None    # the token each sequence begins with; None: the tokenizer's BOS (else pad)
     use_resampler: bool = False
     resampler_latents: int = 16
     resampler_depth: int = 2
@@ -42,6 +51,8 @@ class PolicyConfig:
     # --- continuous head ------------------------------------------------------------------------
     latent_num: int = 1                  # learnable action tokens per frame
     head: str = "lstm"                   # mlp | lstm | gpt
+    head_style: str = "robovlm_ros"      # robovlm_ros: max-pooled latents, linear outputs; robovlms: RoboVLMs'
+                                         # heads (latents concatenated, 1024-512-256 MLPs; heads.py)
     head_hidden: int = 256
     head_layers: int = 2
     arm_loss: str = "huber"              # huber (delta 1) | mse
@@ -51,6 +62,7 @@ class PolicyConfig:
     # --- normalisation ---------------------------------------------------------------------------
     norm_mode: str = "clip"              # clip | quantile | none (see normalization.py)
     clip_bound: float = 0.65
+    clip_low: float | None = None        # lower bound of ``clip`` when not -clip_bound (RoboVLMs' norm_min)
     # --- multi-task -------------------------------------------------------------------------------
     vl_loss_ratio: float = 1.0           # weight of the caption/VQA loss when data_source asks for it
     # --- adaptation ---------------------------------------------------------------------------------
@@ -67,6 +79,7 @@ class PolicyConfig:
             "action_space": ("continuous", "discrete"), "history_type": ("post", "pre"),
             "head": ("mlp", "lstm", "gpt"), "arm_loss": ("huber", "mse"),
             "norm_mode": ("clip", "quantile", "none"), "image_markers": ("family", "learned"),
+            "head_style": ("robovlm_ros", "robovlms"), "image_order": ("static_first", "hand_first"),
         }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
@@ -74,6 +87,10 @@ class PolicyConfig:
         for name in ("window_size", "fwd_pred_next_n", "latent_num", "max_text_len", "n_bins"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PolicyConfig.{name} must be >= 1")
+        if "{instruction}" not in self.prompt:
+            raise ValueError("PolicyConfig.prompt must contain {instruction}")
+        if len(self.prompt_trim) != 2 or min(self.prompt_trim) < 0:
+            raise ValueError("PolicyConfig.prompt_trim must be [first, last] token counts >= 0")
         if not self.tiny_backbone and not self.backbone_path and self.backbone_config is None:
             raise ValueError("PolicyConfig needs backbone_path (a local model directory) or PolicyConfig.tiny(...)")
 

@@ -102,13 +102,119 @@ class GPTHead(nn.Module):
         return self.out(h)
 
 
+# ---------------------------------------------------------------------------------------------------
+# RoboVLMs' heads (robovlms/model/policy_head/base_policy.py), for policies imported from RoboVLMs and
+# for training new ones the same way: the latent action tokens are concatenated (RoboVLMs' "pooling"
+# down-sampling is an AdaptiveMaxPool1d to as many outputs as there are tokens, which keeps each one),
+# and the arm and the gripper each get a fixed-width MLP (1024-512-256; tanh on the arm). Module names
+# follow RoboVLMs' so an imported checkpoint maps tensor for tensor (model/robovlms_import.py).
+# ---------------------------------------------------------------------------------------------------
+ROBOVLMS_MLP_WIDTHS = (1024, 512, 256)
+
+
+class RoboVLMsMLP(nn.Module):
+    """RoboVLMs' MLPTanhHead (``tanh=True``) / MLPSigmoidHead (logits: its sigmoid is commented out)."""
+
+    def __init__(self, in_dim: int, out_dim: int, tanh: bool):
+        super().__init__()
+        mods: list[nn.Module] = []
+        for width in ROBOVLMS_MLP_WIDTHS:
+            mods += [nn.Linear(in_dim, width), nn.ReLU()]
+            in_dim = width
+        mods.append(nn.Linear(in_dim, out_dim))
+        if tanh:
+            mods.append(nn.Tanh())
+        self.mlp = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
+
+
+class RoboVLMsOutput(nn.Module):
+    """[B, W, H] -> arm [B, W, chunk, arm_dim] in (-1, 1), gripper logits [B, W, chunk]."""
+
+    def __init__(self, in_dim: int, chunk: int, arm_dim: int):
+        super().__init__()
+        self.chunk, self.arm_dim = chunk, arm_dim
+        self.actions = RoboVLMsMLP(in_dim, chunk * arm_dim, tanh=True)
+        self.gripper = RoboVLMsMLP(in_dim, chunk, tanh=False)
+
+    def outputs(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, W, _ = h.shape
+        return self.actions(h).view(B, W, self.chunk, self.arm_dim), self.gripper(h).view(B, W, self.chunk)
+
+
+def concat_latents(features: torch.Tensor) -> torch.Tensor:
+    """[B, W, latent_num, D] -> [B, W, latent_num * D], token-major as RoboVLMs' "(n d)"."""
+    return features.flatten(2)
+
+
+class RoboVLMsLSTMHead(RoboVLMsOutput):
+    """RoboVLMs' LSTMDecoder: LSTM(latent*D -> latent*H, layers) over the window, then the two MLPs."""
+
+    def __init__(self, hidden_size, latent_num, chunk, arm_dim, head_hidden, head_layers, dropout):
+        super().__init__(head_hidden * latent_num, chunk, arm_dim)
+        self.rnn = nn.LSTM(hidden_size * latent_num, head_hidden * latent_num, head_layers, batch_first=True,
+                           dropout=dropout)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, _ = self.rnn(concat_latents(features))  # [B, W, latent*H]
+        return self.outputs(h)
+
+
+class RoboVLMsFCHead(RoboVLMsOutput):
+    """RoboVLMs' FCDecoder: per frame, Linear(n, n/2) ReLU Linear(n/2, latent*H) with n = latent*D."""
+
+    def __init__(self, hidden_size, latent_num, chunk, arm_dim, head_hidden):
+        super().__init__(head_hidden * latent_num, chunk, arm_dim)
+        n = hidden_size * latent_num
+        self.mlp = nn.Sequential(nn.Linear(n, n // 2), nn.ReLU(), nn.Linear(n // 2, head_hidden * latent_num))
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.outputs(self.mlp(concat_latents(features)))
+
+
+class RoboVLMsGPTHead(RoboVLMsOutput):
+    """RoboVLMs' GPTDecoder: Linear(D, H) (identity when equal), a GPT-2 of 8 layers and 8 heads with
+    learned positions over the window (transformers' GPT2Model: the blocks of RoboVLMs'
+    trajectory_gpt2.py, which is GPT-2 without token embeddings), then the two MLPs."""
+
+    def __init__(self, hidden_size, latent_num, window_size, chunk, arm_dim, head_hidden):
+        from transformers import GPT2Config, GPT2Model
+
+        super().__init__(head_hidden * latent_num, chunk, arm_dim)
+        if latent_num > 1 and hidden_size != head_hidden:
+            raise ValueError("RoboVLMs' GPT head takes several latent tokens only when head_hidden equals the "
+                             "backbone's hidden size (its input projection is hidden -> head_hidden)")
+        self.window_size = window_size
+        self.fc = nn.Linear(hidden_size, head_hidden) if hidden_size != head_hidden else nn.Identity()
+        width = head_hidden * latent_num
+        self.gpt = GPT2Model(GPT2Config(n_layer=8, n_head=8, n_embd=width, n_positions=window_size, vocab_size=1))
+        del self.gpt.wte  # features come in as embeddings; GPT-2's token table is never used
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        W = features.shape[1]
+        if W > self.window_size:
+            raise ValueError(f"GPT head got a window of {W} frames, but window_size is {self.window_size}")
+        h = self.gpt(inputs_embeds=self.fc(concat_latents(features))).last_hidden_state  # [B, W, latent*H]
+        return self.outputs(h)
+
+
 def build_head(kind: str, hidden_size: int, latent_num: int, window_size: int, chunk: int,
                arm_dim: int = 6, head_hidden: int = 256, head_layers: int = 2,
-               dropout: float = 0.0) -> nn.Module:
+               dropout: float = 0.0, style: str = "robovlm_ros") -> nn.Module:
     """Build an action head; every head maps [B, W, latent_num, D] -> (arm, gripper_logits).
 
-    ``latent_num`` is pooled away (max), so it only documents the expected input.
+    ``style`` robovlm_ros: the latent tokens are pooled (max) and a single linear layer gives the outputs;
+    robovlms: RoboVLMs' own heads (above).
     """
+    if style == "robovlms":
+        if kind == "lstm":
+            return RoboVLMsLSTMHead(hidden_size, latent_num, chunk, arm_dim, head_hidden, head_layers, dropout)
+        if kind == "mlp":
+            return RoboVLMsFCHead(hidden_size, latent_num, chunk, arm_dim, head_hidden)
+        if kind == "gpt":
+            return RoboVLMsGPTHead(hidden_size, latent_num, window_size, chunk, arm_dim, head_hidden)
     if kind == "mlp":
         return MLPHead(hidden_size, chunk, arm_dim, head_hidden, head_layers, dropout)
     if kind == "lstm":

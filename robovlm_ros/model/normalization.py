@@ -2,7 +2,8 @@
 
 Actions are 7 values: 6 arm dims (normalised to [-1, 1]) + gripper (-1 close / +1 open, untouched).
 Modes for the arm, as in RoboVLMs' configs:
-  * ``clip``:     clip to +-clip_bound, divide by clip_bound          (RoboVLMs default, bound 0.65)
+  * ``clip``:     clip to [clip_low, clip_bound] (clip_low defaults to -clip_bound), map to [-1, 1]
+                  (RoboVLMs' norm_min / norm_max, default +-0.65)
   * ``quantile``: map per-dimension [q01, q99] to [-1, 1], then clip  (needs dataset stats)
   * ``none``:     values are already in [-1, 1]
 State arm dims are standardised with mean/std when stats are present (else passed through).
@@ -26,11 +27,14 @@ def snap_gripper(chunk: torch.Tensor) -> torch.Tensor:
 class Normalizer:
     mode: str = "clip"
     clip_bound: float = 0.65
+    clip_low: float | None = None  # None: -clip_bound
     stats: dict = field(default_factory=dict)  # {"action": {"q01": [7], ...}, "state": {"mean": [7], ...}}
 
     def __post_init__(self):
         if self.mode not in ("clip", "quantile", "none"):
             raise ValueError(f"normalisation mode must be clip, quantile or none, not {self.mode!r}")
+        if self.mode == "clip" and self.clip_low is not None and not self.clip_low < self.clip_bound:
+            raise ValueError(f"clip_low {self.clip_low} must be below clip_bound {self.clip_bound}")
         if self.mode == "quantile":
             act = self.stats.get("action", {})
             if "q01" not in act or "q99" not in act:
@@ -41,9 +45,10 @@ class Normalizer:
             lo = torch.as_tensor(self.stats["action"]["q01"][:ARM_DIM], dtype=ref.dtype, device=ref.device)
             hi = torch.as_tensor(self.stats["action"]["q99"][:ARM_DIM], dtype=ref.dtype, device=ref.device)
             return lo, torch.maximum(hi, lo + 1e-6)
-        bound = self.clip_bound if self.mode == "clip" else 1.0
-        return (torch.full((ARM_DIM,), -bound, dtype=ref.dtype, device=ref.device),
-                torch.full((ARM_DIM,), bound, dtype=ref.dtype, device=ref.device))
+        hi = self.clip_bound if self.mode == "clip" else 1.0
+        lo = -hi if self.mode != "clip" or self.clip_low is None else self.clip_low
+        return (torch.full((ARM_DIM,), lo, dtype=ref.dtype, device=ref.device),
+                torch.full((ARM_DIM,), hi, dtype=ref.dtype, device=ref.device))
 
     def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
         """[..., 7] raw -> [..., 7] with arm in [-1, 1] and gripper as +-1."""
@@ -66,11 +71,15 @@ class Normalizer:
         return torch.cat([arm, binarize_gripper(state[..., ARM_DIM:])], dim=-1)
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "clip_bound": self.clip_bound, "stats": self.stats}
+        d = {"mode": self.mode, "clip_bound": self.clip_bound, "stats": self.stats}
+        if self.clip_low is not None:
+            d["clip_low"] = self.clip_low
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Normalizer":
-        return cls(mode=d.get("mode", "clip"), clip_bound=d.get("clip_bound", 0.65), stats=d.get("stats", {}))
+        return cls(mode=d.get("mode", "clip"), clip_bound=d.get("clip_bound", 0.65), clip_low=d.get("clip_low"),
+                   stats=d.get("stats", {}))
 
 
 def binarize_gripper(g: torch.Tensor) -> torch.Tensor:

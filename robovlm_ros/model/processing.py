@@ -2,8 +2,9 @@
 
 Images:  uint8 RGB [..., H, W, 3]  -> float [..., 3, S, S], resized (bilinear, antialiased) and
          normalised with the backbone's mean/std.
-Text:    instruction strings -> input_ids / attention_mask [B, L], left padded, no special tokens
-         (RoboVLM adds BOS itself and places the text after the images).
+Text:    instruction strings -> input_ids / attention_mask [B, L], left padded: the config's prompt
+         around the instruction, its special tokens only where the prompt asks and trimmed as it says
+         (RoboVLM starts the sequence itself and places the text after the images).
 State:   [..., 7] joint values + gripper -> normalised arm + gripper +-1 (Normalizer).
 Actions: [..., 7] -> normalised (Normalizer).
 """
@@ -44,11 +45,15 @@ class PolicyProcessor:
     def text(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(instructions, str):
             instructions = [instructions]
-        enc = self.tokenizer(
-            list(instructions), add_special_tokens=False, padding="longest", truncation=True,
-            max_length=self.config.max_text_len, return_tensors="pt",
-        )
-        ids, mask = enc["input_ids"], enc["attention_mask"]
+        c = self.config
+        texts = [c.prompt.format(instruction=s.strip()) for s in instructions]
+        first, last = c.prompt_trim
+        # trimmed per text before padding, so the trim never eats padding
+        ids = self.tokenizer(texts, add_special_tokens=c.prompt_special_tokens, truncation=True,
+                             max_length=c.max_text_len + first + last)["input_ids"]
+        ids = [x[first: len(x) - last] for x in ids]
+        enc = self.tokenizer.pad({"input_ids": ids}, padding="longest", return_tensors="pt")
+        ids, mask = enc["input_ids"].long(), enc["attention_mask"].long()
         if ids.shape[1] == 0:  # every instruction empty: keep one masked pad so shapes stay valid
             ids = torch.full((len(instructions), 1), self.tokenizer.pad_token_id, dtype=torch.long)
             mask = torch.zeros_like(ids)

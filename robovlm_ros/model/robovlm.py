@@ -4,6 +4,8 @@ Token layout of one frame (the "frame segment", S_f tokens):
 
     [img_start] image tokens [img_end]  ([img_start] hand image tokens [img_end])  text  [state]  actions
 
+(the hand image first with ``image_order: hand_first``, as RoboVLMs orders them).
+
 ``actions`` are ``latent_num`` learnable action tokens (continuous) or the frame's chunk of
 ``fwd_pred_next_n * 7`` action-bin tokens (discrete, teacher forced while training).
 History:
@@ -39,9 +41,12 @@ VL_SOURCES = ("vl", "caption", "vqa")
 
 class RoboVLM(nn.Module):
     def __init__(self, config: PolicyConfig, tokenizer=None, normalizer: Normalizer | None = None,
-                 *, load_backbone_weights: bool = True):
+                 *, load_backbone_weights: bool = True, backbone: Backbone | None = None):
         super().__init__()
-        if config.backbone_path and load_backbone_weights:
+        if backbone is not None:  # already built and loaded (an import's weights)
+            self.backbone = backbone
+            config.backbone_config = config_to_dict(backbone.config)
+        elif config.backbone_path and load_backbone_weights:
             self.backbone = Backbone.from_pretrained(config.backbone, config.backbone_path)
             config.backbone_config = config_to_dict(self.backbone.config)
         elif config.backbone_config is not None:
@@ -60,13 +65,14 @@ class RoboVLM(nn.Module):
                              f"takes {fixed}x{fixed} images; leave image_size unset or set it to {fixed}")
         self.config = config
         self.tokenizer = tokenizer
-        self.normalizer = normalizer or Normalizer(mode=config.norm_mode, clip_bound=config.clip_bound)
+        self.normalizer = normalizer or Normalizer(mode=config.norm_mode, clip_bound=config.clip_bound,
+                                                   clip_low=config.clip_low)
         self.processor = PolicyProcessor(config, tokenizer, self.normalizer)
 
         d = self.backbone.hidden_size
         if len(tokenizer) > self.backbone.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the backbone embeds {self.backbone.vocab_size}")
-        self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
+        self.bos_id = self._sequence_start_id(config, tokenizer)
         self.resampler = PerceiverResampler(d, config.resampler_latents, config.resampler_depth) if config.use_resampler else None
         self.image_start_end = None  # learned start / end vectors [2, D] (families without their own tokens)
         if config.use_image_start_end:
@@ -88,7 +94,8 @@ class RoboVLM(nn.Module):
         if config.action_space == "continuous":
             self.action_tokens = nn.Parameter(torch.randn(config.latent_num, d) * 0.02)
             self.head = build_head(config.head, d, config.latent_num, config.window_size, config.fwd_pred_next_n,
-                                   arm_dim=config.arm_dim, head_hidden=config.head_hidden, head_layers=config.head_layers)
+                                   arm_dim=config.arm_dim, head_hidden=config.head_hidden, head_layers=config.head_layers,
+                                   style=config.head_style)
         else:
             special = set(tokenizer.all_special_ids) | {getattr(self.backbone.config, "image_token_id", -1)}
             special |= set(sum(config.image_marker_ids or [], []))
@@ -98,6 +105,15 @@ class RoboVLM(nn.Module):
         self.decoding = "auto"
         self._static_decoder = None  # decoding.greedy_tokens' StaticGreedyDecoder, made when first used
         apply_adaptation(self)
+
+    @staticmethod
+    def _sequence_start_id(config: PolicyConfig, tokenizer) -> int:
+        if config.sequence_start is None:
+            return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
+        ids = tokenizer(config.sequence_start, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"sequence_start {config.sequence_start!r} is {len(ids)} tokens, not one")
+        return ids[0]
 
     # ------------------------------------------------------------------------------------------
     # sequence building (also the building blocks of decoding.py and window_inference.py; code
@@ -151,7 +167,8 @@ class RoboVLM(nn.Module):
         if self.config.use_hand_rgb:
             if hand_rgb is None:
                 raise ValueError("this policy uses the gripper camera: batch needs 'hand_rgb'")
-            images.append(self.encode_images(hand_rgb))
+            hand = self.encode_images(hand_rgb)
+            images = [hand] + images if self.config.image_order == "hand_first" else images + [hand]
         parts = [feats for feats, _ in images]
         n_img = sum(p.shape[1] for p in parts)
         parts.append(self.backbone.embed(input_ids))

@@ -59,6 +59,9 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     output_dir: str = "runs/robovlm"
     seed: int = 0
+    # a robovlm_ros checkpoint to fine-tune (one ``train`` exported, or ``import-robovlms`` wrote): the policy
+    # is the checkpoint's, the ``model`` section only changes how it trains (freezing, LoRA, checkpointing)
+    init_checkpoint: str | None = None
 
     def to_dict(self) -> dict:
         """Everything as plain data; ``train_config_from_dict`` reads it back (the model section then
@@ -66,7 +69,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"model", "data", "optim", "trainer", "output_dir", "seed"}
+SECTIONS = {"model", "data", "optim", "trainer", "output_dir", "seed", "init_checkpoint"}
+# what the model section may change about a policy fine-tuned from init_checkpoint: how it trains, not
+# what it is (the weights must fit)
+FINETUNE_FIELDS = {"freeze_backbone", "train_text_last_n", "train_vision", "lora", "gradient_checkpointing",
+                   "gripper_loss_weight", "arm_loss", "vl_loss_ratio", "extra"}
 
 
 def policy_config(model: dict) -> PolicyConfig:
@@ -79,6 +86,17 @@ def policy_config(model: dict) -> PolicyConfig:
     if "size" in model:
         raise ValueError("model.size only applies to tiny (random-weight) backbones")
     return PolicyConfig.from_dict(model)
+
+
+def finetune_policy_config(checkpoint: str, model: dict) -> PolicyConfig:
+    """The checkpoint's PolicyConfig with the training fields of the ``model`` section."""
+    from ..model.checkpoint import read_config
+
+    other = sorted(set(model) - FINETUNE_FIELDS)
+    if other:
+        raise ValueError(f"with init_checkpoint the policy is the checkpoint's; the model section may only set "
+                         f"{sorted(FINETUNE_FIELDS)}, not {other}")
+    return PolicyConfig.from_dict({**read_config(checkpoint).to_dict(), **model})
 
 
 def _section(cls, data: dict | None, name: str):
@@ -114,9 +132,15 @@ def train_config_from_dict(raw: dict, base_dir: str = ".", source: str = "config
         raise ValueError(f"{source}: unknown sections {sorted(unknown)}")
     data, optim = _section(DataConfig, raw.get("data"), "data"), _section(OptimConfig, raw.get("optim"), "optim")
     trainer = _section(TrainerConfig, raw.get("trainer"), "trainer")
-    cfg = TrainConfig(model=policy_config(raw.get("model") or {}), data=data, optim=optim, trainer=trainer,
-                      output_dir=raw.get("output_dir", "runs/robovlm"), seed=int(raw.get("seed", 0)))
     absolute = lambda paths: [d if os.path.isabs(d) else os.path.normpath(os.path.join(base_dir, d)) for d in paths]  # noqa: E731
+    init = raw.get("init_checkpoint")
+    if init:
+        init = absolute([init])[0]
+        model = finetune_policy_config(init, raw.get("model") or {})
+    else:
+        model = policy_config(raw.get("model") or {})
+    cfg = TrainConfig(model=model, data=data, optim=optim, trainer=trainer, init_checkpoint=init,
+                      output_dir=raw.get("output_dir", "runs/robovlm"), seed=int(raw.get("seed", 0)))
     cfg.data.datasets, cfg.data.vl_datasets = absolute(cfg.data.datasets), absolute(cfg.data.vl_datasets)
     if not cfg.data.datasets:
         raise ValueError(f"{source}: data.datasets is empty")

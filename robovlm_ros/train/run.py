@@ -38,9 +38,39 @@ def build(cfg: TrainConfig):
     policy_cfg = cfg.model
     sources = [LeRobotEpisodes(d, cfg.data.image_keys) for d in cfg.data.datasets]
     # the statistics travel with the policy: the node unnormalises with exactly these
-    normalizer = Normalizer(mode=policy_cfg.norm_mode, clip_bound=policy_cfg.clip_bound, stats=dataset_stats(sources))
-    model = RoboVLM(policy_cfg, normalizer=normalizer)
+    normalizer = Normalizer(mode=policy_cfg.norm_mode, clip_bound=policy_cfg.clip_bound, clip_low=policy_cfg.clip_low,
+                            stats=dataset_stats(sources))
+    if cfg.init_checkpoint:
+        model = finetune_from(cfg.init_checkpoint, policy_cfg, normalizer)
+    else:
+        model = RoboVLM(policy_cfg, normalizer=normalizer)
     return model, PolicyModule(model, cfg.optim), PolicyDataModule(cfg.data, model, cfg.seed, sources)
+
+
+def finetune_from(checkpoint: str, policy_cfg, normalizer: Normalizer) -> RoboVLM:
+    """The checkpoint's policy with ``policy_cfg``'s training setup. Its arm normalisation (mode and
+    bounds: what the head's outputs mean) is kept; the statistics are the new datasets'."""
+    base = RoboVLM.from_pretrained(checkpoint)
+    old = base.normalizer
+    if old.mode == "quantile":
+        normalizer.stats.setdefault("action", {}).update({k: v for k, v in old.stats.get("action", {}).items()
+                                                          if k in ("q01", "q99")})
+    normalizer.mode, normalizer.clip_bound, normalizer.clip_low = old.mode, old.clip_bound, old.clip_low
+    model = RoboVLM(policy_cfg, tokenizer=base.tokenizer, normalizer=normalizer, load_backbone_weights=False)
+    ours = model.state_dict()
+    state = {}
+    for k, v in base.state_dict().items():
+        if k not in ours:  # a linear layer LoRA wraps keeps its weights as base_layer.*
+            stem, _, leaf = k.rpartition(".")
+            k = f"{stem}.base_layer.{leaf}"
+        state[k] = v
+    missing = [k for k in set(ours) - set(state) if "lora_" not in k]
+    unexpected = sorted(set(state) - set(ours))
+    if missing or unexpected:
+        raise ValueError(f"{checkpoint}: weights do not fit the fine-tuning policy (missing {sorted(missing)[:4]}, "
+                         f"unexpected {unexpected[:4]})")
+    model.load_state_dict(state, strict=False)
+    return model
 
 
 def make_trainer(cfg: TrainConfig, resume_step: int | None = None) -> L.Trainer:

@@ -1,0 +1,320 @@
+"""A RoboVLMs policy (run config + Lightning checkpoint) as a robovlm_ros checkpoint.
+
+Every key of RoboVLMs' run config is either mapped to a PolicyConfig field, known to hold nothing a
+policy computes (bookkeeping, the training run's own settings: reported, not carried), or refused by
+name. Every tensor of the checkpoint is either mapped or reported; a checkpoint that leaves one of our
+parameters unset is refused. Where RoboVLMs has a known defect, the import keeps robovlm_ros' behaviour
+and says so in the report. README.md "From a RoboVLMs checkpoint" is the user's guide.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+
+from .backbones import _hf_class, family_spec
+from .config import PolicyConfig
+
+ROBOVLM_FAMILIES = {"RoboKosMos": ("kosmos", "kosmos2"), "RoboPaligemma": ("paligemma", "paligemma")}
+HEADS = {"LSTMDecoder": "lstm", "FCDecoder": "mlp", "GPTDecoder": "gpt"}
+
+# RoboVLMs' evaluation prompt per tokenizer_type (robovlms/data/data_utils.py get_text_function):
+# (prompt, with the tokenizer's special tokens, sequence start token or None for the tokenizer's BOS)
+PROMPTS = {
+    "kosmos": ("<grounding>An image of a robot {instruction}", True, None),
+    "paligemma": ("{eos}{instruction}\n", False, "{eos}"),
+}
+
+# keys that hold nothing the policy computes: where the run wrote its files, its data, its optimiser,
+# trainer and logging; reported as not carried (robovlm-ros train has its own config for a new run)
+NOT_CARRIED = {
+    "parent", "task_name", "model_url", "model_path", "model_config", "output_root", "log_root", "cache_root",
+    "model_load_path", "model_load_source", "resume", "seed", "batch_size", "num_workers", "data_scale",
+    "optimizer", "learning_rate", "min_lr_scale", "weight_decay", "warmup_epochs", "warmup_steps",
+    "warmup_ratio", "trainer", "train_dataset", "val_dataset", "seq_len", "exp_name", "raw_calvin", "gpus",
+    "num_nodes", "record_evaluation_video", "robovlm_name", "model", "vlm", "tokenizer", "act_head", "train_setup",
+}
+# keys read only by RoboVLMs' forward-prediction (image generation) head; without one they change nothing
+FWD_HEAD_ONLY = {"use_time_causal_attn", "use_mim_obs_loss", "use_pixel_loss", "use_obs_queries",
+                 "vision_masked_ratio", "use_tube_mask", "fwd_loss_ratio"}
+TRAIN_SETUP_NOT_CARRIED = {"precision", "bits", "mm_projector_lr", "freeze_mm_mlp_adapter", "tune_mm_mlp_adapter",
+                           "mm_use_im_patch_token", "freeze_resampler", "predict_forward", "predict_forward_hand"}
+
+
+class RoboVLMsImportError(ValueError):
+    """A RoboVLMs run config or checkpoint that robovlm_ros cannot reproduce exactly."""
+
+
+@dataclass
+class ImportReport:
+    mapped: dict = field(default_factory=dict)        # RoboVLMs key -> PolicyConfig field / value
+    not_carried: list = field(default_factory=list)   # keys with no effect on the policy
+    departures: list = field(default_factory=list)    # RoboVLMs defects, fixed on import
+    tensors: dict = field(default_factory=dict)       # counts: mapped, buffers_skipped, ...
+    unmapped_tensors: list = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"config: {k} -> {v}" for k, v in self.mapped.items()]
+        out += [f"not carried (no effect on the policy): {', '.join(sorted(self.not_carried))}"]
+        out += [f"differs from RoboVLMs on purpose: {d}" for d in self.departures]
+        out += [f"tensors: {', '.join(f'{k} {v}' for k, v in self.tensors.items())}"]
+        out += [f"unmapped tensor: {k}" for k in self.unmapped_tensors]
+        return out
+
+
+def _refuse(msg: str):
+    raise RoboVLMsImportError(msg)
+
+
+def _expect(cfg: dict, key: str, allowed, where: str = "") -> None:
+    value = cfg.get(key)
+    if value not in allowed:
+        _refuse(f"{where}{key} = {value!r} is not supported (robovlm_ros reproduces {sorted(map(str, allowed))})")
+
+
+def config_from_robovlms(run: dict, backbone_path: str) -> tuple[dict, ImportReport]:
+    """RoboVLMs' run config -> PolicyConfig fields for the backbone in ``backbone_path`` (and ``_start``,
+    the sequence start token's template)."""
+    rep = ImportReport()
+    name = run.get("robovlm_name")
+    if name not in ROBOVLM_FAMILIES:
+        _refuse(f"robovlm_name = {name!r}: robovlm_ros imports {sorted(ROBOVLM_FAMILIES)} (the families both support)")
+    model_name, family = ROBOVLM_FAMILIES[name]
+    _expect(run, "model", {model_name})
+    if run.get("fwd_head") is not None:
+        _refuse("fwd_head: RoboVLMs' forward-prediction head (image generation) has no robovlm_ros counterpart")
+    if run.get("use_vision_resampler"):
+        _refuse("use_vision_resampler = true: RoboVLMs' PerceiverResampler is not reproduced by robovlm_ros yet")
+    for key in ("use_mu_law", "use_clip_norm", "tcp_rel"):
+        if run.get(key):
+            _refuse(f"{key} = true is not supported")
+    head = dict(run.get("act_head") or {})
+    if not head:
+        _refuse("act_head is missing: nothing predicts actions")
+    space = head.get("action_space", "continuous")
+    if space != "continuous":
+        _refuse(f"act_head.action_space = {space!r}: this version imports continuous policies only")
+    if head.get("type") not in HEADS:
+        _refuse(f"act_head.type = {head.get('type')!r}: robovlm_ros reproduces {sorted(HEADS)}")
+    _expect(head, "action_dim", {7}, "act_head.")
+    _expect(head, "down_sample", {"pooling", "none", None}, "act_head.")
+    if head.get("with_history") is False:
+        _refuse("act_head.with_history = false is not supported")
+    history = head.get("history_type", "post")
+    _expect({"history_type": history}, "history_type", {"post", "pre"}, "act_head.")
+    if history == "pre":
+        rep.departures.append("history_type pre: RoboVLMs' evaluation reads the action at the oldest frame of "
+                              "the window; robovlm_ros reads the newest (each frame's own action tokens)")
+    latent = int(head.get("latent", 1))
+    head_type = HEADS[head["type"]]
+    setup = dict(run.get("train_setup") or {})
+    if not setup.get("predict_action", True):
+        _refuse("train_setup.predict_action = false: the policy predicts no actions")
+    if setup.get("predict_caption"):
+        _refuse("train_setup.predict_caption = true: RoboVLMs' caption co-training is not imported")
+    if setup.get("lora_enable"):
+        _refuse("train_setup.lora_enable = true: merge the LoRA weights into the checkpoint first")
+    if setup.get("reinit"):
+        rep.not_carried.append("train_setup.reinit")
+    tokenizer = run.get("tokenizer") or {}
+    if tokenizer.get("additional_special_tokens"):
+        _refuse("tokenizer.additional_special_tokens: the imported tokenizer would lack them")
+    prompt, special, start = PROMPTS[tokenizer.get("tokenizer_type", model_name)]
+
+    known = NOT_CARRIED | FWD_HEAD_ONLY | {
+        "window_size", "fwd_pred_next_n", "use_hand_rgb", "image_size", "image_mean", "image_std",
+        "arm_gripper_loss_ratio", "cap_loss_ratio", "norm_action", "norm_min", "norm_max", "fwd_head",
+        "use_vision_resampler", "vision_resampler", "act_encoder", "use_state", "use_mu_law", "use_clip_norm",
+        "tcp_rel", "vl_cotrain_ratio", "kl_div_ratio", "clip_norm_ratio"}
+    unknown = sorted(set(run) - known)
+    if unknown:
+        _refuse(f"run config keys robovlm_ros does not know: {', '.join(unknown)}")
+    if run.get("act_encoder") is not None:
+        _refuse("act_encoder: RoboVLMs' action encoder (actions as inputs) is not supported")
+    rep.not_carried += sorted((set(run) & (NOT_CARRIED | FWD_HEAD_ONLY)) - {
+        "robovlm_name", "model", "vlm", "tokenizer", "act_head", "train_setup"})
+    rep.not_carried += [f"train_setup.{k}" for k in sorted(set(setup) & TRAIN_SETUP_NOT_CARRIED)]
+    if run.get("use_state"):
+        rep.departures.append("use_state: RoboVLMs' trainer never passes it to the policy (it reads the key "
+                              "'use_state, False'), so its checkpoints hold no state token; the imported "
+                              "policy has none, set use_state when fine-tuning to train one")
+    if setup.get("mm_use_im_start_end"):
+        rep.departures.append(f"train_setup.mm_use_im_start_end: {name} defines no image start / end tokens, so "
+                              "RoboVLMs never adds them; neither does the imported policy")
+
+    if run.get("norm_action"):
+        lo, hi = float(run["norm_min"]), float(run["norm_max"])
+        norm = dict(norm_mode="clip", clip_bound=hi, clip_low=None if lo == -hi else lo)
+    else:
+        norm = dict(norm_mode="none")
+    window, chunk = int(run["window_size"]), int(run["fwd_pred_next_n"])
+    hidden = int(head.get("hidden_size", 1024))
+    layers = int(head.get("num_layers", 4)) if head_type == "lstm" else 1
+    fields = dict(
+        backbone=family, backbone_path=backbone_path, action_space="continuous", arm_dim=6,
+        window_size=window, fwd_pred_next_n=chunk, history_type=history,
+        use_hand_rgb=bool(run.get("use_hand_rgb", False)), image_order="hand_first", use_state=False,
+        max_text_len=int(tokenizer.get("max_text_len", 256)),
+        use_image_start_end=False, latent_num=latent, head=head_type, head_style="robovlms",
+        head_hidden=hidden, head_layers=layers, arm_loss="huber",
+        gripper_loss_weight=float(run.get("arm_gripper_loss_ratio", 0.01)),
+        freeze_backbone=bool(setup.get("freeze_backbone", False)),
+        train_vision=bool(setup.get("train_vision", False)),
+        gradient_checkpointing=bool(setup.get("gradient_checkpointing", False)),
+        prompt=prompt, prompt_special_tokens=special, **norm)
+    if family == "kosmos2":  # RoboVLMs' own image transform (BaseRoboVLM.image_processor): CLIP mean / std
+        fields.update(image_mean=list(run.get("image_mean", (0.48145466, 0.4578275, 0.40821073))),
+                      image_std=list(run.get("image_std", (0.26862954, 0.26130258, 0.27577711))))
+    # PaliGemma: RoboVLMs uses the backbone's own image processor, which is what robovlm_ros reads. (It
+    # also numbers positions from 0 where PaliGemma's forward starts at 1: rotary positions are relative,
+    # so that changes nothing.)
+    if setup.get("train_decoder_layers", -1) not in (-1, None):
+        fields["train_text_last_n"] = int(setup["train_decoder_layers"])
+    fields["_start"] = start
+    if run.get("image_size") is not None:
+        fields["image_size"] = int(run["image_size"])
+    for k in ("window_size", "fwd_pred_next_n", "use_hand_rgb", "norm_action", "norm_min", "norm_max",
+              "arm_gripper_loss_ratio", "image_size"):
+        if k in run:
+            rep.mapped[k] = run[k]
+    rep.mapped["act_head"] = f"head {head_type}, head_style robovlms, head_hidden {hidden}, head_layers {layers}, " \
+                             f"latent_num {latent}, history_type {history}"
+    rep.mapped["tokenizer.tokenizer_type"] = f"prompt {prompt!r}"
+    return fields, rep
+
+
+def _strip_prefix(state: dict) -> dict:
+    """Policy keys from a Lightning / DeepSpeed checkpoint: RoboVLMs' trainer holds the policy as
+    ``model``; DeepSpeed wraps the module as ``_forward_module`` or ``module``."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("_forward_module.", "module."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        if k.startswith("model."):
+            k = k[len("model."):]
+        out[k] = v
+    return out
+
+
+def read_checkpoint(path: str) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise RoboVLMsImportError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    state = ckpt.get("state_dict", ckpt.get("module", ckpt)) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RoboVLMsImportError(f"{path} holds no state_dict of tensors")
+    return _strip_prefix(state)
+
+
+def _load_backbone(family: str, backbone_path: str, tensors: dict, rep: ImportReport):
+    """The HF model from ``backbone_path``'s config with RoboVLMs' backbone tensors, loaded by transformers
+    itself so that its renaming of older checkpoint keys applies (RoboVLMs saved them with 4.37 / 4.44)."""
+    from transformers import AutoConfig
+    from safetensors.torch import save_file
+
+    spec = family_spec(family)
+    tmp = tempfile.mkdtemp(prefix="robovlms_backbone_")
+    try:
+        shutil.copy(os.path.join(backbone_path, "config.json"), tmp)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(tmp, "model.safetensors"))
+        cfg = AutoConfig.from_pretrained(tmp, local_files_only=True)
+        if cfg.model_type != spec.model_type:
+            _refuse(f"--backbone-path holds a {cfg.model_type!r} model; the run config's policy is {family}")
+        spec.fix_config(cfg)
+        hf, info = _hf_class(spec).from_pretrained(tmp, config=cfg, local_files_only=True, dtype=torch.float32,
+                                                   output_loading_info=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    missing = list(info["missing_keys"])
+    tied = set()
+    if getattr(hf.config, "tie_word_embeddings", False) or getattr(getattr(hf.config, "text_config", None),
+                                                                   "tie_word_embeddings", False):
+        tied = {k for k in missing if "lm_head" in k}
+    missing = sorted(set(missing) - tied)
+    if missing:
+        _refuse(f"the checkpoint leaves {len(missing)} backbone tensors unset: {', '.join(missing[:6])}")
+    rep.unmapped_tensors += [f"backbone.{k}" for k in info["unexpected_keys"]]
+    rep.tensors["backbone"] = len(tensors) - len(info["unexpected_keys"])
+    return hf
+
+
+def import_robovlms(run_path: str, ckpt_path: str, backbone_path: str, out_dir: str) -> ImportReport:
+    """Write a robovlm_ros checkpoint directory from a RoboVLMs run config and checkpoint."""
+    from .backbones import Backbone
+    from .robovlm import RoboVLM
+    from .text_tokenizer import load_tokenizer
+
+    with open(run_path) as f:
+        run = json.load(f)
+    if not os.path.isdir(backbone_path):
+        raise RoboVLMsImportError(f"--backbone-path {backbone_path!r} is not a directory")
+    fields, rep = config_from_robovlms(run, backbone_path)
+    tokenizer = load_tokenizer(backbone_path)
+    start = fields.pop("_start")
+    if start is not None:
+        fields["sequence_start"] = start.format(eos=tokenizer.eos_token)
+    fields["prompt"] = fields["prompt"].replace("{eos}", tokenizer.eos_token or "")
+    # what RoboVLMs puts around the text: with special tokens the BOS (the sequence start) and EOS; the
+    # PaliGemma prompt's leading EOS (the sequence start) and trailing newline
+    fields["prompt_trim"] = [1, 1] if fields["prompt_special_tokens"] or start is not None else [0, 0]
+    state = read_checkpoint(ckpt_path)
+    backbone_tensors = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    family = fields["backbone"]
+    hf = _load_backbone(family, backbone_path, backbone_tensors, rep)
+    config = PolicyConfig(**{**fields, "backbone_path": None, "backbone_config": {}})
+    model = RoboVLM(config, tokenizer=tokenizer, backbone=Backbone(config.backbone, hf))
+    _check_prompt(model, tokenizer, config, start)
+    ours = model.state_dict()
+    new = {}
+    skipped_buffers = 0
+    # transformers 5 scales Gemma's token embeddings inside the embedding layer (its embed_scale,
+    # sqrt(hidden)); 4.44 scaled every input embedding in the decoder, RoboVLMs' learned action token
+    # included. The token is stored pre-scaled so the decoder sees the same vector.
+    scale = getattr(model.backbone.embed_tokens, "embed_scale", None)
+    scale = 1.0 if scale is None else float(scale)
+    if scale != 1.0:
+        rep.departures.append(f"action token stored multiplied by {scale:.6g}: transformers 5 scales {family} "
+                              "token embeddings in the embedding layer, not in the decoder")
+    for k, v in state.items():
+        if k.startswith("backbone."):
+            continue
+        if k == "action_token":  # RoboVLMs: one token [D], repeated latent times
+            new["action_tokens"] = (v * scale).unsqueeze(0).expand(config.latent_num, -1).clone()
+        elif k.startswith("act_head."):
+            target = "head." + k[len("act_head."):]
+            if target in ours:
+                new[target] = v
+            elif k.endswith((".attn.bias", ".attn.masked_bias")):  # GPT-2's causal-mask buffers, no values
+                skipped_buffers += 1
+            else:
+                rep.unmapped_tensors.append(k)
+        else:
+            rep.unmapped_tensors.append(k)
+    head_keys = {k for k in ours if not k.startswith("backbone.")}
+    missing = sorted(head_keys - set(new))
+    if missing:
+        _refuse(f"the checkpoint leaves {len(missing)} policy tensors unset: {', '.join(missing[:6])}")
+    shapes = [f"{k}: {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in new.items() if v.shape != ours[k].shape]
+    if shapes:
+        _refuse(f"tensor shapes differ from the run config's policy: {'; '.join(shapes[:4])}")
+    model.load_state_dict(new, strict=False)
+    rep.tensors.update(policy=len(new), buffers_skipped=skipped_buffers, unmapped=len(rep.unmapped_tensors))
+    model.save_pretrained(out_dir)
+    return rep
+
+
+def _check_prompt(model, tokenizer, config: PolicyConfig, start) -> None:
+    """The tokens the trim removes from the front of RoboVLMs' prompt must be the sequence start the
+    model puts there itself."""
+    text = config.prompt.format(instruction="x")
+    ids = tokenizer(text, add_special_tokens=config.prompt_special_tokens)["input_ids"]
+    first = config.prompt_trim[0]
+    if first and ids[:first] != [model.bos_id]:
+        _refuse(f"RoboVLMs' prompt {config.prompt!r} starts with token {ids[:first]} with this tokenizer, not the "
+                f"sequence start {model.bos_id}: the backbone directory's tokenizer differs from the run's")
