@@ -211,6 +211,9 @@ def _run(case="kosmos_lstm_post_hand", **changes) -> dict:
     ({"robovlm_name": "RoboFlamingo"}, "RoboFlamingo"),
     ({"use_vision_resampler": True}, "use_vision_resampler"),
     ({"train_setup__lora_enable": True}, "lora_enable"),
+    ({"train_setup__my_flag": True}, "my_flag"),
+    ({"act_head__fill_zero": True}, "fill_zero"),
+    ({"tokenizer": {"type": "AutoProcessor", "tokenizer_type": "qwen"}}, "qwen"),
 ])
 def test_unsupported_settings_are_refused_by_name(changes, words, tmp_path):
     path = tmp_path / "run.json"

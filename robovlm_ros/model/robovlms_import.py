@@ -37,12 +37,19 @@ NOT_CARRIED = {
     "optimizer", "learning_rate", "min_lr_scale", "weight_decay", "warmup_epochs", "warmup_steps",
     "warmup_ratio", "trainer", "train_dataset", "val_dataset", "seq_len", "exp_name", "raw_calvin", "gpus",
     "num_nodes", "record_evaluation_video", "robovlm_name", "model", "vlm", "tokenizer", "act_head", "train_setup",
+    # loss weights of parts an imported policy does not have (captions, KL, CLIP norm, VL co-training)
+    "cap_loss_ratio", "vl_cotrain_ratio", "kl_div_ratio", "clip_norm_ratio",
 }
 # keys read only by RoboVLMs' forward-prediction (image generation) head; without one they change nothing
 FWD_HEAD_ONLY = {"use_time_causal_attn", "use_mim_obs_loss", "use_pixel_loss", "use_obs_queries",
                  "vision_masked_ratio", "use_tube_mask", "fwd_loss_ratio"}
 TRAIN_SETUP_NOT_CARRIED = {"precision", "bits", "mm_projector_lr", "freeze_mm_mlp_adapter", "tune_mm_mlp_adapter",
-                           "mm_use_im_patch_token", "freeze_resampler", "predict_forward", "predict_forward_hand"}
+                           "mm_use_im_patch_token", "freeze_resampler", "predict_forward", "predict_forward_hand",
+                           "lora_r", "lora_alpha", "lora_dropout", "lora_bias", "train_text_embedding", "reinit"}
+TRAIN_SETUP_MAPPED = {"predict_action", "predict_caption", "lora_enable", "freeze_backbone", "train_vision",
+                      "train_decoder_layers", "gradient_checkpointing", "mm_use_im_start_end"}
+ACT_HEAD_KEYS = {"type", "hidden_size", "action_dim", "down_sample", "latent", "fwd_pred_next_n", "window_size",
+                 "action_space", "with_history", "history_type", "num_layers", "policy_rnn_dropout_p"}
 
 
 class RoboVLMsImportError(ValueError):
@@ -95,11 +102,14 @@ def config_from_robovlms(run: dict, backbone_path: str) -> tuple[dict, ImportRep
     head = dict(run.get("act_head") or {})
     if not head:
         _refuse("act_head is missing: nothing predicts actions")
+    unknown_head = sorted(set(head) - ACT_HEAD_KEYS)
     space = head.get("action_space", "continuous")
     if space != "continuous":
         _refuse(f"act_head.action_space = {space!r}: this version imports continuous policies only")
     if head.get("type") not in HEADS:
         _refuse(f"act_head.type = {head.get('type')!r}: robovlm_ros reproduces {sorted(HEADS)}")
+    if unknown_head:
+        _refuse(f"act_head keys robovlm_ros does not know: {', '.join(unknown_head)}")
     _expect(head, "action_dim", {7}, "act_head.")
     _expect(head, "down_sample", {"pooling", "none", None}, "act_head.")
     if head.get("with_history") is False:
@@ -118,18 +128,21 @@ def config_from_robovlms(run: dict, backbone_path: str) -> tuple[dict, ImportRep
         _refuse("train_setup.predict_caption = true: RoboVLMs' caption co-training is not imported")
     if setup.get("lora_enable"):
         _refuse("train_setup.lora_enable = true: merge the LoRA weights into the checkpoint first")
-    if setup.get("reinit"):
-        rep.not_carried.append("train_setup.reinit")
+    unknown_setup = sorted(set(setup) - TRAIN_SETUP_MAPPED - TRAIN_SETUP_NOT_CARRIED)
+    if unknown_setup:
+        _refuse(f"train_setup keys robovlm_ros does not know: {', '.join(unknown_setup)}")
     tokenizer = run.get("tokenizer") or {}
     if tokenizer.get("additional_special_tokens"):
         _refuse("tokenizer.additional_special_tokens: the imported tokenizer would lack them")
-    prompt, special, start = PROMPTS[tokenizer.get("tokenizer_type", model_name)]
+    tokenizer_type = tokenizer.get("tokenizer_type", model_name)
+    if tokenizer_type not in PROMPTS:
+        _refuse(f"tokenizer.tokenizer_type = {tokenizer_type!r}: robovlm_ros knows RoboVLMs' prompts for {sorted(PROMPTS)}")
+    prompt, special, start = PROMPTS[tokenizer_type]
 
     known = NOT_CARRIED | FWD_HEAD_ONLY | {
         "window_size", "fwd_pred_next_n", "use_hand_rgb", "image_size", "image_mean", "image_std",
-        "arm_gripper_loss_ratio", "cap_loss_ratio", "norm_action", "norm_min", "norm_max", "fwd_head",
-        "use_vision_resampler", "vision_resampler", "act_encoder", "use_state", "use_mu_law", "use_clip_norm",
-        "tcp_rel", "vl_cotrain_ratio", "kl_div_ratio", "clip_norm_ratio"}
+        "arm_gripper_loss_ratio", "norm_action", "norm_min", "norm_max", "fwd_head", "use_vision_resampler",
+        "vision_resampler", "act_encoder", "use_state", "use_mu_law", "use_clip_norm", "tcp_rel"}
     unknown = sorted(set(run) - known)
     if unknown:
         _refuse(f"run config keys robovlm_ros does not know: {', '.join(unknown)}")
@@ -138,6 +151,10 @@ def config_from_robovlms(run: dict, backbone_path: str) -> tuple[dict, ImportRep
     rep.not_carried += sorted((set(run) & (NOT_CARRIED | FWD_HEAD_ONLY)) - {
         "robovlm_name", "model", "vlm", "tokenizer", "act_head", "train_setup"})
     rep.not_carried += [f"train_setup.{k}" for k in sorted(set(setup) & TRAIN_SETUP_NOT_CARRIED)]
+    if "policy_rnn_dropout_p" in head:
+        rep.not_carried.append("act_head.policy_rnn_dropout_p (training-time dropout)")
+    if "vision_resampler" in run:
+        rep.not_carried.append("vision_resampler (sizes of a resampler use_vision_resampler leaves off)")
     if run.get("use_state"):
         rep.departures.append("use_state: RoboVLMs' trainer never passes it to the policy (it reads the key "
                               "'use_state, False'), so its checkpoints hold no state token; the imported "
