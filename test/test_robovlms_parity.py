@@ -3,13 +3,11 @@ fixtures under test/fixtures/robovlms) are imported with ``import-robovlms`` and
 actions, robot commands and training loss.
 
 Tolerance: float32 throughout on both sides; actions within ACT_TOL (measured differences are at most
-3e-7, float32 rounding of a different summation order; PaliGemma is bit-identical), losses within a
-relative 1e-5. Each planted fault below moves the actions by more than 100x ACT_TOL.
+4e-7, float32 rounding of a different summation order), losses within a relative 1e-5. Each planted fault below moves the actions by more than 100x ACT_TOL.
 """
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -293,4 +291,3 @@ def test_training_continues_from_an_imported_policy(tmp_path, tmp_path_factory):
     Path(path).write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="window_size"):
         load_train_config(path)
-    shutil.rmtree(tmp_path / "run")

@@ -189,7 +189,8 @@ class RoboVLMsGPTHead(RoboVLMsOutput):
         self.window_size = window_size
         self.fc = nn.Linear(hidden_size, head_hidden) if hidden_size != head_hidden else nn.Identity()
         width = head_hidden * latent_num
-        self.gpt = GPT2Model(GPT2Config(n_layer=8, n_head=8, n_embd=width, n_positions=window_size, vocab_size=1))
+        self.gpt = GPT2Model(GPT2Config(n_layer=8, n_head=8, n_embd=width, n_positions=window_size, vocab_size=1,
+                                        bos_token_id=None, eos_token_id=None))
         del self.gpt.wte  # features come in as embeddings; GPT-2's token table is never used
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backbones import _hf_class, family_spec
+from .backbones import CLIP_MEAN, CLIP_STD, _hf_class, family_spec
 from .config import PolicyConfig
 
 ROBOVLM_FAMILIES = {"RoboKosMos": ("kosmos", "kosmos2"), "RoboPaligemma": ("paligemma", "paligemma")}
@@ -36,7 +36,7 @@ NOT_CARRIED = {
     "model_load_path", "model_load_source", "resume", "seed", "batch_size", "num_workers", "data_scale",
     "optimizer", "learning_rate", "min_lr_scale", "weight_decay", "warmup_epochs", "warmup_steps",
     "warmup_ratio", "trainer", "train_dataset", "val_dataset", "seq_len", "exp_name", "raw_calvin", "gpus",
-    "num_nodes", "record_evaluation_video", "robovlm_name", "model", "vlm", "tokenizer", "act_head", "train_setup",
+    "num_nodes", "record_evaluation_video",
     # loss weights of parts an imported policy does not have (captions, KL, CLIP norm, VL co-training)
     "cap_loss_ratio", "vl_cotrain_ratio", "kl_div_ratio", "clip_norm_ratio",
 }
@@ -83,9 +83,9 @@ def _expect(cfg: dict, key: str, allowed, where: str = "") -> None:
         _refuse(f"{where}{key} = {value!r} is not supported (robovlm_ros reproduces {sorted(map(str, allowed))})")
 
 
-def config_from_robovlms(run: dict, backbone_path: str) -> tuple[dict, ImportReport]:
-    """RoboVLMs' run config -> PolicyConfig fields for the backbone in ``backbone_path`` (and ``_start``,
-    the sequence start token's template)."""
+def config_from_robovlms(run: dict, backbone_path: str, tokenizer) -> tuple[dict, ImportReport]:
+    """RoboVLMs' run config -> PolicyConfig fields for the backbone in ``backbone_path`` (whose tokenizer
+    fills in the prompt's special tokens)."""
     rep = ImportReport()
     name = run.get("robovlm_name")
     if name not in ROBOVLM_FAMILIES:
@@ -131,25 +131,28 @@ def config_from_robovlms(run: dict, backbone_path: str) -> tuple[dict, ImportRep
     unknown_setup = sorted(set(setup) - TRAIN_SETUP_MAPPED - TRAIN_SETUP_NOT_CARRIED)
     if unknown_setup:
         _refuse(f"train_setup keys robovlm_ros does not know: {', '.join(unknown_setup)}")
-    tokenizer = run.get("tokenizer") or {}
-    if tokenizer.get("additional_special_tokens"):
+    tok_cfg = run.get("tokenizer") or {}
+    if tok_cfg.get("additional_special_tokens"):
         _refuse("tokenizer.additional_special_tokens: the imported tokenizer would lack them")
-    tokenizer_type = tokenizer.get("tokenizer_type", model_name)
+    tokenizer_type = tok_cfg.get("tokenizer_type", model_name)
     if tokenizer_type not in PROMPTS:
         _refuse(f"tokenizer.tokenizer_type = {tokenizer_type!r}: robovlm_ros knows RoboVLMs' prompts for {sorted(PROMPTS)}")
     prompt, special, start = PROMPTS[tokenizer_type]
+    eos = tokenizer.eos_token or ""
+    prompt = prompt.replace("{eos}", eos)
+    start = None if start is None else start.replace("{eos}", eos)
 
     known = NOT_CARRIED | FWD_HEAD_ONLY | {
         "window_size", "fwd_pred_next_n", "use_hand_rgb", "image_size", "image_mean", "image_std",
         "arm_gripper_loss_ratio", "norm_action", "norm_min", "norm_max", "fwd_head", "use_vision_resampler",
-        "vision_resampler", "act_encoder", "use_state", "use_mu_law", "use_clip_norm", "tcp_rel"}
+        "vision_resampler", "act_encoder", "use_state", "use_mu_law", "use_clip_norm", "tcp_rel",
+        "robovlm_name", "model", "vlm", "tokenizer", "act_head", "train_setup"}
     unknown = sorted(set(run) - known)
     if unknown:
         _refuse(f"run config keys robovlm_ros does not know: {', '.join(unknown)}")
     if run.get("act_encoder") is not None:
         _refuse("act_encoder: RoboVLMs' action encoder (actions as inputs) is not supported")
-    rep.not_carried += sorted((set(run) & (NOT_CARRIED | FWD_HEAD_ONLY)) - {
-        "robovlm_name", "model", "vlm", "tokenizer", "act_head", "train_setup"})
+    rep.not_carried += sorted(set(run) & (NOT_CARRIED | FWD_HEAD_ONLY))
     rep.not_carried += [f"train_setup.{k}" for k in sorted(set(setup) & TRAIN_SETUP_NOT_CARRIED)]
     if "policy_rnn_dropout_p" in head:
         rep.not_carried.append("act_head.policy_rnn_dropout_p (training-time dropout)")
@@ -175,23 +178,24 @@ def config_from_robovlms(run: dict, backbone_path: str) -> tuple[dict, ImportRep
         backbone=family, backbone_path=backbone_path, action_space="continuous", arm_dim=6,
         window_size=window, fwd_pred_next_n=chunk, history_type=history,
         use_hand_rgb=bool(run.get("use_hand_rgb", False)), image_order="hand_first", use_state=False,
-        max_text_len=int(tokenizer.get("max_text_len", 256)),
+        max_text_len=int(tok_cfg.get("max_text_len", 256)),
         use_image_start_end=False, latent_num=latent, head=head_type, head_style="robovlms",
         head_hidden=hidden, head_layers=layers, arm_loss="huber",
         gripper_loss_weight=float(run.get("arm_gripper_loss_ratio", 0.01)),
         freeze_backbone=bool(setup.get("freeze_backbone", False)),
         train_vision=bool(setup.get("train_vision", False)),
         gradient_checkpointing=bool(setup.get("gradient_checkpointing", False)),
-        prompt=prompt, prompt_special_tokens=special, **norm)
+        prompt=prompt, prompt_special_tokens=special, sequence_start=start,
+        # what RoboVLMs puts around the text: with special tokens the BOS (the sequence start) and EOS; the
+        # PaliGemma prompt's leading EOS (the sequence start) and trailing newline
+        prompt_trim=[1, 1] if special or start is not None else [0, 0], **norm)
     if family == "kosmos2":  # RoboVLMs' own image transform (BaseRoboVLM.image_processor): CLIP mean / std
-        fields.update(image_mean=list(run.get("image_mean", (0.48145466, 0.4578275, 0.40821073))),
-                      image_std=list(run.get("image_std", (0.26862954, 0.26130258, 0.27577711))))
+        fields.update(image_mean=list(run.get("image_mean", CLIP_MEAN)), image_std=list(run.get("image_std", CLIP_STD)))
     # PaliGemma: RoboVLMs uses the backbone's own image processor, which is what robovlm_ros reads. (It
     # also numbers positions from 0 where PaliGemma's forward starts at 1: rotary positions are relative,
     # so that changes nothing.)
     if setup.get("train_decoder_layers", -1) not in (-1, None):
         fields["train_text_last_n"] = int(setup["train_decoder_layers"])
-    fields["_start"] = start
     if run.get("image_size") is not None:
         fields["image_size"] = int(run["image_size"])
     for k in ("window_size", "fwd_pred_next_n", "use_hand_rgb", "norm_action", "norm_min", "norm_max",
@@ -271,22 +275,15 @@ def import_robovlms(run_path: str, ckpt_path: str, backbone_path: str, out_dir: 
         run = json.load(f)
     if not os.path.isdir(backbone_path):
         raise RoboVLMsImportError(f"--backbone-path {backbone_path!r} is not a directory")
-    fields, rep = config_from_robovlms(run, backbone_path)
     tokenizer = load_tokenizer(backbone_path)
-    start = fields.pop("_start")
-    if start is not None:
-        fields["sequence_start"] = start.format(eos=tokenizer.eos_token)
-    fields["prompt"] = fields["prompt"].replace("{eos}", tokenizer.eos_token or "")
-    # what RoboVLMs puts around the text: with special tokens the BOS (the sequence start) and EOS; the
-    # PaliGemma prompt's leading EOS (the sequence start) and trailing newline
-    fields["prompt_trim"] = [1, 1] if fields["prompt_special_tokens"] or start is not None else [0, 0]
+    fields, rep = config_from_robovlms(run, backbone_path, tokenizer)
     state = read_checkpoint(ckpt_path)
     backbone_tensors = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     family = fields["backbone"]
     hf = _load_backbone(family, backbone_path, backbone_tensors, rep)
     config = PolicyConfig(**{**fields, "backbone_path": None, "backbone_config": {}})
     model = RoboVLM(config, tokenizer=tokenizer, backbone=Backbone(config.backbone, hf))
-    _check_prompt(model, tokenizer, config, start)
+    _check_prompt(model, tokenizer, config)
     ours = model.state_dict()
     new = {}
     skipped_buffers = 0
@@ -326,7 +323,7 @@ def import_robovlms(run_path: str, ckpt_path: str, backbone_path: str, out_dir: 
     return rep
 
 
-def _check_prompt(model, tokenizer, config: PolicyConfig, start) -> None:
+def _check_prompt(model, tokenizer, config: PolicyConfig) -> None:
     """The tokens the trim removes from the front of RoboVLMs' prompt must be the sequence start the
     model puts there itself."""
     text = config.prompt.format(instruction="x")
