@@ -34,12 +34,24 @@ def test_kv_cached_decoding_matches_uncached(family, history, decoding):
     """Both caches: the growing one, and the preallocated one the GPU replays as a CUDA graph (here
     the same step eagerly). The static decoder is reused across calls, so a second batch and the
     first one again must come out right too (nothing left over from the call before)."""
-    from robovlm_ros.model.static_decoding import supports_static_decoding
-
     # image start / end tokens on: the family's own tokens (Kosmos-2, Qwen, Idefics3 / SmolVLM) sit
     # in the prefix, and Qwen's image tokens take their 3-D positions
-    model = RoboVLM(PolicyConfig.tiny(family, action_space="discrete", history_type=history,
-                                      use_image_start_end=True)).eval()
+    _check_cached_equals_uncached(family, decoding, history_type=history, use_image_start_end=True)
+
+
+@pytest.mark.parametrize("family", ["paligemma", "kosmos2"])
+@pytest.mark.parametrize("history", ["post", "pre"])
+@pytest.mark.parametrize("decoding", ["dynamic", "static"])
+def test_kv_cached_decoding_matches_uncached_robovlms_layout(family, history, decoding):
+    """RoboVLMs' discrete layout: frames wrapped as [BOS] segment [EOS], its bins and token ids."""
+    _check_cached_equals_uncached(family, decoding, history_type=history, frame_end="<eos>",
+                                  bin_style="robovlms", action_token_end=600)
+
+
+def _check_cached_equals_uncached(family, decoding, **overrides):
+    from robovlm_ros.model.static_decoding import supports_static_decoding
+
+    model = RoboVLM(PolicyConfig.tiny(family, action_space="discrete", **overrides)).eval()
     model.decoding = decoding
     assert supports_static_decoding(model.backbone)
     # spread the argmax over many bins (an untrained model tends to repeat one token)
@@ -87,6 +99,33 @@ def test_post_history_frames_are_independent_at_vlm_stage():
 @pytest.mark.parametrize("b", [1, 2])  # b=1: no padding, so the decoder may take its mask-free path
 def test_pre_history_is_causal(family, b):
     model = RoboVLM(PolicyConfig.tiny(family, history_type="pre")).eval()
+    _check_pre_history_is_causal(model, b)
+
+
+@pytest.mark.parametrize("b", [1, 2])
+def test_pre_history_with_wrapped_frames_is_causal(b):
+    """RoboVLMs' discrete layout: each frame [BOS] images text actions [EOS]; frame t's loss terms
+    and decoding see frames <= t only."""
+    model = RoboVLM(PolicyConfig.tiny("kosmos2", history_type="pre", action_space="discrete", frame_end="<eos>")).eval()
+    batch = make_batch(model, b=b, seed=3)
+    with torch.no_grad():
+        embeds, mask, unflatten = model.sequences(batch, model.backbone.embed(
+            model.action_tokenizer.encode(batch["actions"]).flatten(2)))
+        seg = unflatten(model.backbone.decode(embeds, mask, model.positions(mask))[0])  # [B, W, S_f, D]
+        later = dict(batch, rgb=batch["rgb"].clone(), hand_rgb=batch["hand_rgb"].clone())
+        later["rgb"][:, -1] = torch.randn_like(later["rgb"][:, -1])
+        later["hand_rgb"][:, -1] = torch.randn_like(later["hand_rgb"][:, -1])
+        embeds2, mask2, _ = model.sequences(later, model.backbone.embed(
+            model.action_tokenizer.encode(batch["actions"]).flatten(2)))
+        seg2 = unflatten(model.backbone.decode(embeds2, mask2, model.positions(mask2))[0])
+    n_frame = embeds.shape[1] // batch["rgb"].shape[1]
+    assert embeds.shape[1] == batch["rgb"].shape[1] * n_frame  # no extra leading BOS
+    assert embeds.shape[1] == mask.shape[1] and seg.shape[2] == n_frame - 2  # BOS and EOS stripped
+    torch.testing.assert_close(seg[:, :-1], seg2[:, :-1], rtol=0, atol=1e-6)
+    assert (seg[:, -1] - seg2[:, -1]).abs().max() > 1e-3  # the newest frame did change
+
+
+def _check_pre_history_is_causal(model, b):
     batch = make_batch(model, b=b)
     base = _features(model, batch)
     batch["rgb"][:, 2] += 1.0  # change frame 2

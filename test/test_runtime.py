@@ -26,14 +26,20 @@ def tiny_model(space="continuous", history="post", **kw):
     return model
 
 
-@pytest.mark.parametrize("space,history,decoding", [
-    ("continuous", "post", "auto"), ("continuous", "pre", "auto"), ("discrete", "post", "dynamic"),
-    ("discrete", "pre", "dynamic"), ("discrete", "post", "static"), ("discrete", "pre", "static")])
+ROBOVLMS_LAYOUT = dict(frame_end="<eos>", bin_style="robovlms", action_token_end=600)
+
+
+@pytest.mark.parametrize("space,history,decoding,layout", [
+    ("continuous", "post", "auto", {}), ("continuous", "pre", "auto", {}), ("discrete", "post", "dynamic", {}),
+    ("discrete", "pre", "dynamic", {}), ("discrete", "post", "static", {}), ("discrete", "pre", "static", {}),
+    ("discrete", "pre", "dynamic", ROBOVLMS_LAYOUT), ("discrete", "pre", "static", ROBOVLMS_LAYOUT)],
+    ids=lambda v: "robovlms" if v == ROBOVLMS_LAYOUT else ("" if v == {} else None))
 @pytest.mark.parametrize("execute_steps", [1, 2])
-def test_cached_stepping_equals_recomputing_the_window(tmp_path, space, history, decoding, execute_steps):
+def test_cached_stepping_equals_recomputing_the_window(tmp_path, space, history, decoding, layout, execute_steps):
     """``decoding`` static: the KV cache preallocated (on CUDA its step is a graph; here eager), for
-    ``pre`` history one cache of a full window kept across frames and reset when the window slides."""
-    tiny_model(space, history).save_pretrained(tmp_path / "ckpt")  # the runner loads a real checkpoint
+    ``pre`` history one cache of a full window kept across frames and reset when the window slides.
+    ``layout`` robovlms: frames wrapped [BOS] ... [EOS] with RoboVLMs' bins (an imported discrete policy)."""
+    tiny_model(space, history, **layout).save_pretrained(tmp_path / "ckpt")  # the runner loads a real checkpoint
     runs = []
     for use_cache in (True, False):
         runner = PolicyRunner(tmp_path / "ckpt", device="cpu", use_cache=use_cache, execute_steps=execute_steps)

@@ -40,10 +40,15 @@ class PolicyConfig:
     prompt: str = "{instruction}"
     prompt_special_tokens: bool = False
     prompt_trim: list = field(default_factory=lambda: [0, 0])
-    sequence_start: str | None = None    # the token each sequence begins with; None: the tokenizer's BOS (else pad)
+    sequence_start: str | None = None    # the token each sequence begins with (a token name or one-token text);
+                                         # None: the tokenizer's BOS (else pad)
     use_resampler: bool = False
     resampler_latents: int = 16
     resampler_depth: int = 2
+    resampler_heads: int = 4
+    resampler_dim_head: int = 32
+    resampler_ff_mult: int = 2
+    resampler_ff_bias: bool = True       # RoboVLMs' resampler has no biases in its feed-forward layers
     use_image_start_end: bool = False
     image_markers: str = "family"        # family: the family's own start / end tokens where it has them
                                          # (Kosmos-2, Qwen2-VL, Idefics3 / SmolVLM), else learned; learned
@@ -59,6 +64,12 @@ class PolicyConfig:
     gripper_loss_weight: float = 0.01
     # --- discrete actions ------------------------------------------------------------------------
     n_bins: int = 256
+    bin_style: str = "robovlm_ros"       # robovlm_ros | robovlms: how values map to bins and bins to token ids
+                                         # (action_tokenizer.py); robovlms: RoboVLMs' ActionTokenizer
+    action_token_end: int | None = None  # robovlms bins: bin k is token action_token_end - 1 - k
+    frame_end: str | None = None         # a token after each frame's action tokens, which the loss also predicts;
+                                         # each frame then also begins with the sequence start token
+                                         # (RoboVLMs' discrete layout: [BOS] images text actions [EOS] per frame)
     # --- normalisation ---------------------------------------------------------------------------
     norm_mode: str = "clip"              # clip | quantile | none (see normalization.py)
     clip_bound: float = 0.65
@@ -80,6 +91,7 @@ class PolicyConfig:
             "head": ("mlp", "lstm", "gpt"), "arm_loss": ("huber", "mse"),
             "norm_mode": ("clip", "quantile", "none"), "image_markers": ("family", "learned"),
             "head_style": ("robovlm_ros", "robovlms"), "image_order": ("static_first", "hand_first"),
+            "bin_style": ("robovlm_ros", "robovlms"),
         }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
@@ -87,6 +99,10 @@ class PolicyConfig:
         for name in ("window_size", "fwd_pred_next_n", "latent_num", "max_text_len", "n_bins"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PolicyConfig.{name} must be >= 1")
+        if self.bin_style == "robovlms" and self.action_token_end is None:
+            raise ValueError("PolicyConfig.bin_style robovlms needs action_token_end (RoboVLMs' tokenizer_orig_size)")
+        if self.frame_end is not None and self.action_space != "discrete":
+            raise ValueError("PolicyConfig.frame_end wraps discrete frames; continuous policies have no frame end")
         if "{instruction}" not in self.prompt:
             raise ValueError("PolicyConfig.prompt must contain {instruction}")
         if len(self.prompt_trim) != 2 or min(self.prompt_trim) < 0:

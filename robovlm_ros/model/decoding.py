@@ -64,33 +64,35 @@ def greedy_tokens(model, embeds, mask, n_tokens: int, use_cache: bool = True) ->
 
 
 @torch.no_grad()
-def decode_chunk(model, batch: dict, use_cache: bool = True) -> torch.Tensor:
-    """Greedy chunk for the last frame of every window -> [B, chunk, 7] normalised bin values.
+def decode_chunk(model, batch: dict, use_cache: bool = True, history: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Greedy chunk for the last frame of every window -> its action tokens [B, chunk*7].
 
-    ``pre`` history feeds earlier frames' action tokens: the batch's ``actions`` when given (teacher
-    forcing), else the tokens decoded for those frames, frame after frame.
+    ``pre`` history feeds earlier frames' action tokens: ``history`` (one [B, chunk*7] per earlier frame)
+    when given, else the batch's ``actions`` when given (teacher forcing), else the tokens decoded for
+    those frames, frame after frame.
     """
-    c = model.config
     b, w = batch["rgb"].shape[:2]
     n = model.n_action_slots
-    if c.history_type == "post":  # frames are independent: decode the newest one only
+    if model.config.history_type == "post":  # frames are independent: decode the newest one only
         last = {k: v[:, -1:] for k, v in batch.items() if k in ("rgb", "hand_rgb", "state")}
         last.update(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         embeds, mask, _ = model.sequences(last, None)
-        tokens = greedy_tokens(model, embeds, mask, n, use_cache=use_cache)
-    else:
-        known = batch.get("actions")
-        history: list[torch.Tensor] = []  # [B, n] action tokens of the frames before t
-        placeholder = torch.zeros(b, n, dtype=torch.long, device=batch["rgb"].device)
-        for t in range(w):
-            if known is not None and t < w - 1:
-                history.append(model.action_tokenizer.encode(known[:, t]).reshape(b, n))
-                continue
-            part = {k: v[:, : t + 1] for k, v in batch.items() if k in ("rgb", "hand_rgb", "state")}
-            part.update(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            acts = torch.stack(history + [placeholder], 1)  # [B, t+1, n]
-            embeds, mask, _ = model.sequences(part, model.backbone.embed(acts))
-            # cut frame t's (placeholder) action tokens: the prefix ends where decoding starts
-            tokens = greedy_tokens(model, embeds[:, :-n], mask[:, :-n], n, use_cache=use_cache)
-            history.append(tokens)
-    return model.action_tokenizer.decode(tokens).reshape(b, c.fwd_pred_next_n, c.action_dim)
+        return greedy_tokens(model, embeds, mask, n, use_cache=use_cache)
+    known = batch.get("actions")
+    history = list(history or [])  # [B, n] action tokens of the frames before t
+    placeholder = torch.zeros(b, n, dtype=torch.long, device=batch["rgb"].device)
+    cut = n + model.frame_tail  # frame t's (placeholder) action tokens and frame end
+    for t in range(w):
+        if t < len(history):
+            continue
+        if known is not None and t < w - 1:
+            history.append(model.action_tokenizer.encode(known[:, t]).reshape(b, n))
+            continue
+        part = {k: v[:, : t + 1] for k, v in batch.items() if k in ("rgb", "hand_rgb", "state")}
+        part.update(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        acts = torch.stack(history[:t] + [placeholder], 1)  # [B, t+1, n]
+        embeds, mask, _ = model.sequences(part, model.backbone.embed(acts))
+        # cut frame t's placeholder part: the prefix ends where decoding starts
+        tokens = greedy_tokens(model, embeds[:, :-cut], mask[:, :-cut], n, use_cache=use_cache)
+        history.append(tokens)
+    return tokens

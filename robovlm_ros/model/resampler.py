@@ -33,19 +33,22 @@ class PerceiverAttention(nn.Module):
         return self.to_out(out.transpose(1, 2).flatten(2))  # [N, K, dim]
 
 
-def _feed_forward(dim: int, mult: int) -> nn.Sequential:
-    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * mult), nn.GELU(), nn.Linear(dim * mult, dim))
+def _feed_forward(dim: int, mult: int, bias: bool) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * mult, bias=bias), nn.GELU(),
+                         nn.Linear(dim * mult, dim, bias=bias))
 
 
 class PerceiverResampler(nn.Module):
-    """[N, T, dim] image tokens -> [N, num_latents, dim]."""
+    """[N, T, dim] image tokens -> [N, num_latents, dim]. Module names and layout are those of RoboVLMs'
+    (Flamingo's) resampler, whose sizes are its defaults: 64 latents, depth 6, 8 heads of 64, ff x4
+    without biases (model/robovlms_import.py)."""
 
     def __init__(self, dim: int, num_latents: int = 64, depth: int = 2, heads: int = 4,
-                 dim_head: int = 32, ff_mult: int = 2):
+                 dim_head: int = 32, ff_mult: int = 2, ff_bias: bool = True):
         super().__init__()
         self.latents = nn.Parameter(torch.randn(num_latents, dim))  # [K, dim]
         self.layers = nn.ModuleList(
-            nn.ModuleList([PerceiverAttention(dim, heads, dim_head), _feed_forward(dim, ff_mult)])
+            nn.ModuleList([PerceiverAttention(dim, heads, dim_head), _feed_forward(dim, ff_mult, ff_bias)])
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)

@@ -12,6 +12,8 @@ History:
   * post: every frame is its own sequence ``[BOS] + segment``; the head fuses time.  [B*W, 1+S_f]
   * pre:  one causal sequence ``[BOS] + segment_1 + ... + segment_W``;               [B, 1+W*S_f]
           each frame's prediction is read at its own action tokens, so it sees only frames <= t.
+With ``frame_end`` (discrete, RoboVLMs' layout) every frame is wrapped as ``[BOS] segment [EOS]`` and
+pre history concatenates the wrapped frames (no extra leading BOS).
 Text is left padded inside its slot (padding sits in the middle of the sequence); positions are
 recomputed from the mask so padding never shifts a token's position. The mask also marks image tokens
 (Backbone.positions), so Qwen2-VL's image tokens get their 3-D rotary positions.
@@ -73,7 +75,11 @@ class RoboVLM(nn.Module):
         if len(tokenizer) > self.backbone.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the backbone embeds {self.backbone.vocab_size}")
         self.bos_id = self._sequence_start_id(config, tokenizer)
-        self.resampler = PerceiverResampler(d, config.resampler_latents, config.resampler_depth) if config.use_resampler else None
+        self.resampler = None
+        if config.use_resampler:
+            self.resampler = PerceiverResampler(d, config.resampler_latents, config.resampler_depth, config.resampler_heads,
+                                                config.resampler_dim_head, config.resampler_ff_mult,
+                                                config.resampler_ff_bias)
         self.image_start_end = None  # learned start / end vectors [2, D] (families without their own tokens)
         if config.use_image_start_end:
             if config.image_marker_ids is None and config.image_markers == "family":
@@ -99,20 +105,32 @@ class RoboVLM(nn.Module):
         else:
             special = set(tokenizer.all_special_ids) | {getattr(self.backbone.config, "image_token_id", -1)}
             special |= set(sum(config.image_marker_ids or [], []))
-            self.action_tokenizer = ActionTokenizer(self.backbone.vocab_size, special, config.n_bins)
+            self.action_tokenizer = ActionTokenizer(self.backbone.vocab_size, special, config.n_bins,
+                                                    style=config.bin_style, token_end=config.action_token_end)
+        # discrete frames wrapped as [BOS] segment [frame_end] (RoboVLMs' layout); None: not wrapped
+        self.frame_end_id = None if config.frame_end is None else self._single_token(tokenizer, config.frame_end,
+                                                                                      "frame_end")
         # how KV-cached decoding stores its cache: "auto" = preallocated + CUDA graph on CUDA, growing
         # elsewhere; "static" / "dynamic" force one (greedy_tokens)
         self.decoding = "auto"
         self._static_decoder = None  # decoding.greedy_tokens' StaticGreedyDecoder, made when first used
         apply_adaptation(self)
 
-    @staticmethod
-    def _sequence_start_id(config: PolicyConfig, tokenizer) -> int:
+    @classmethod
+    def _sequence_start_id(cls, config: PolicyConfig, tokenizer) -> int:
         if config.sequence_start is None:
             return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
-        ids = tokenizer(config.sequence_start, add_special_tokens=False)["input_ids"]
+        return cls._single_token(tokenizer, config.sequence_start, "sequence_start")
+
+    @staticmethod
+    def _single_token(tokenizer, text: str, what: str) -> int:
+        """A vocabulary token by its name (as convert_ids_to_tokens writes it), else text that is one token."""
+        tid = tokenizer.convert_tokens_to_ids(text)
+        if isinstance(tid, int) and (tid != tokenizer.unk_token_id or text == tokenizer.unk_token):
+            return tid
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
-            raise ValueError(f"sequence_start {config.sequence_start!r} is {len(ids)} tokens, not one")
+            raise ValueError(f"{what} {text!r} is {len(ids)} tokens, not one")
         return ids[0]
 
     # ------------------------------------------------------------------------------------------
@@ -124,6 +142,11 @@ class RoboVLM(nn.Module):
         """Tokens of the action part of one frame segment."""
         c = self.config
         return c.latent_num if c.action_space == "continuous" else c.fwd_pred_next_n * c.action_dim
+
+    @property
+    def frame_tail(self) -> int:
+        """Tokens after a frame's action part: 1 with ``frame_end``, else 0."""
+        return 0 if self.frame_end_id is None else 1
 
     def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, 3, S, S] -> image tokens [N, T, D] (resampled and wrapped in start / end tokens if enabled:
@@ -185,8 +208,24 @@ class RoboVLM(nn.Module):
         return embeds, torch.cat([image_mask, attention_mask, tail], dim=1)
 
     def bos(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.full((n, 1), self.bos_id, dtype=torch.long, device=device)
+        return self.token(self.bos_id, n, device)
+
+    def token(self, token_id: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token for N sequences: embeds [N, 1, D], mask [N, 1]."""
+        ids = torch.full((n, 1), token_id, dtype=torch.long, device=device)
         return self.backbone.embed(ids), torch.ones(n, 1, dtype=torch.long, device=device)
+
+    def segments(self, rgb, hand_rgb, input_ids, attention_mask, state, action_part):
+        """``frame_segments``, each wrapped as ``[BOS] segment [frame_end]`` when the policy has a frame end
+        (the end only after an action part: a segment without one is a decoding prefix)."""
+        seg, mask = self.frame_segments(rgb, hand_rgb, input_ids, attention_mask, state, action_part)
+        if self.frame_end_id is None:
+            return seg, mask
+        n = seg.shape[0]
+        parts = [self.bos(n, seg.device), (seg, mask)]
+        if action_part is not None:
+            parts.append(self.token(self.frame_end_id, n, seg.device))
+        return (torch.cat([e.to(seg.dtype) for e, _ in parts], 1), torch.cat([m.to(mask) for _, m in parts], 1))
 
     def positions(self, mask: torch.Tensor) -> torch.Tensor:
         """Position ids of a sequence from its mask (Backbone.positions): [N, L], or [3, N, L]."""
@@ -203,18 +242,24 @@ class RoboVLM(nn.Module):
         flat = lambda x: None if x is None else x.reshape(b * w, *x.shape[2:])  # noqa: E731
         ids = batch["input_ids"].repeat_interleave(w, dim=0)  # [B*W, L] text repeated per frame
         am = batch["attention_mask"].repeat_interleave(w, dim=0)
-        seg, seg_mask = self.frame_segments(flat(rgb), flat(batch.get("hand_rgb")), ids, am,
-                                            flat(batch.get("state")), flat(action_part))
+        seg, seg_mask = self.segments(flat(rgb), flat(batch.get("hand_rgb")), ids, am,
+                                      flat(batch.get("state")), flat(action_part))
         s_f = seg.shape[1]
+        wrapped = self.frame_end_id is not None  # each segment already starts with its BOS
         if self.config.history_type == "post":  # [B*W, 1 + S_f]
-            bos, bos_mask = self.bos(b * w, rgb.device)
-            embeds, mask = torch.cat([bos, seg], 1), torch.cat([bos_mask, seg_mask], 1)
+            embeds, mask = seg, seg_mask
+            if not wrapped:
+                bos, bos_mask = self.bos(b * w, rgb.device)
+                embeds, mask = torch.cat([bos, seg], 1), torch.cat([bos_mask, seg_mask], 1)
         else:  # [B, 1 + W*S_f]
-            bos, bos_mask = self.bos(b, rgb.device)
-            embeds = torch.cat([bos, seg.reshape(b, w * s_f, -1)], 1)
-            mask = torch.cat([bos_mask, seg_mask.reshape(b, w * s_f)], 1)
-        # both layouts are "BOS + frame segments in order", so one view recovers the frames
-        unflatten = lambda h: h[:, 1:].reshape(b, w, s_f, h.shape[-1])  # noqa: E731
+            embeds, mask = seg.reshape(b, w * s_f, -1), seg_mask.reshape(b, w * s_f)
+            if not wrapped:
+                bos, bos_mask = self.bos(b, rgb.device)
+                embeds, mask = torch.cat([bos, embeds], 1), torch.cat([bos_mask, mask], 1)
+        # every layout is "(BOS) + frame segments in order", so one view recovers the frames, without
+        # the wrapping tokens
+        lead, tail = (1, self.frame_tail) if wrapped else (0, 0)
+        unflatten = lambda h: h[:, 1 - lead:].reshape(b, w, -1, h.shape[-1])[:, :, lead: s_f - tail]  # noqa: E731
         return embeds, mask, unflatten
 
     # ------------------------------------------------------------------------------------------
@@ -266,13 +311,17 @@ class RoboVLM(nn.Module):
         embeds, mask, unflatten = self.sequences(batch, self.backbone.embed(tokens))
         hidden, _ = self.backbone.decode(embeds, mask, self.positions(mask))
         n = self.n_action_slots
-        # the token at slot k is predicted from the hidden state one position earlier
-        pred_hidden = unflatten(hidden)[:, :, -n - 1 : -1]  # [B, W, n, D]
+        # the token at slot k is predicted from the hidden state one position earlier; the frame end (where
+        # there is one) from the last action token
+        seg = unflatten(hidden)
+        pred_hidden = seg[:, :, -n - 1:] if self.frame_tail else seg[:, :, -n - 1: -1]  # [B, W, n (+1), D]
         logits = self.backbone.lm_head(pred_hidden).float()
         labels = tokens.clone()
         if batch.get("action_mask") is not None:
             step_ok = batch["action_mask"].bool().repeat_interleave(c.action_dim, dim=-1)  # [B, W, n]
             labels[~step_ok] = IGNORE
+        if self.frame_tail:  # RoboVLMs keeps the end label of a frame whose last steps are masked
+            labels = torch.cat([labels, labels.new_full((b, w, 1), self.frame_end_id)], -1)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
         valid = labels != IGNORE
         acc = ((logits.argmax(-1) == labels) & valid).sum() / valid.sum().clamp(min=1)
@@ -352,7 +401,9 @@ class RoboVLM(nn.Module):
             if self.config.action_space == "continuous":
                 chunk = self._newest_chunk(*self.head(self.action_features(batch)))
             else:
-                chunk = snap_gripper(decode_chunk(self, batch, use_cache=use_cache))
+                tokens = decode_chunk(self, batch, use_cache=use_cache)  # [B, chunk*7]
+                values = self.action_tokenizer.decode(tokens).reshape(len(tokens), -1, self.config.action_dim)
+                chunk = snap_gripper(values)
             return chunk if normalized else self.normalizer.unnormalize_action(chunk.float())
         finally:
             self.train(was_training)

@@ -6,7 +6,8 @@
 * post history, discrete: only the newest frame is decoded (KV cache inside the decoding).
 * pre history: the window is one causal sequence ``[BOS] seg_1 ... seg_n``. While frames are only
   appended, the KV cache of the frames already in the sequence is reused; once the window slides
-  (the oldest frame leaves), every remaining frame's keys/values change, so it is rebuilt.
+  (the oldest frame leaves), every remaining frame's keys/values change, so it is rebuilt. Frames wrapped
+  as ``[BOS] seg [EOS]`` (``frame_end``) bring their own BOS and get their EOS after their action tokens.
   Discrete ``pre`` frames carry action tokens in the sequence: the chunk decoded at that frame, or for
   frames where no decoding ran, the actions the robot was executing from then on. With static
   decoding (CUDA) the sequence lives in one preallocated cache of a full window, reset on a rebuild,
@@ -36,7 +37,7 @@ class Frame:
 
 @dataclass
 class _Sequence:
-    """KV cache of [BOS] + the segments of ``serials`` (pre history)."""
+    """KV cache of [BOS] + the segments of ``serials`` (pre history; wrapped frames: their segments)."""
     serials: list[int] = field(default_factory=list)
     cache: object = None
     mask: torch.Tensor | None = None
@@ -77,19 +78,16 @@ class WindowPredictor:
             if not self.use_cache:
                 return m.predict(self._batch(window, text), normalized=True)[0]
             return self._post(window, text) if not pre else self._head_chunk(self._pre(window, text))
-        # discrete: bin-centre values [chunk, 7]; the frame keeps the exact tokens it was decoded with
+        # discrete: the frame keeps the exact tokens it was decoded with (a later frame's pre history)
         if pre and not self.use_cache:
-            batch = self._batch(window, text)
-            if len(window) > 1:
-                given = [m.action_tokenizer.decode(f.action_tokens).view(-1, m.config.action_dim) for f in window[:-1]]
-                batch["actions"] = torch.stack(given + [given[-1]])[None]  # the last entry is not used
-            values = decode_chunk(m, batch, use_cache=False)[0]
+            history = [f.action_tokens[None] for f in window[:-1]]
+            tokens = decode_chunk(m, self._batch(window, text), use_cache=False, history=history)[0]
         elif pre:
-            values = self._pre(window, text)
+            tokens = self._pre(window, text)
         else:
-            values = decode_chunk(m, self._batch(window[-1:], text), use_cache=self.use_cache)[0]
-        window[-1].action_tokens = m.action_tokenizer.encode(values).reshape(-1)
-        return snap_gripper(values)
+            tokens = decode_chunk(m, self._batch(window[-1:], text), use_cache=self.use_cache)[0]
+        window[-1].action_tokens = tokens
+        return snap_gripper(m.action_tokenizer.decode(tokens).view(-1, m.config.action_dim))
 
     def carry(self, frame: Frame, executed: torch.Tensor) -> None:
         """A frame with no chunk of its own (execute_steps > 1) carries ``executed`` [k, 7], the normalised
@@ -116,7 +114,7 @@ class WindowPredictor:
         return self._head_chunk(torch.stack([self._feats[f.serial] for f in window])[None])
 
     def _pre(self, window: list[Frame], text) -> torch.Tensor:
-        """Continuous: action-token features [1, W, latent, D]; discrete: newest values [chunk, 7]."""
+        """Continuous: action-token features [1, W, latent, D]; discrete: the newest frame's tokens [chunk*7]."""
         m = self.model
         serials = [f.serial for f in window]
         seq = self._seq
@@ -124,15 +122,18 @@ class WindowPredictor:
         newest, stepper = window[-1], None
         if not continuous:  # the newest frame's prefix (its action tokens are what gets decoded)
             new_seg, new_mask = self._segments([newest], text, None)  # [1, S_f - n_action_slots, D]
-            stepper = self._static_stepper(new_seg, new_seg.shape[1] + m.n_action_slots)
+            stepper = self._static_stepper(new_seg, new_seg.shape[1] + m.n_action_slots + m.frame_tail)
         if seq is None or seq.serials != serials[: len(seq.serials)] or len(seq.serials) >= len(serials):
-            bos, bos_mask = m.bos(1, window[0].rgb.device)
             cache = None
             if stepper is not None:
                 cache = stepper.cache
                 cache.reset()
-            _, cache = m.extend(bos, bos_mask, cache)
-            seq = self._seq = _Sequence(cache=cache, mask=bos_mask)
+            bos, mask = m.bos(1, window[0].rgb.device)
+            if m.frame_end_id is None:  # one BOS for the sequence; wrapped frames bring their own
+                _, cache = m.extend(bos, mask, cache)
+            else:
+                mask = mask[:, :0]
+            seq = self._seq = _Sequence(cache=cache, mask=mask)
         todo = window[len(seq.serials):]
         given = todo if continuous else todo[:-1]  # frames whose action part is known: one decoder pass
         if given:
@@ -161,11 +162,14 @@ class WindowPredictor:
                 return self._pre(window, text)
             tokens = stepper.decode_rest()
             seq.mask = torch.cat([seq.mask, seq.mask.new_ones(1, m.n_action_slots - 1)], 1)  # as greedy_decode
-        # feed the last token too, so the cache holds the complete segment for the next frame
-        seq.mask = torch.cat([seq.mask, seq.mask.new_ones(1, 1)], 1)
-        _, seq.cache = m.extend(m.backbone.embed(tokens[:, -1:]).to(new_seg.dtype), seq.mask, seq.cache)
+        # feed the last token (and the frame end) too, so the cache holds the complete segment for the next frame
+        last = tokens[:, -1:]
+        if m.frame_end_id is not None:
+            last = torch.cat([last, last.new_full((1, 1), m.frame_end_id)], 1)
+        seq.mask = torch.cat([seq.mask, seq.mask.new_ones(1, last.shape[1])], 1)
+        _, seq.cache = m.extend(m.backbone.embed(last).to(new_seg.dtype), seq.mask, seq.cache)
         seq.serials.append(newest.serial)
-        return m.action_tokenizer.decode(tokens[0]).view(-1, m.config.action_dim)
+        return tokens[0]
 
     def _static_stepper(self, seg: torch.Tensor, s_f: int) -> GreedyStepper | None:
         """The stepper over a preallocated cache of a full window (1 + W * S_f slots), when the model
@@ -186,5 +190,5 @@ class WindowPredictor:
         ids, am = text
         k = len(frames)
         hand = None if frames[0].hand_rgb is None else torch.stack([f.hand_rgb for f in frames])
-        return self.model.frame_segments(torch.stack([f.rgb for f in frames]), hand, ids.expand(k, -1),
+        return self.model.segments(torch.stack([f.rgb for f in frames]), hand, ids.expand(k, -1),
                                          am.expand(k, -1), torch.stack([f.state for f in frames]), action_part)
