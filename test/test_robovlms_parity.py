@@ -18,25 +18,29 @@ from robovlm_ros.model import RoboVLM
 from robovlm_ros.model.robovlms_import import RoboVLMsImportError, import_robovlms, read_checkpoint
 
 FIX = Path(__file__).parent / "fixtures" / "robovlms"
-CASES = sorted(p.name for p in FIX.iterdir() if (p / "run.json").exists())
+ALL_CASES = sorted(p.name for p in FIX.iterdir() if (p / "run.json").exists())
+DISCRETE = [c for c in ALL_CASES if json.loads((FIX / c / "run.json").read_text())["act_head"]["action_space"] == "discrete"]
+CASES = [c for c in ALL_CASES if c not in DISCRETE]  # continuous
 ACT_TOL = 1e-6
 _imported: dict = {}
 
 
 def backbone_dir(case: str) -> Path:
-    return FIX / f"{case.split('_')[0]}_backbone"
+    family = case.split("_")[0]
+    return FIX / (f"{family}_discrete_backbone" if case in DISCRETE else f"{family}_backbone")
 
 
 def reference(case: str) -> dict:
     return torch.load(FIX / case / "reference.pt", weights_only=True)
 
 
-def imported(case: str, tmp_path_factory) -> Path:
-    if case not in _imported:
+def imported(case: str, tmp_path_factory, history: str = "post") -> Path:
+    if (case, history) not in _imported:
         out = tmp_path_factory.mktemp("imported") / case
-        import_robovlms(str(FIX / case / "run.json"), str(FIX / case / "model.ckpt"), str(backbone_dir(case)), str(out))
-        _imported[case] = out
-    return _imported[case]
+        import_robovlms(str(FIX / case / "run.json"), str(FIX / case / "model.ckpt"), str(backbone_dir(case)), str(out),
+                        discrete_history=history)
+        _imported[case, history] = out
+    return _imported[case, history]
 
 
 def batch_for(model: RoboVLM, ref: dict, frames: slice = slice(None)) -> dict:
@@ -65,14 +69,16 @@ def case(request):
 
 
 def test_fixtures_cover_what_robovlms_releases():
-    runs = {c: json.loads((FIX / c / "run.json").read_text()) for c in CASES}
+    runs = {c: json.loads((FIX / c / "run.json").read_text()) for c in ALL_CASES}
     heads = {r["act_head"]["type"] for r in runs.values()}
-    assert heads == {"LSTMDecoder", "FCDecoder", "GPTDecoder"}
+    assert heads == {"LSTMDecoder", "FCDecoder", "GPTDecoder", "DiscreteDecoder"}
     assert {r["model"] for r in runs.values()} == {"kosmos", "paligemma"}
+    assert {runs[c]["model"] for c in DISCRETE} == {"kosmos", "paligemma"}
     lstm_post = [r for r in runs.values() if r["act_head"]["type"] == "LSTMDecoder" and r["window_size"] > 1]
     assert {r["use_hand_rgb"] for r in lstm_post} == {True, False}
     assert any(r["act_head"]["latent"] > 1 for r in runs.values())
-    assert {reference(c)["robovlms_commit"] for c in CASES} == {"8adc1d28d3565699eba90b7d97a97fb6001eb87d"}
+    assert any(r["use_vision_resampler"] for r in runs.values())
+    assert {reference(c)["robovlms_commit"] for c in ALL_CASES} == {"8adc1d28d3565699eba90b7d97a97fb6001eb87d"}
 
 
 def test_text_and_pixels_are_what_robovlms_fed_its_policy(case, tmp_path_factory):
@@ -133,6 +139,110 @@ def test_training_loss_equals_robovlms(case, tmp_path_factory):
         assert abs(model(batch)["loss"].item() - ref["loss"].item()) > 1e-4
 
 
+# --- discrete actions ----------------------------------------------------------------------------------
+@pytest.fixture(params=DISCRETE)
+def dcase(request):
+    return request.param
+
+
+def discrete_train_batch(model: RoboVLM, ref: dict) -> dict:
+    """The two windows RoboVLMs scored (the second one's frames in reverse order), in our batch format:
+    actions [2, W, chunk, 7] from each sample's W + chunk - 1 steps, the masked last step likewise."""
+    p = model.processor
+    w, chunk = model.config.window_size, model.config.fwd_pred_next_n
+    ids, mask = p.text(ref["train_instructions"])
+    steps = torch.arange(w)[:, None] + torch.arange(chunk)[None]  # [W, chunk]: frame i acts at steps i .. i+chunk-1
+    batch = {"rgb": p.images(torch.stack([ref["rgb_uint8"], ref["rgb_uint8"].flip(0)]).numpy()),
+             "input_ids": ids, "attention_mask": mask, "actions": ref["train_actions"][:, steps],
+             "action_mask": ref["train_step_mask"][:, steps].float()}
+    if model.config.use_hand_rgb:
+        batch["hand_rgb"] = p.images(torch.stack([ref["hand_uint8"], ref["hand_uint8"].flip(0)]).numpy())
+    return batch
+
+
+def test_discrete_prompt_bins_and_token_ids_are_robovlms(dcase, tmp_path_factory):
+    """The prompt RoboVLMs' evaluation feeds, its ActionTokenizer's id range (from the tokenizer, as it
+    counts it), and every frame of its training sequences: [first prompt token] text actions [EOS]."""
+    model = RoboVLM.from_pretrained(str(imported(dcase, tmp_path_factory))).eval()
+    ref = reference(dcase)
+    ids, _ = model.processor.text([ref["instruction"]])
+    assert [model.bos_id] + ids[0].tolist() == ref["lang_x"][0].tolist()
+    assert model.config.action_token_end == ref["action_token_end"]
+    batch = discrete_train_batch(model, ref)
+    torch.testing.assert_close(batch["rgb"], ref["train_rgb"], atol=1e-6, rtol=0)
+    n = model.n_action_slots
+    tokens = model.action_tokenizer.encode(batch["actions"]).flatten(2)  # [2, W, chunk*7]
+    theirs = ref["train_ids"]  # [2, W, L]: RoboVLMs' text ids, the frame's action ids, the EOS
+    assert torch.equal(tokens, theirs[:, :, -n - 1: -1])
+    assert (theirs[:, :, -1] == model.frame_end_id).all() and (theirs[:, :, 0] == model.bos_id).all()
+    text_ids, _ = model.processor.text(ref["train_instructions"])
+    assert torch.equal(theirs[:, 0, 1: -n - 1], text_ids)
+    assert len(torch.unique(tokens)) > 20  # many bins, both gripper ends: not a degenerate comparison
+
+
+def test_discrete_decoding_equals_robovlms_evaluation(tmp_path_factory):
+    """Frame by frame, as RoboVLMs' CALVIN evaluation decodes a discrete post policy: the first 7 of our
+    chunk's tokens are RoboVLMs' greedy tokens; values and the runner's robot command match too."""
+    from robovlm_ros.model.decoding import decode_chunk
+    from robovlm_ros.runtime import PolicyRunner
+
+    case = "kosmos_discrete_hand"  # RoboVLMs' own discrete PaliGemma evaluation fails (generate.py)
+    model = RoboVLM.from_pretrained(str(imported(case, tmp_path_factory))).eval()
+    ref = reference(case)
+    assert len(torch.unique(ref["step_token_ids"])) >= 8, "RoboVLMs' decoding too repetitive to prove much"
+    for t in range(len(ref["rgb_uint8"])):
+        batch = batch_for(model, ref, slice(t, t + 1))
+        tokens = decode_chunk(model, batch)[0]
+        assert tokens.shape == (model.n_action_slots,)  # the whole chunk, where RoboVLMs decodes one action
+        assert tokens[:7].tolist() == ref["step_token_ids"][t].tolist()
+        values = model.predict(batch, normalized=True)[0, 0]
+        torch.testing.assert_close(values, ref["step_actions"][t].float(), atol=ACT_TOL, rtol=0)
+    runner = PolicyRunner(imported(case, tmp_path_factory), device="cpu", dtype="float32")
+    runner.set_instruction(ref["instruction"])
+    for t in range(len(ref["rgb_uint8"])):
+        chunk = runner.predict_chunk({"rgb": ref["rgb_uint8"][t].numpy(), "hand_rgb": ref["hand_uint8"][t].numpy(),
+                                      "state": np.zeros(7)})
+    np.testing.assert_allclose(chunk[0], ref["command"].numpy(), atol=ACT_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("fault", ["robovlm_ros bins", "static image first", "no sequence start"])
+def test_a_planted_fault_breaks_discrete_decoding(fault, tmp_path_factory):
+    from robovlm_ros.model.action_tokenizer import ActionTokenizer
+    from robovlm_ros.model.decoding import decode_chunk
+
+    case = "kosmos_discrete_hand"
+    model = RoboVLM.from_pretrained(str(imported(case, tmp_path_factory))).eval()
+    ref = reference(case)
+    if fault == "robovlm_ros bins":  # our own binning: the n_bins least used ids, equal intervals
+        model.action_tokenizer = ActionTokenizer(model.backbone.vocab_size, set(model.tokenizer.all_special_ids), 256)
+    elif fault == "static image first":
+        model.config.image_order = "static_first"
+    else:
+        model.bos_id = model.tokenizer.pad_token_id
+    decoded = [decode_chunk(model, batch_for(model, ref, slice(t, t + 1)))[0, :7] for t in range(len(ref["rgb_uint8"]))]
+    assert not torch.equal(torch.stack(decoded), ref["step_token_ids"]), fault
+
+
+def test_discrete_training_loss_equals_robovlms(dcase, tmp_path_factory):
+    """Imported with --discrete-history pre, RoboVLMs' training layout: the window one sequence of
+    [BOS] images text actions [EOS] frames; cross-entropy over the action tokens of unmasked steps and each
+    frame's EOS, on the batch RoboVLMs scored."""
+    model = RoboVLM.from_pretrained(str(imported(dcase, tmp_path_factory, history="pre"))).eval()
+    ref = reference(dcase)
+    batch = discrete_train_batch(model, ref)
+    with torch.no_grad():
+        loss = model(batch)["loss"]
+        torch.testing.assert_close(loss, ref["loss"].float(), rtol=1e-5, atol=1e-7)
+        # each part matters: the masked step scored, no frame end, frames scored one by one (post)
+        changed = [model(dict(batch, action_mask=torch.ones_like(batch["action_mask"])))["loss"]]
+        model.frame_end_id = None
+        changed.append(model(batch)["loss"])
+        post = RoboVLM.from_pretrained(str(imported(dcase, tmp_path_factory))).eval()
+        changed.append(post(batch)["loss"])
+    for other in changed:
+        assert abs(other.item() - ref["loss"].item()) > 1e-3
+
+
 # --- the checks can fail: planted faults -----------------------------------------------------------
 def _perturb_head(model, monkeypatch):
     with torch.no_grad():
@@ -155,6 +265,8 @@ FAULTS = {
                                   lambda m, _: m.action_tokens.data.div_(float(m.backbone.embed_tokens.embed_scale))),
     "latents interleaved, not concatenated": ("kosmos_lstm_latent2", _latents_dim_major),
     "one head tensor perturbed": ("kosmos_gpt", _perturb_head),
+    "one resampler latent perturbed": ("kosmos_lstm_resampler", lambda m, _: m.resampler.latents.data[0].add_(
+        torch.randn(m.resampler.latents.shape[1], generator=torch.Generator().manual_seed(0)) * 0.05)),
 }
 
 
@@ -204,10 +316,10 @@ def _run(case="kosmos_lstm_post_hand", **changes) -> dict:
 @pytest.mark.parametrize("changes, words", [
     ({"my_new_option": 1}, "my_new_option"),
     ({"fwd_head": {"type": "X"}}, "fwd_head"),
-    ({"act_head__action_space": "discrete"}, "action_space"),
+    ({"act_head__action_space": "discrete"}, "DiscreteDecoder"),
+    ({"act_head__action_space": "diffusion"}, "action_space"),
     ({"act_head__type": "DiffusionDecoder"}, "DiffusionDecoder"),
     ({"robovlm_name": "RoboFlamingo"}, "RoboFlamingo"),
-    ({"use_vision_resampler": True}, "use_vision_resampler"),
     ({"train_setup__lora_enable": True}, "lora_enable"),
     ({"train_setup__my_flag": True}, "my_flag"),
     ({"act_head__fill_zero": True}, "fill_zero"),
@@ -220,6 +332,19 @@ def test_unsupported_settings_are_refused_by_name(changes, words, tmp_path):
     with pytest.raises(RoboVLMsImportError, match=words):
         import_robovlms(str(path), str(FIX / case / "model.ckpt"), str(backbone_dir(case)), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"act_head__min_action": 0}, "min_action"),
+    ({"act_head__type": "LSTMDecoder"}, "DiscreteDecoder"),
+    ({"train_dataset__model_name": "llama"}, "llama"),
+])
+def test_unsupported_discrete_settings_are_refused_by_name(changes, words, tmp_path):
+    case = "kosmos_discrete_hand"
+    (tmp_path / "run.json").write_text(json.dumps(_run(case, **changes)))
+    with pytest.raises(RoboVLMsImportError, match=words):
+        import_robovlms(str(tmp_path / "run.json"), str(FIX / case / "model.ckpt"), str(backbone_dir(case)),
+                        str(tmp_path / "out"))
 
 
 def test_a_checkpoint_missing_a_tensor_is_refused_and_deepspeed_prefixes_load(tmp_path):
@@ -253,21 +378,27 @@ def test_cli_reports_the_mapping(tmp_path, capsys):
     assert rc == 2 and "not a readable PyTorch checkpoint" in capsys.readouterr().err
 
 
-def test_training_continues_from_an_imported_policy(tmp_path, tmp_path_factory):
+@pytest.mark.parametrize("case, history", [("kosmos_lstm_post", "post"), ("kosmos_discrete_hand", "pre")])
+def test_training_continues_from_an_imported_policy(case, history, tmp_path, tmp_path_factory):
     """The main use: fine-tune the imported policy on the user's own converted bags. Training starts from
-    the imported weights (its first loss is the imported policy's loss) and moves them."""
-    from test_convert import episode_messages, params, write_bag
+    the imported weights and moves them; a discrete policy imported with RoboVLMs' training layout keeps it."""
+    from test_convert import MS, episode_messages, image, params, write_bag
     from test_training import losses, write_config
 
     from robovlm_ros.data.convert import convert_bags
     from robovlm_ros.train.config import load_train_config
     from robovlm_ros.train.run import train
 
-    case = "kosmos_lstm_post"  # the converted test bags have no gripper camera
-    src = imported(case, tmp_path_factory)
+    src = imported(case, tmp_path_factory, history)
+    hand = case in DISCRETE  # the discrete fixture has a gripper camera
     for name in ("ep1", "ep2"):
-        write_bag(tmp_path / "bags" / name, episode_messages(n=8))
-    convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), params(tmp_path), progress=False)
+        msgs = episode_messages(n=8)
+        if hand:
+            t0 = 1_000 * MS
+            msgs += [("/wrist", "sensor_msgs/msg/Image", t0 + k * 50 * MS, image(t0 + k * 50 * MS, k)) for k in range(16)]
+        write_bag(tmp_path / "bags" / name, msgs)
+    robot = params(tmp_path, **({"gripper_camera_topic": "/wrist"} if hand else {}))
+    convert_bags([str(tmp_path / "bags")], str(tmp_path / "ds"), robot, progress=False)
     path = write_config(tmp_path / "cfg.yaml", tmp_path / "ds", tmp_path / "run",
                         data={"batch_size": 1, "val_fraction": 0.0}, optim={"lr": 1e-3, "max_steps": 3, "warmup_steps": 0},
                         trainer={"checkpoint_every": 3})
@@ -278,14 +409,22 @@ def test_training_continues_from_an_imported_policy(tmp_path, tmp_path_factory):
     raw["init_checkpoint"] = str(src)
     Path(path).write_text(yaml.safe_dump(raw))
     cfg = load_train_config(path)
-    assert cfg.model.head_style == "robovlms" and cfg.model.image_order == "hand_first"
+    assert cfg.model.image_order == "hand_first"
+    if hand:
+        assert (cfg.model.history_type, cfg.model.frame_end, cfg.model.bin_style) == ("pre", "</s>", "robovlms")
+    else:
+        assert cfg.model.head_style == "robovlms"
     export = train(cfg)
     assert len(losses(tmp_path / "run")) == 3
     before, after = RoboVLM.from_pretrained(str(src)), RoboVLM.from_pretrained(export)
     assert after.config.prompt == before.config.prompt and after.normalizer.clip_bound == before.normalizer.clip_bound
     vision = [n for n, _ in before.named_parameters() if "vision_model" in n]
     moved = [n for n, p in after.named_parameters() if not torch.equal(p, before.state_dict()[n])]
-    assert "action_tokens" in moved and any(n.startswith("head.") for n in moved)
+    if hand:
+        assert after.config.action_token_end == before.config.action_token_end
+        assert any("lm_head" in n for n in moved) and any("layers.1." in n for n in moved)
+    else:
+        assert "action_tokens" in moved and any(n.startswith("head.") for n in moved)
     assert not set(vision) & set(moved), "train_vision: false must keep the vision tower"
     raw["model"] = {"window_size": 4}
     Path(path).write_text(yaml.safe_dump(raw))

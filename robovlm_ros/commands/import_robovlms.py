@@ -9,7 +9,8 @@ def run(args) -> int:
     from ..model.robovlms_import import RoboVLMsImportError, import_robovlms
 
     try:
-        report = import_robovlms(args.config, args.checkpoint, args.backbone_path, args.out)
+        report = import_robovlms(args.config, args.checkpoint, args.backbone_path, args.out,
+                                 discrete_history=args.discrete_history)
     except (RoboVLMsImportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -27,4 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--backbone-path", required=True,
                    help="the VLM directory the run started from (its config.json, tokenizer and processor)")
     p.add_argument("--out", required=True, help="checkpoint directory to write (atomically)")
+    p.add_argument("--discrete-history", choices=("post", "pre"), default="post",
+                   help="a discrete policy's window: post = RoboVLMs' evaluation (the newest frame decoded alone), "
+                        "pre = RoboVLMs' training layout (the window's frames with their action tokens)")
     p.set_defaults(func=run)

@@ -49,7 +49,15 @@ TRAIN_SETUP_NOT_CARRIED = {"precision", "bits", "mm_projector_lr", "freeze_mm_ml
 TRAIN_SETUP_MAPPED = {"predict_action", "predict_caption", "lora_enable", "freeze_backbone", "train_vision",
                       "train_decoder_layers", "gradient_checkpointing", "mm_use_im_start_end"}
 ACT_HEAD_KEYS = {"type", "hidden_size", "action_dim", "down_sample", "latent", "fwd_pred_next_n", "window_size",
-                 "action_space", "with_history", "history_type", "num_layers", "policy_rnn_dropout_p"}
+                 "action_space", "with_history", "history_type", "num_layers", "policy_rnn_dropout_p",
+                 "n_bin", "min_action", "max_action"}
+# RoboVLMs' discrete prompt (robovlms/data/data_utils.py get_prompt_builder): its PhiPromptBuilder for every
+# model name but these, whose builders robovlm_ros does not reproduce
+# the resampler RoboVLMs builds whatever its config says: PerceiverResampler(dim=hidden) with these defaults
+ROBOVLMS_RESAMPLER = dict(resampler_latents=64, resampler_depth=6, resampler_heads=8, resampler_dim_head=64,
+                          resampler_ff_mult=4, resampler_ff_bias=False)
+OTHER_PROMPT_BUILDERS = ("vicuna", "mistral", "llama", "qwen")
+DISCRETE_HISTORY = ("post", "pre")
 
 
 class RoboVLMsImportError(ValueError):
@@ -83,9 +91,52 @@ def _expect(cfg: dict, key: str, allowed, where: str = "") -> None:
         _refuse(f"{where}{key} = {value!r} is not supported (robovlm_ros reproduces {sorted(map(str, allowed))})")
 
 
-def config_from_robovlms(run: dict, backbone_path: str, tokenizer) -> tuple[dict, ImportReport]:
+def robovlms_action_token_end(tokenizer) -> int:
+    """RoboVLMs' ActionTokenizer.tokenizer_orig_size: the vocabulary less one id per special-token
+    attribute set (bos, eos, unk, sep, pad, cls, mask) and per additional special token, less 10; its 256
+    action ids are the ids just below."""
+    attrs = [k for k, v in tokenizer.special_tokens_map.items() if v and k != "additional_special_tokens"]
+    extra = getattr(tokenizer, "extra_special_tokens", None) or tokenizer.special_tokens_map.get(
+        "additional_special_tokens") or []
+    return tokenizer.vocab_size - len(attrs) - len(extra) - 10
+
+
+# whether RoboVLMs' discrete prompt gets the tokenizer's special tokens: it tokenises with
+# add_special_tokens=True, and its KosMos tokenizer (XLM-R) then adds <s> ... </s>, while its PaliGemma
+# tokenizer, taken from PaliGemmaProcessor, adds nothing (the processor turns add_bos_token / add_eos_token off)
+DISCRETE_PROMPT_SPECIAL = {"kosmos2": True, "paligemma": False}
+
+
+def _discrete_prompt(run: dict, family: str, tokenizer, chunk: int, rep: ImportReport) -> dict:
+    """RoboVLMs' discrete prompt (its dataset's wrap_instruction_and_action and its evaluation wrapper):
+    PhiPromptBuilder's "Input: {question}\nOutput: \n{eos}" (its get_prompt drops the BOS it was given),
+    tokenised. RoboVLMs inserts the images after the first token, which our sequence start then is, and
+    moves the last token (the EOS) after the frame's action tokens: our frame end."""
+    builder = str((run.get("train_dataset") or {}).get("model_name", run.get("model", "")))
+    for marker in OTHER_PROMPT_BUILDERS:
+        if marker in builder.lower():
+            _refuse(f"train_dataset.model_name = {builder!r} selects RoboVLMs' {marker} prompt builder; robovlm_ros "
+                    "reproduces its PhiPromptBuilder prompt (the builder of its KosMos and PaliGemma runs)")
+    if tokenizer.eos_token is None:
+        _refuse("a discrete policy's prompt needs the tokenizer's EOS token")
+    # RoboVLMs' act_step is fwd_pred_next_n + 1, so its question never takes the one-action form
+    question = f"What {chunk + 1} step actions should the robot take to {{instruction}}?"
+    prompt = f"Input: {question}\nOutput: \n{tokenizer.eos_token}"
+    special = DISCRETE_PROMPT_SPECIAL[family]
+    ids = tokenizer(prompt.format(instruction="x"), add_special_tokens=special)["input_ids"]
+    start, frame_end = tokenizer.convert_ids_to_tokens([ids[0], ids[-1]])
+    if not (run.get("train_dataset") or {}).get("predict_stop_token", True):
+        rep.departures.append("train_dataset.predict_stop_token = false: robovlm_ros' loss also predicts the "
+                              f"frame end {frame_end!r} (RoboVLMs' default)")
+    return dict(prompt=prompt, prompt_special_tokens=special, prompt_trim=[1, 1], sequence_start=start,
+                frame_end=frame_end)
+
+
+def config_from_robovlms(run: dict, backbone_path: str, tokenizer,
+                         discrete_history: str = "post") -> tuple[dict, ImportReport]:
     """RoboVLMs' run config -> PolicyConfig fields for the backbone in ``backbone_path`` (whose tokenizer
-    fills in the prompt's special tokens)."""
+    fills in the prompt's special tokens). ``discrete_history``: how a discrete policy's window is read
+    (README "From a RoboVLMs checkpoint": post is RoboVLMs' evaluation, pre its training layout)."""
     rep = ImportReport()
     name = run.get("robovlm_name")
     if name not in ROBOVLM_FAMILIES:
@@ -94,8 +145,6 @@ def config_from_robovlms(run: dict, backbone_path: str, tokenizer) -> tuple[dict
     _expect(run, "model", {model_name})
     if run.get("fwd_head") is not None:
         _refuse("fwd_head: RoboVLMs' forward-prediction head (image generation) has no robovlm_ros counterpart")
-    if run.get("use_vision_resampler"):
-        _refuse("use_vision_resampler = true: RoboVLMs' PerceiverResampler is not reproduced by robovlm_ros yet")
     for key in ("use_mu_law", "use_clip_norm", "tcp_rel"):
         if run.get(key):
             _refuse(f"{key} = true is not supported")
@@ -104,9 +153,18 @@ def config_from_robovlms(run: dict, backbone_path: str, tokenizer) -> tuple[dict
         _refuse("act_head is missing: nothing predicts actions")
     unknown_head = sorted(set(head) - ACT_HEAD_KEYS)
     space = head.get("action_space", "continuous")
-    if space != "continuous":
-        _refuse(f"act_head.action_space = {space!r}: this version imports continuous policies only")
-    if head.get("type") not in HEADS:
+    _expect({"action_space": space}, "action_space", {"continuous", "discrete"}, "act_head.")
+    discrete = space == "discrete"
+    if discrete:
+        if head.get("type") != "DiscreteDecoder":
+            _refuse(f"act_head.type = {head.get('type')!r} with discrete actions: RoboVLMs' discrete policies use "
+                    "DiscreteDecoder (the VLM's own LM head)")
+        if (float(head.get("min_action", -1)), float(head.get("max_action", 1))) != (-1.0, 1.0):
+            _refuse(f"act_head.min_action / max_action = {head.get('min_action')} / {head.get('max_action')}: "
+                    "robovlm_ros bins normalised actions in [-1, 1]")
+        if discrete_history not in DISCRETE_HISTORY:
+            raise ValueError(f"discrete_history must be one of {DISCRETE_HISTORY}")
+    elif head.get("type") not in HEADS:
         _refuse(f"act_head.type = {head.get('type')!r}: robovlm_ros reproduces {sorted(HEADS)}")
     if unknown_head:
         _refuse(f"act_head keys robovlm_ros does not know: {', '.join(unknown_head)}")
@@ -116,11 +174,11 @@ def config_from_robovlms(run: dict, backbone_path: str, tokenizer) -> tuple[dict
         _refuse("act_head.with_history = false is not supported")
     history = head.get("history_type", "post")
     _expect({"history_type": history}, "history_type", {"post", "pre"}, "act_head.")
-    if history == "pre":
+    if history == "pre" and not discrete:
         rep.departures.append("history_type pre: RoboVLMs' evaluation reads the action at the oldest frame of "
                               "the window; robovlm_ros reads the newest (each frame's own action tokens)")
     latent = int(head.get("latent", 1))
-    head_type = HEADS[head["type"]]
+    head_type = HEADS.get(head["type"], "lstm")  # discrete: unused
     setup = dict(run.get("train_setup") or {})
     if not setup.get("predict_action", True):
         _refuse("train_setup.predict_action = false: the policy predicts no actions")
@@ -156,8 +214,16 @@ def config_from_robovlms(run: dict, backbone_path: str, tokenizer) -> tuple[dict
     rep.not_carried += [f"train_setup.{k}" for k in sorted(set(setup) & TRAIN_SETUP_NOT_CARRIED)]
     if "policy_rnn_dropout_p" in head:
         rep.not_carried.append("act_head.policy_rnn_dropout_p (training-time dropout)")
-    if "vision_resampler" in run:
+    if discrete:
+        rep.not_carried += [f"act_head.{k} (no continuous head)" for k in ("hidden_size", "latent", "num_layers")
+                            if k in head]
+    resampler = bool(run.get("use_vision_resampler"))
+    if "vision_resampler" in run and not resampler:
         rep.not_carried.append("vision_resampler (sizes of a resampler use_vision_resampler leaves off)")
+    if resampler:
+        rep.departures.append(f"vision_resampler {run.get('vision_resampler')}: RoboVLMs ignores these sizes and "
+                              "builds PerceiverResampler(dim=hidden) with its defaults (64 latents, depth 6, 8 heads "
+                              "of 64, feed-forward x4 without biases); the imported policy has those")
     if run.get("use_state"):
         rep.departures.append("use_state: RoboVLMs' trainer never passes it to the policy (it reads the key "
                               "'use_state, False'), so its checkpoints hold no state token; the imported "
@@ -198,14 +264,48 @@ def config_from_robovlms(run: dict, backbone_path: str, tokenizer) -> tuple[dict
         fields["train_text_last_n"] = int(setup["train_decoder_layers"])
     if run.get("image_size") is not None:
         fields["image_size"] = int(run["image_size"])
+    if resampler:
+        fields.update(use_resampler=True, **ROBOVLMS_RESAMPLER)
+        rep.mapped["use_vision_resampler"] = "use_resampler, RoboVLMs' resampler sizes"
     for k in ("window_size", "fwd_pred_next_n", "use_hand_rgb", "norm_action", "norm_min", "norm_max",
               "arm_gripper_loss_ratio", "image_size"):
         if k in run:
             rep.mapped[k] = run[k]
+    if discrete:
+        fields.update(action_space="discrete", history_type=discrete_history, n_bins=int(head.get("n_bin", 256)),
+                      bin_style="robovlms", action_token_end=robovlms_action_token_end(tokenizer),
+                      **_discrete_prompt(run, family, tokenizer, chunk, rep))
+        _discrete_departures(rep, name, history, discrete_history, chunk)
+        rep.mapped["act_head"] = (f"discrete, {fields['n_bins']} bins as RoboVLMs' ActionTokenizer (token ids below "
+                                  f"{fields['action_token_end']}), frame end {fields['frame_end']!r}, "
+                                  f"history_type {discrete_history}")
+        rep.mapped["prompt"] = f"{fields['prompt']!r} (RoboVLMs' PhiPromptBuilder)"
+        return fields, rep
     rep.mapped["act_head"] = f"head {head_type}, head_style robovlms, head_hidden {hidden}, head_layers {layers}, " \
                              f"latent_num {latent}, history_type {history}"
     rep.mapped["tokenizer.tokenizer_type"] = f"prompt {prompt!r}"
     return fields, rep
+
+
+def _discrete_departures(rep: ImportReport, name: str, history: str, ours: str, chunk: int) -> None:
+    rep.departures.append(f"discrete chunk: RoboVLMs' evaluation decodes 7 tokens (one action) although it trains "
+                          f"fwd_pred_next_n = {chunk} actions per frame; robovlm_ros decodes the whole chunk, whose "
+                          "first action is RoboVLMs'")
+    rep.departures.append("discrete decoding: the argmax is taken over the action ids only (RoboVLMs: over the "
+                          "whole vocabulary, and an id outside the bins decodes to a clipped bin)")
+    if ours == "post":
+        rep.departures.append("discrete window: imported as post history, RoboVLMs' evaluation (each frame decoded "
+                              "alone); RoboVLMs trains the window as one sequence of [BOS] images text actions "
+                              "[EOS] frames, robovlm_ros' post training scores frames one by one "
+                              "(--discrete-history pre keeps RoboVLMs' training layout)")
+    else:
+        rep.departures.append("discrete window: imported as pre history, RoboVLMs' training layout (frames see the "
+                              "earlier frames and their action tokens); RoboVLMs' evaluation decodes "
+                              + ("each frame alone" if history == "post" else
+                                 "all window images after one BOS, without their actions"))
+    if name == "RoboPaligemma":
+        rep.departures.append("RoboVLMs' own discrete PaliGemma evaluation fails (pred_action_discrete calls "
+                              "PaliGemma without the attention mask transformers 4.44 requires)")
 
 
 def _strip_prefix(state: dict) -> dict:
@@ -265,7 +365,8 @@ def _load_backbone(family: str, backbone_path: str, tensors: dict, rep: ImportRe
     return hf
 
 
-def import_robovlms(run_path: str, ckpt_path: str, backbone_path: str, out_dir: str) -> ImportReport:
+def import_robovlms(run_path: str, ckpt_path: str, backbone_path: str, out_dir: str,
+                    discrete_history: str = "post") -> ImportReport:
     """Write a robovlm_ros checkpoint directory from a RoboVLMs run config and checkpoint."""
     from .backbones import Backbone
     from .robovlm import RoboVLM
@@ -276,7 +377,7 @@ def import_robovlms(run_path: str, ckpt_path: str, backbone_path: str, out_dir: 
     if not os.path.isdir(backbone_path):
         raise RoboVLMsImportError(f"--backbone-path {backbone_path!r} is not a directory")
     tokenizer = load_tokenizer(backbone_path)
-    fields, rep = config_from_robovlms(run, backbone_path, tokenizer)
+    fields, rep = config_from_robovlms(run, backbone_path, tokenizer, discrete_history)
     state = read_checkpoint(ckpt_path)
     backbone_tensors = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     family = fields["backbone"]
@@ -292,7 +393,7 @@ def import_robovlms(run_path: str, ckpt_path: str, backbone_path: str, out_dir: 
     # included. The token is stored pre-scaled so the decoder sees the same vector.
     scale = getattr(model.backbone.embed_tokens, "embed_scale", None)
     scale = 1.0 if scale is None else float(scale)
-    if scale != 1.0:
+    if scale != 1.0 and "action_token" in state:
         rep.departures.append(f"action token stored multiplied by {scale:.6g}: transformers 5 scales {family} "
                               "token embeddings in the embedding layer, not in the decoder")
     for k, v in state.items():
@@ -300,6 +401,8 @@ def import_robovlms(run_path: str, ckpt_path: str, backbone_path: str, out_dir: 
             continue
         if k == "action_token":  # RoboVLMs: one token [D], repeated latent times
             new["action_tokens"] = (v * scale).unsqueeze(0).expand(config.latent_num, -1).clone()
+        elif k.startswith("vision_resampler."):  # the same module names as RoboVLMs' resampler
+            new["resampler." + k[len("vision_resampler."):]] = v
         elif k.startswith("act_head."):
             target = "head." + k[len("act_head."):]
             if target in ours:

@@ -6,7 +6,8 @@
 # kosmos (default): RoboVLMs' pins, transformers 4.37.2, and its patched modeling_kosmos2.py copied into
 #   transformers as RoboVLMs' main.py and eval wrapper do before they build a KosMos policy.
 # paligemma: transformers 4.44.0, the version RoboVLMs' README names for PaliGemma.
-# torch is the CPU wheel this project pins (2.13.0); RoboVLMs pins 2.3.1 (a CUDA build).
+# torch is the CPU wheel this project pins (2.13.0); RoboVLMs pins 2.3.1 (a CUDA build). omegaconf: RoboVLMs'
+# calvin_dataset imports it at module level, and the discrete cases use that module's prompt wrapping.
 set -euo pipefail
 src=$(cd "$1" && pwd); venv=$2; family=${3:-kosmos}
 want=$(sed -n 's/^ROBOVLMS_COMMIT = "\(.*\)"/\1/p' "$(dirname "$0")/generate.py")
@@ -18,7 +19,7 @@ case $family in
   *) echo "family must be kosmos or paligemma" >&2; exit 2 ;;
 esac
 python3 -m venv "$venv"
-"$venv/bin/pip" install -q torch==2.13.0 "transformers==$tf" einops einops_exts "numpy<2" safetensors pillow accelerate
+"$venv/bin/pip" install -q torch==2.13.0 "transformers==$tf" einops einops_exts "numpy<2" safetensors pillow accelerate omegaconf
 # torchvision's transforms only (generate.py skips its compiled operators, which need CUDA torch)
 "$venv/bin/pip" install -q --no-deps torchvision==0.28.0
 if [ "$family" = kosmos ]; then
