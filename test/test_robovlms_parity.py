@@ -139,6 +139,36 @@ def test_training_loss_equals_robovlms(case, tmp_path_factory):
         assert abs(model(batch)["loss"].item() - ref["loss"].item()) > 1e-4
 
 
+def test_open_x_statistics_give_the_commands_of_robovlms_simpler_evaluation(tmp_path):
+    """An Open-X policy's commands: RoboVLMs' SimplerEnv wrapper unnormalises the output with norm_min /
+    norm_max (data_utils.unnoramalize_action), then each dimension with the dataset's q01 / q99
+    (eval/simpler/model_wrapper.py: 0.5 * (a + 1) * (q99 - q01) + q01). The runner's command must be
+    that composition of RoboVLMs' actions."""
+    from robovlm_ros.runtime import PolicyRunner
+
+    case = "kosmos_lstm_post_hand"
+    ref = reference(case)
+    q01 = [-0.029, -0.042, -0.026, -0.081, -0.093, -0.207, 0.0]  # bridge_orig-like statistics
+    q99 = [0.028, 0.041, 0.040, 0.082, 0.078, 0.204, 1.0]
+    (tmp_path / "stats.json").write_text(json.dumps({"bridge_orig": {"action": {"q01": q01, "q99": q99}},
+                                                     "fractal20220817_data": {"action": {"q01": [0] * 7, "q99": [1] * 7}}}))
+    with pytest.raises(RoboVLMsImportError, match="bridge_orig"):  # several datasets: which one must be said
+        import_robovlms(str(FIX / case / "run.json"), str(FIX / case / "model.ckpt"), str(backbone_dir(case)),
+                        str(tmp_path / "x"), action_stats=str(tmp_path / "stats.json"))
+    import_robovlms(str(FIX / case / "run.json"), str(FIX / case / "model.ckpt"), str(backbone_dir(case)),
+                    str(tmp_path / "oxe"), action_stats=str(tmp_path / "stats.json"), unnorm_key="bridge_orig")
+    runner = PolicyRunner(tmp_path / "oxe", device="cpu", dtype="float32")
+    runner.set_instruction(ref["instruction"])
+    for t in range(len(ref["rgb_uint8"])):
+        chunk = runner.predict_chunk({"rgb": ref["rgb_uint8"][t].numpy(), "hand_rgb": ref["hand_uint8"][t].numpy(),
+                                      "state": np.zeros(7)})
+    a = 0.5 * (ref["step_arm"][0].double() + 1) * (0.65 - -0.65) + -0.65  # norm_min / norm_max of the run
+    lo, hi = torch.tensor(q01[:6], dtype=torch.float64), torch.tensor(q99[:6], dtype=torch.float64)
+    expected = 0.5 * (a + 1) * (hi - lo) + lo
+    np.testing.assert_allclose(chunk[:, :6], expected.numpy(), atol=1e-7, rtol=1e-5)
+    assert np.abs(chunk[:, :6] - ref["command_arm"].numpy()).max() > 0.05  # not the CALVIN command
+
+
 # --- discrete actions ----------------------------------------------------------------------------------
 @pytest.fixture(params=DISCRETE)
 def dcase(request):

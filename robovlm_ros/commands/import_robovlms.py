@@ -10,7 +10,8 @@ def run(args) -> int:
 
     try:
         report = import_robovlms(args.config, args.checkpoint, args.backbone_path, args.out,
-                                 discrete_history=args.discrete_history)
+                                 discrete_history=args.discrete_history, action_stats=args.action_stats,
+                                 unnorm_key=args.unnorm_key)
     except (RoboVLMsImportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -31,4 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--discrete-history", choices=("post", "pre"), default="post",
                    help="a discrete policy's window: post = RoboVLMs' evaluation (the newest frame decoded alone), "
                         "pre = RoboVLMs' training layout (the window's frames with their action tokens)")
+    p.add_argument("--action-stats", metavar="FILE",
+                   help="an Open-X policy's dataset statistics (OpenVLA's dataset_statistics.json, as RoboVLMs' "
+                        "SimplerEnv evaluation reads them): the node's commands are then in that dataset's units")
+    p.add_argument("--unnorm-key", help="which dataset of a statistics file holding several (e.g. bridge_orig)")
     p.set_defaults(func=run)

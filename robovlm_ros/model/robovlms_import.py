@@ -365,9 +365,43 @@ def _load_backbone(family: str, backbone_path: str, tensors: dict, rep: ImportRe
     return hf
 
 
+def oxe_action_bounds(run: dict, stats_path: str, unnorm_key: str | None, rep: ImportReport) -> dict:
+    """Raw-unit bounds [7] of the arm for an Open-X policy: RoboVLMs' SimplerEnv evaluation
+    (eval/simpler/model_wrapper.py) unnormalises the policy's output with norm_min / norm_max and then with
+    the dataset's q01 / q99 (OpenVLA's statistics file, per dataset ``unnorm_key``): two affine maps, so one
+    pair of bounds per dimension, lo = q01 + (norm_min + 1) / 2 * (q99 - q01), hi likewise with norm_max
+    (dimensions the file's mask leaves out: norm_min / norm_max). Stored as quantile statistics."""
+    try:
+        with open(stats_path) as f:
+            stats = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        _refuse(f"--action-stats {stats_path}: not a readable JSON statistics file ({e})")
+    if "action" not in stats:
+        if unnorm_key is None or unnorm_key not in stats:
+            _refuse(f"--action-stats {stats_path} holds statistics for {sorted(stats)}: name one with --unnorm-key")
+        stats = stats[unnorm_key]
+    act = stats.get("action") or {}
+    if not all(len(act.get(k) or []) >= 6 for k in ("q01", "q99")):
+        _refuse(f"--action-stats {stats_path}: action q01 / q99 for the 6 arm dimensions are missing")
+    lo_n, hi_n = (float(run["norm_min"]), float(run["norm_max"])) if run.get("norm_action") else (-1.0, 1.0)
+    mask = act.get("mask") or [True] * len(act["q01"])
+    lo, hi = [], []
+    for i in range(7):
+        q01, q99 = (float(act["q01"][i]), float(act["q99"][i])) if i < len(act["q01"]) else (-1.0, 1.0)
+        use = bool(mask[i]) if i < len(mask) else False
+        lo.append(q01 + (lo_n + 1) / 2 * (q99 - q01) if use else lo_n)
+        hi.append(q01 + (hi_n + 1) / 2 * (q99 - q01) if use else hi_n)
+    rep.mapped["--action-stats"] = (f"quantile bounds from {os.path.basename(stats_path)}"
+                                    f"{'' if unnorm_key is None else ' [' + unnorm_key + ']'} composed with "
+                                    f"norm_min / norm_max {lo_n} / {hi_n}")
+    return {"action": {"q01": lo, "q99": hi}}
+
+
 def import_robovlms(run_path: str, ckpt_path: str, backbone_path: str, out_dir: str,
-                    discrete_history: str = "post") -> ImportReport:
-    """Write a robovlm_ros checkpoint directory from a RoboVLMs run config and checkpoint."""
+                    discrete_history: str = "post", action_stats: str | None = None,
+                    unnorm_key: str | None = None) -> ImportReport:
+    """Write a robovlm_ros checkpoint directory from a RoboVLMs run config and checkpoint.
+    ``action_stats``: an Open-X policy's dataset statistics (see oxe_action_bounds)."""
     from .backbones import Backbone
     from .robovlm import RoboVLM
     from .text_tokenizer import load_tokenizer
@@ -378,12 +412,18 @@ def import_robovlms(run_path: str, ckpt_path: str, backbone_path: str, out_dir: 
         raise RoboVLMsImportError(f"--backbone-path {backbone_path!r} is not a directory")
     tokenizer = load_tokenizer(backbone_path)
     fields, rep = config_from_robovlms(run, backbone_path, tokenizer, discrete_history)
+    normalizer = None
+    if action_stats is not None:
+        from .normalization import Normalizer
+
+        fields.update(norm_mode="quantile", clip_low=None)
+        normalizer = Normalizer(mode="quantile", stats=oxe_action_bounds(run, action_stats, unnorm_key, rep))
     state = read_checkpoint(ckpt_path)
     backbone_tensors = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     family = fields["backbone"]
     hf = _load_backbone(family, backbone_path, backbone_tensors, rep)
     config = PolicyConfig(**{**fields, "backbone_path": None, "backbone_config": {}})
-    model = RoboVLM(config, tokenizer=tokenizer, backbone=Backbone(config.backbone, hf))
+    model = RoboVLM(config, tokenizer=tokenizer, normalizer=normalizer, backbone=Backbone(config.backbone, hf))
     _check_prompt(model, tokenizer, config)
     ours = model.state_dict()
     new = {}
