@@ -78,6 +78,7 @@ def test_fixtures_cover_what_robovlms_releases():
     assert {r["use_hand_rgb"] for r in lstm_post} == {True, False}
     assert any(r["act_head"]["latent"] > 1 for r in runs.values())
     assert any(r["use_vision_resampler"] for r in runs.values())
+    assert {r["model"] for r in runs.values() if r["act_head"]["history_type"] == "pre"} == {"kosmos", "paligemma"}
     assert {reference(c)["robovlms_commit"] for c in ALL_CASES} == {"8adc1d28d3565699eba90b7d97a97fb6001eb87d"}
 
 
@@ -98,10 +99,13 @@ def test_actions_equal_robovlms(case, tmp_path_factory):
     ref = reference(case)
     assert ref["window_arm"].abs().max() > 0.05, "reference actions too small to show a difference"
     assert action_error(model, ref) <= ACT_TOL
-    # the newest frame's chunk as predict() gives it == RoboVLMs' evaluation, one frame per step
+    # the newest frame's chunk as predict() gives it == RoboVLMs' evaluation, one frame per step (pre
+    # history: RoboVLMs' window pass at the newest frame; its evaluation reads the oldest, see README)
     chunk = model.predict(batch_for(model, ref), normalized=True)[0]  # [chunk, 7]
-    torch.testing.assert_close(chunk[:, :6], ref["step_arm"][0], atol=ACT_TOL, rtol=0)
-    assert torch.equal(chunk[:, 6] > 0, ref["step_gripper_logits"][0] > 0)
+    arm, grip = (ref["step_arm"][0], ref["step_gripper_logits"][0]) if "step_arm" in ref else \
+        (ref["window_arm"][0, -1], ref["window_gripper_logits"][0, -1])
+    torch.testing.assert_close(chunk[:, :6], arm, atol=ACT_TOL, rtol=0)
+    assert torch.equal(chunk[:, 6] > 0, grip > 0)
 
 
 def test_runner_commands_equal_robovlms_evaluation(case, tmp_path_factory):
@@ -117,6 +121,10 @@ def test_runner_commands_equal_robovlms_evaluation(case, tmp_path_factory):
         if runner.config.use_hand_rgb:
             obs["hand_rgb"] = ref["hand_uint8"][t].numpy()
         chunk = runner.predict_chunk(obs)
+    if "command_arm" not in ref:  # pre history: the newest frame of RoboVLMs' window pass, unnormalised as
+        run = json.loads((FIX / case / "run.json").read_text())  # its data_utils.unnoramalize_action does
+        arm = 0.5 * (ref["window_arm"][0, -1] + 1) * (run["norm_max"] - run["norm_min"]) + run["norm_min"]
+        ref = dict(ref, command_arm=arm, command_gripper01=(ref["window_gripper_logits"][0, -1] > 0).float())
     np.testing.assert_allclose(chunk[:, :6], ref["command_arm"].numpy(), atol=ACT_TOL, rtol=0)
     np.testing.assert_array_equal(chunk[:, 6], ref["command_gripper01"].numpy() * 2 - 1)
 
@@ -295,6 +303,7 @@ FAULTS = {
                                   lambda m, _: m.action_tokens.data.div_(float(m.backbone.embed_tokens.embed_scale))),
     "latents interleaved, not concatenated": ("kosmos_lstm_latent2", _latents_dim_major),
     "one head tensor perturbed": ("kosmos_gpt", _perturb_head),
+    "no frame end in pre history": ("kosmos_lstm_pre", lambda m, _: setattr(m, "frame_end_id", None)),
     "one resampler latent perturbed": ("kosmos_lstm_resampler", lambda m, _: m.resampler.latents.data[0].add_(
         torch.randn(m.resampler.latents.shape[1], generator=torch.Generator().manual_seed(0)) * 0.05)),
 }

@@ -32,8 +32,10 @@ ROBOVLMS_LAYOUT = dict(frame_end="<eos>", bin_style="robovlms", action_token_end
 @pytest.mark.parametrize("space,history,decoding,layout", [
     ("continuous", "post", "auto", {}), ("continuous", "pre", "auto", {}), ("discrete", "post", "dynamic", {}),
     ("discrete", "pre", "dynamic", {}), ("discrete", "post", "static", {}), ("discrete", "pre", "static", {}),
-    ("discrete", "pre", "dynamic", ROBOVLMS_LAYOUT), ("discrete", "pre", "static", ROBOVLMS_LAYOUT)],
-    ids=lambda v: "robovlms" if v == ROBOVLMS_LAYOUT else ("" if v == {} else None))
+    ("discrete", "pre", "dynamic", ROBOVLMS_LAYOUT), ("discrete", "pre", "static", ROBOVLMS_LAYOUT),
+    ("continuous", "pre", "auto", {"frame_end": "<eos>"})],
+    ids=lambda v: "robovlms" if v == ROBOVLMS_LAYOUT else ("frame_end" if v == {"frame_end": "<eos>"} else
+                                                            ("" if v == {} else None)))
 @pytest.mark.parametrize("execute_steps", [1, 2])
 def test_cached_stepping_equals_recomputing_the_window(tmp_path, space, history, decoding, layout, execute_steps):
     """``decoding`` static: the KV cache preallocated (on CUDA its step is a graph; here eager), for

@@ -67,9 +67,10 @@ class PolicyConfig:
     bin_style: str = "robovlm_ros"       # robovlm_ros | robovlms: how values map to bins and bins to token ids
                                          # (action_tokenizer.py); robovlms: RoboVLMs' ActionTokenizer
     action_token_end: int | None = None  # robovlms bins: bin k is token action_token_end - 1 - k
-    frame_end: str | None = None         # a token after each frame's action tokens, which the loss also predicts;
-                                         # each frame then also begins with the sequence start token
-                                         # (RoboVLMs' discrete layout: [BOS] images text actions [EOS] per frame)
+    frame_end: str | None = None         # a token after each frame's action tokens (discrete: also predicted by the
+                                         # loss); each frame then also begins with the sequence start token
+                                         # (RoboVLMs' layout: [BOS] images text actions [EOS] per frame; for
+                                         # continuous actions it matters in pre history, where later frames see it)
     # --- normalisation ---------------------------------------------------------------------------
     norm_mode: str = "clip"              # clip | quantile | none (see normalization.py)
     clip_bound: float = 0.65
@@ -101,8 +102,6 @@ class PolicyConfig:
                 raise ValueError(f"PolicyConfig.{name} must be >= 1")
         if self.bin_style == "robovlms" and self.action_token_end is None:
             raise ValueError("PolicyConfig.bin_style robovlms needs action_token_end (RoboVLMs' tokenizer_orig_size)")
-        if self.frame_end is not None and self.action_space != "discrete":
-            raise ValueError("PolicyConfig.frame_end wraps discrete frames; continuous policies have no frame end")
         if "{instruction}" not in self.prompt:
             raise ValueError("PolicyConfig.prompt must contain {instruction}")
         if len(self.prompt_trim) != 2 or min(self.prompt_trim) < 0:

@@ -12,7 +12,7 @@ History:
   * post: every frame is its own sequence ``[BOS] + segment``; the head fuses time.  [B*W, 1+S_f]
   * pre:  one causal sequence ``[BOS] + segment_1 + ... + segment_W``;               [B, 1+W*S_f]
           each frame's prediction is read at its own action tokens, so it sees only frames <= t.
-With ``frame_end`` (discrete, RoboVLMs' layout) every frame is wrapped as ``[BOS] segment [EOS]`` and
+With ``frame_end`` (RoboVLMs' layout) every frame is wrapped as ``[BOS] segment [EOS]`` and
 pre history concatenates the wrapped frames (no extra leading BOS).
 Text is left padded inside its slot (padding sits in the middle of the sequence); positions are
 recomputed from the mask so padding never shifts a token's position. The mask also marks image tokens
@@ -107,7 +107,7 @@ class RoboVLM(nn.Module):
             special |= set(sum(config.image_marker_ids or [], []))
             self.action_tokenizer = ActionTokenizer(self.backbone.vocab_size, special, config.n_bins,
                                                     style=config.bin_style, token_end=config.action_token_end)
-        # discrete frames wrapped as [BOS] segment [frame_end] (RoboVLMs' layout); None: not wrapped
+        # frames wrapped as [BOS] segment [frame_end] (RoboVLMs' layout); None: not wrapped
         self.frame_end_id = None if config.frame_end is None else self._single_token(tokenizer, config.frame_end,
                                                                                       "frame_end")
         # how KV-cached decoding stores its cache: "auto" = preallocated + CUDA graph on CUDA, growing

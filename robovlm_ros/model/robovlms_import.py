@@ -281,8 +281,14 @@ def config_from_robovlms(run: dict, backbone_path: str, tokenizer,
                                   f"history_type {discrete_history}")
         rep.mapped["prompt"] = f"{fields['prompt']!r} (RoboVLMs' PhiPromptBuilder)"
         return fields, rep
+    if history == "pre":
+        # RoboVLMs puts the action token before the prompt's last token and, in pre history, concatenates the
+        # frames: that last token closes each frame, and later frames see it
+        ids = tokenizer(prompt.format(instruction="x"), add_special_tokens=special)["input_ids"]
+        fields["frame_end"] = tokenizer.convert_ids_to_tokens(ids[-1])
     rep.mapped["act_head"] = f"head {head_type}, head_style robovlms, head_hidden {hidden}, head_layers {layers}, " \
-                             f"latent_num {latent}, history_type {history}"
+                             f"latent_num {latent}, history_type {history}" + \
+                             (f", frame end {fields['frame_end']!r}" if history == "pre" else "")
     rep.mapped["tokenizer.tokenizer_type"] = f"prompt {prompt!r}"
     return fields, rep
 

@@ -144,8 +144,10 @@ class WindowPredictor:
             seg, seg_mask = self._segments(given, text, act)
             seq.mask = torch.cat([seq.mask, seg_mask.reshape(1, -1)], 1)
             hidden, seq.cache = m.extend(seg.reshape(1, -1, seg.shape[-1]), seq.mask, seq.cache)
-            if continuous:  # [1, k*S_f, D] -> per frame, the hidden states at its action tokens
-                seq.feats.extend(hidden.reshape(len(given), -1, hidden.shape[-1])[:, -m.config.latent_num:])
+            if continuous:  # [1, k*S_f, D] -> per frame, the hidden states at its action tokens (before its end)
+                frames = hidden.reshape(len(given), -1, hidden.shape[-1])
+                end = frames.shape[1] - m.frame_tail
+                seq.feats.extend(frames[:, end - m.config.latent_num: end])
             seq.serials.extend(f.serial for f in given)
         if continuous:
             return torch.stack(seq.feats[-len(window):])[None]  # [1, W, latent, D]
