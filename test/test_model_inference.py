@@ -185,3 +185,21 @@ def test_missing_gripper_camera_is_a_clear_error():
     windows = [[{"rgb": np.zeros((32, 32, 3), np.uint8), "state": np.zeros(7)}] * model.config.window_size]
     with pytest.raises(ValueError, match="hand_rgb"):
         model.predict(model.processor.observations(windows, ["go"]))
+
+
+@pytest.mark.parametrize("decoding", ["dynamic", "static"])
+def test_kosmos2_cached_decoding_past_its_position_table(decoding):
+    """Kosmos-2's sinusoidal table grows in its own forward by the tokens fed at once: decoding one token at
+    a time past max_position_embeddings indexed beyond it (an IndexError in the node on a long pre window).
+    With a table shorter than the sequence, cached decoding must still equal uncached."""
+    model = RoboVLM(PolicyConfig.tiny("kosmos2", action_space="discrete", history_type="pre")).eval()
+    model.decoding = decoding
+    batch = make_batch(model, b=1)
+    del batch["actions"]
+    embeds, _, _ = model.sequences({k: v[:, :1] if k in ("rgb", "hand_rgb", "state") else v for k, v in batch.items()},
+                                   None)
+    table = model.backbone.language_model.embed_positions
+    table.make_weights(embeds.shape[1] + 4, table.embedding_dim, table.padding_idx)  # shorter than the window
+    assert table.weights.shape[0] < embeds.shape[1] * batch["rgb"].shape[1]
+    cached = model.predict(batch, normalized=True, use_cache=True)
+    torch.testing.assert_close(cached, model.predict(batch, normalized=True, use_cache=False), rtol=0, atol=0)

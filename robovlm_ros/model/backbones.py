@@ -258,12 +258,30 @@ def _decode_kosmos2(bb: "Backbone", embeds, mask, positions, cache, use_cache):
         pad = torch.zeros(n, kv, dtype=torch.bool, device=embeds.device)
         pad[:, :total] = mask > 0
         allowed = (key[None, :] <= query[:, None])[None, None] & pad[:, None, None, :]
+    _fit_kosmos2_positions(tm.embed_positions, positions, cache, bb.position_offset)
     hidden = tm.forward_embedding(input_ids=None, inputs_embeds=embeds, position_ids=positions)
     hidden = nn.functional.dropout(hidden, p=tm.dropout, training=tm.training)  # as its forward does
     attn = _additive_mask(allowed, hidden.dtype)
     for layer in tm.layers:
         hidden = layer(hidden, attn, None, cache=cache, use_cache=use_cache)
     return tm.layer_norm(hidden), cache
+
+
+def _fit_kosmos2_positions(table, positions, cache, offset: int) -> None:
+    """Kosmos-2's sinusoidal position table grows in its forward only by the length of the tokens fed, so
+    tokens fed one at a time through a cache past max_position_embeddings index beyond it (IndexError;
+    a long pre-history window reaches it). The table is grown to the positions used: for a preallocated
+    cache to all its slots at once (Python ints: no device sync, so CUDA-graph capture stays legal)."""
+    from transformers import StaticCache
+
+    if isinstance(cache, StaticCache):
+        need = cache.layers[0].max_cache_len + offset + 1
+    elif positions.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    else:
+        need = int(positions.max()) + 1
+    if need > table.weights.size(0):
+        table.make_weights(need + table.offset, table.embedding_dim, table.padding_idx)
 
 
 def _causal_gemma(cfg: PretrainedConfig) -> None:
