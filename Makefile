@@ -1,6 +1,6 @@
 PYTHON ?= python
 
-.PHONY: install test test-loaded test-slow test-cuda test-lerobot
+.PHONY: install test test-loaded test-slow test-cuda test-lerobot gpu-checks
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
@@ -19,6 +19,10 @@ test-slow:
 # on a machine with a CUDA GPU (skipped elsewhere)
 test-cuda:
 	$(PYTHON) -m pytest -m cuda
+
+# every GPU figure of issue 15 in one run (tools/gpu-checks; results under $OUT or ./gpu-checks)
+gpu-checks:
+	PYTHON=$(PYTHON) tools/gpu-checks
 
 # our datasets checked by LeRobot 0.4.4 itself, in an environment of its own (built once, see tools/lerobot-venv)
 LEROBOT_VENV ?= .lerobot-venv

@@ -49,6 +49,27 @@ def test_size_argument_accepts_presets():
         size_arg("paligemma-3b")
 
 
+@pytest.mark.parametrize("name", ["paligemma-3b-224", "smolvlm-256m"])
+def test_a_decoding_step_reads_the_decoder_and_the_lm_head_once(name):
+    """bench's bandwidth share: the bytes a decoding step reads are the decoder's weights and the LM head
+    (counted once when tied to the token table, which is otherwise left out: one row is looked up).
+    PaliGemma ties its head to the table, SmolVLM does not; bfloat16 halves the bytes."""
+    from robovlm_ros.runtime.latency import decoder_weight_bytes, peak_bandwidth_gbs
+
+    with torch.device("meta"):
+        model = RoboVLM(PolicyConfig.tiny(size=name, action_space="discrete"))
+    bb = model.backbone
+    table, head = bb.embed_tokens.weight, bb.lm_head.weight
+    layers = sum(p.numel() for p in bb.language_model.parameters() if p is not table)
+    assert (head is table) == (name == "paligemma-3b-224")
+    assert decoder_weight_bytes(model) == 4 * (layers + head.numel())
+    assert decoder_weight_bytes(model.to(torch.bfloat16)) == 2 * (layers + head.numel())
+    published = {"paligemma-3b-224": 2.5e9, "smolvlm-256m": 0.16e9}[name]  # decoder + head, about
+    assert 0.8 < (layers + head.numel()) / published < 1.2
+    assert [peak_bandwidth_gbs(n) for n in ("NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "Tesla T4")] \
+        == [4800.0, 3350.0, 2000.0, None]
+
+
 def test_smolvlm_256m_trains_with_lora_from_converted_bags_and_the_runner_steps(tmp_path):
     """The real-size path on the CPU: bags -> convert -> LoRA training of the published SmolVLM-256M
     architecture -> exported checkpoint -> PolicyRunner steps. Only LoRA, the head and RoboVLM's own

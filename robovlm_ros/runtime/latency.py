@@ -35,9 +35,23 @@ def _obs(rng, size):
             "state": np.r_[rng.normal(size=6), 1.0]}
 
 
-def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str) -> dict:
+# peak memory bandwidth (GB/s) of GPUs by name, from their data sheets: what a decoding step's weight
+# reads are compared with (``bench --peak-bandwidth-gbs`` for any other device)
+PEAK_BANDWIDTH_GBS = {"H200": 4800.0, "H100 NVL": 3900.0, "H100 PCIe": 2000.0, "H100": 3350.0,
+                      "A100-SXM4-80GB": 2039.0, "A100 80GB PCIe": 1935.0, "A100": 1555.0, "RTX 4090": 1008.0,
+                      "L40S": 864.0}
+
+
+def peak_bandwidth_gbs(device_name: str | None) -> float | None:
+    for key, value in PEAK_BANDWIDTH_GBS.items():  # most specific names first
+        if device_name and key in device_name:
+            return value
+    return None
+
+
+def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype: str = "auto") -> dict:
     """The runner's step on 640x480 camera images, once the window is full (the steady state)."""
-    runner = PolicyRunner(model, device=device, execute_steps=1, use_cache=use_cache)
+    runner = PolicyRunner(model, device=device, dtype=dtype, execute_steps=1, use_cache=use_cache)
     runner.warmup()
     runner.set_instruction("pick up the red block")
     rng = np.random.default_rng(0)
@@ -52,44 +66,104 @@ def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str) -> di
     return percentiles(times)
 
 
-def decode_latency(model: RoboVLM, use_cache: bool, reps: int) -> dict:
-    """Discrete decoding of a whole chunk for one window."""
+def _batch(model: RoboVLM) -> dict:
+    """One synthetic window in the model's dtype, without actions."""
     from ..model.synthetic import synthetic_batch
 
+    dtype = next(model.parameters()).dtype
     batch = synthetic_batch(model, batch_size=1)
     del batch["actions"]
-    model.predict(batch, normalized=True, use_cache=use_cache)  # warm-up
+    return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+
+
+def _timed(fn, reps: int, cuda: bool) -> dict:
+    fn()  # warm-up
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        model.predict(batch, normalized=True, use_cache=use_cache)
-        if batch["rgb"].is_cuda:
+        fn()
+        if cuda:
             torch.cuda.synchronize()  # CUDA runs asynchronously: count the work, not its queueing
         times.append(time.perf_counter() - t0)
     return percentiles(times)
 
 
-def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: int, device: str) -> dict:
-    """{"step": ..., "decode": ..., "ratios": ...} for policies ``make(**PolicyConfig overrides)``:
-    continuous steps at window 1 and ``window`` (cached and not), discrete decoding with and without
-    the KV cache; on CUDA also without the CUDA graph and a discrete ``pre`` step of ``window``."""
+def decode_latency(model: RoboVLM, use_cache: bool, reps: int) -> dict:
+    """Discrete decoding of a whole chunk (fwd_pred_next_n * 7 tokens) for one window."""
+    batch = _batch(model)
+    return _timed(lambda: model.predict(batch, normalized=True, use_cache=use_cache), reps, batch["rgb"].is_cuda)
+
+
+@torch.no_grad()
+def prefix_latency(model: RoboVLM, reps: int) -> dict:
+    """The prefix alone: the newest frame's images encoded and [BOS] images text run through the decoder into
+    a fresh KV cache (what every decoding starts with; the continuous step adds its action tokens and head)."""
+    batch = _batch(model)
+    last = {k: v[:, -1:] if k in ("rgb", "hand_rgb", "state") else v for k, v in batch.items()}
+
+    def prefix():
+        embeds, mask, _ = model.sequences(last, None)
+        model.extend(embeds, mask)
+
+    return _timed(prefix, reps, batch["rgb"].is_cuda)
+
+
+def decoder_weight_bytes(model: RoboVLM) -> int:
+    """Bytes of weights one decoding step reads: every decoder layer, the final norm and the LM head (the
+    token table only by the row it looks up, left out; a tied LM head is counted once, as the head)."""
+    bb = model.backbone
+    table = bb.embed_tokens.weight
+    seen, total = set(), 0
+    for p in list(bb.language_model.parameters()) + list(bb.lm_head.parameters()):
+        if id(p) in seen or (p is table and p is not bb.lm_head.weight):
+            continue
+        seen.add(id(p))
+        total += p.numel() * p.element_size()
+    return total
+
+
+def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: int, device: str,
+                   dtype: str = "auto", peak_gbs: float | None = None) -> dict:
+    """{"step", "decode", "bandwidth", "ratios"} for policies ``make(**PolicyConfig overrides)``:
+    continuous steps at window 1 and ``window`` (cached and not); discrete decoding of a 10-action chunk
+    (70 tokens) with and without the KV cache and of one action (7 tokens); the prefix alone; the decoding
+    step's share of the memory bandwidth (``peak_gbs``: the device's peak, GB/s); on CUDA also without the
+    CUDA graph and a discrete ``pre`` step of ``window``."""
+    from .runner import resolve_device
+
+    torch_dtype = resolve_device(device, dtype)[1]
     w = window
     win1 = make(window_size=1, history_type="post", fwd_pred_next_n=10).eval()
     winw = make(window_size=w, history_type="post", fwd_pred_next_n=10).eval()
-    step = {"window1": step_latency(win1, True, steps, device),
-            f"window{w}_cache": step_latency(winw, True, steps, device),
-            f"window{w}_nocache": step_latency(winw, False, steps, device)}
-    disc = make(window_size=1, action_space="discrete", fwd_pred_next_n=10).to(device).eval()
-    decode = {"kv_cache": decode_latency(disc, True, reps), "no_cache": decode_latency(disc, False, reps)}
+    step = {"window1": step_latency(win1, True, steps, device, dtype),
+            f"window{w}_cache": step_latency(winw, True, steps, device, dtype),
+            f"window{w}_nocache": step_latency(winw, False, steps, device, dtype)}
+    del win1
+    disc = make(window_size=1, action_space="discrete", fwd_pred_next_n=10).to(device, torch_dtype).eval()
+    decode = {"kv_cache": decode_latency(disc, True, reps), "no_cache": decode_latency(disc, False, reps),
+              "prefix": prefix_latency(disc, reps)}
+    one = make(window_size=1, action_space="discrete", fwd_pred_next_n=1).to(device, torch_dtype).eval()
+    decode["one_action_kv_cache"] = decode_latency(one, True, reps)
+    del one
     if device.startswith("cuda"):  # "kv_cache" replays a CUDA graph there; the growing cache for comparison
         disc.decoding = "dynamic"
         decode["kv_cache_no_graph"] = decode_latency(disc, True, reps)
+        disc.decoding = "auto"
         # on the CPU uncached discrete pre steps take minutes
         pre = make(window_size=w, history_type="pre", action_space="discrete", fwd_pred_next_n=10).eval()
-        step[f"discrete_pre{w}_cache"] = step_latency(pre, True, steps, device)
+        step[f"discrete_pre{w}_cache"] = step_latency(pre, True, steps, device, dtype)
         pre.decoding = "dynamic"
-        step[f"discrete_pre{w}_cache_no_graph"] = step_latency(pre, True, steps, device)
+        step[f"discrete_pre{w}_cache_no_graph"] = step_latency(pre, True, steps, device, dtype)
+        del pre
+    # one decoding step: the 70-token decoding less its prefix, over the 69 tokens fed after it
+    step_ms = (decode["kv_cache"]["p50_ms"] - decode["prefix"]["p50_ms"]) / (disc.n_action_slots - 1)
+    weights = decoder_weight_bytes(disc)
+    bandwidth = {"decode_step_ms": step_ms, "weight_bytes_per_step": weights,
+                 "weight_gb_per_s": weights / 1e9 / (step_ms / 1000) if step_ms > 0 else None,
+                 "peak_gb_per_s": peak_gbs}
+    bandwidth["share_of_peak"] = (bandwidth["weight_gb_per_s"] / peak_gbs
+                                  if peak_gbs and bandwidth["weight_gb_per_s"] else None)
     ratios = {f"window{w}_cache_vs_window1": step[f"window{w}_cache"]["p50_ms"] / step["window1"]["p50_ms"],
               f"window{w}_nocache_vs_cache": step[f"window{w}_nocache"]["p50_ms"] / step[f"window{w}_cache"]["p50_ms"],
               "decode_speedup_kv_cache": decode["no_cache"]["p50_ms"] / decode["kv_cache"]["p50_ms"]}
-    return {"step": step, "decode": decode, "ratios": ratios, "model": winw}
+    return {"step": step, "decode": decode, "bandwidth": bandwidth, "ratios": ratios, "model": winw}
