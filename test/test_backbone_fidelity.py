@@ -105,3 +105,28 @@ def test_adapter_computes_the_pretrained_forward(family):
             wrong = wrong + (torch.arange(mask.shape[1]) >= len(before) + image.shape[1]).long()
         wrong_logits = bb.lm_head(bb.decode(embeds, flat, wrong)[0])
     assert (wrong_logits - theirs).abs().max() > 100 * 1e-5 * scale
+
+
+def test_paligemma_prefix_attention_is_its_pretrained_prefix_lm():
+    """``prefix_attention: bidirectional``: the images, <bos> and the first text tokens attend to each other
+    both ways and the rest causally, as PaliGemma's forward does given token_type_ids (0 = prefix)."""
+    model = _model("paligemma")
+    model.config.prefix_attention = "bidirectional"
+    bb = model.backbone
+    raw, pixels = _images(model)
+    text = torch.randint(4, 260, (2, TEXT), generator=torch.Generator().manual_seed(2))
+    text = torch.cat([torch.full((2, 1), model.bos_id), text], 1)
+    with torch.no_grad():
+        image, image_row = model.encode_images(pixels)
+        embeds = torch.cat([image, bb.embed(text)], 1)
+        mask = torch.cat([image_row.expand(2, -1), torch.ones_like(text)], 1)
+        prefix = image.shape[1] + 6  # image, <bos> and 5 text tokens; 4 text tokens after it
+        ours = bb.lm_head(bb.decode(embeds, model.decoder_mask(mask, prefix), model.positions(mask))[0])
+        causal = bb.lm_head(bb.decode(embeds, mask, model.positions(mask))[0])
+        args = _hf_inputs(model, raw, pixels, [], image.shape[1], text)
+        token_type = torch.zeros_like(args["input_ids"])
+        token_type[:, prefix:] = 1
+        theirs = bb.hf(**args, token_type_ids=token_type).logits
+    scale = theirs.abs().max()
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5 * scale)
+    assert (causal - theirs).abs().max() > 100 * 1e-5 * scale  # the causal adapter differs: a real check

@@ -48,6 +48,12 @@ def test_kv_cached_decoding_matches_uncached_robovlms_layout(family, history, de
                                   bin_style="robovlms", action_token_end=600)
 
 
+@pytest.mark.parametrize("decoding", ["dynamic", "static"])
+def test_kv_cached_decoding_matches_uncached_with_a_bidirectional_prefix(decoding):
+    """PaliGemma's prefix-LM attention: the prefix enters the cache at once, bidirectionally."""
+    _check_cached_equals_uncached("paligemma", decoding, history_type="post", prefix_attention="bidirectional")
+
+
 def _check_cached_equals_uncached(family, decoding, **overrides):
     from robovlm_ros.model.static_decoding import supports_static_decoding
 

@@ -33,8 +33,9 @@ ROBOVLMS_LAYOUT = dict(frame_end="<eos>", bin_style="robovlms", action_token_end
     ("continuous", "post", "auto", {}), ("continuous", "pre", "auto", {}), ("discrete", "post", "dynamic", {}),
     ("discrete", "pre", "dynamic", {}), ("discrete", "post", "static", {}), ("discrete", "pre", "static", {}),
     ("discrete", "pre", "dynamic", ROBOVLMS_LAYOUT), ("discrete", "pre", "static", ROBOVLMS_LAYOUT),
-    ("continuous", "pre", "auto", {"frame_end": "<eos>"})],
-    ids=lambda v: "robovlms" if v == ROBOVLMS_LAYOUT else ("frame_end" if v == {"frame_end": "<eos>"} else
+    ("continuous", "pre", "auto", {"frame_end": "<eos>"}),
+    ("continuous", "post", "auto", {"prefix_attention": "bidirectional"})],
+    ids=lambda v: "robovlms" if v == ROBOVLMS_LAYOUT else (next(iter(v)) if isinstance(v, dict) and v else
                                                             ("" if v == {} else None)))
 @pytest.mark.parametrize("execute_steps", [1, 2])
 def test_cached_stepping_equals_recomputing_the_window(tmp_path, space, history, decoding, layout, execute_steps):

@@ -25,6 +25,9 @@ class PolicyConfig:
     window_size: int = 8                 # history frames (RoboVLMs: 8, 16 with a wrist camera)
     fwd_pred_next_n: int = 10            # action chunk length predicted per frame
     history_type: str = "post"           # post: per-frame VLM, head fuses time; pre: frames interleaved
+    prefix_attention: str = "causal"     # causal | bidirectional: each frame's images, text and state attend to
+                                         # each other both ways, its action tokens causally (PaliGemma's
+                                         # pretrained prefix-LM); post history only
     # --- inputs -------------------------------------------------------------------------------
     use_hand_rgb: bool = True
     image_order: str = "static_first"    # static_first | hand_first (RoboVLMs inserts the hand image first)
@@ -92,7 +95,7 @@ class PolicyConfig:
             "head": ("mlp", "lstm", "gpt"), "arm_loss": ("huber", "mse"),
             "norm_mode": ("clip", "quantile", "none"), "image_markers": ("family", "learned"),
             "head_style": ("robovlm_ros", "robovlms"), "image_order": ("static_first", "hand_first"),
-            "bin_style": ("robovlm_ros", "robovlms"),
+            "bin_style": ("robovlm_ros", "robovlms"), "prefix_attention": ("causal", "bidirectional"),
         }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
@@ -100,6 +103,9 @@ class PolicyConfig:
         for name in ("window_size", "fwd_pred_next_n", "latent_num", "max_text_len", "n_bins"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PolicyConfig.{name} must be >= 1")
+        if self.prefix_attention == "bidirectional" and self.history_type != "post":
+            raise ValueError("PolicyConfig.prefix_attention bidirectional needs history_type post: in a pre "
+                             "history a frame's prefix would see the frames after it")
         if self.bin_style == "robovlms" and self.action_token_end is None:
             raise ValueError("PolicyConfig.bin_style robovlms needs action_token_end (RoboVLMs' tokenizer_orig_size)")
         if "{instruction}" not in self.prompt:

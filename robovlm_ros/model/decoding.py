@@ -26,13 +26,14 @@ def greedy_decode(model, embeds, mask, n_tokens: int, cache=None, use_cache: boo
     allowed = model.action_tokenizer.token_ids.to(embeds.device)
     ones = lambda m: torch.cat([m, m.new_ones(m.shape[0], 1)], 1)  # noqa: E731
     out = []
+    prefix = embeds.shape[1] if cache is None else None  # a whole prefix: its attention (decoder_mask)
     if use_cache:
-        hidden, cache = model.extend(embeds, mask, cache)
+        hidden, cache = model.extend(embeds, mask, cache, prefix=prefix)
     elif cache is not None:
         raise ValueError("uncached decoding recomputes the prefix: pass the whole prefix, no cache")
     for i in range(n_tokens):
         if not use_cache:
-            hidden, _ = model.backbone.decode(embeds, mask, model.positions(mask))
+            hidden, _ = model.backbone.decode(embeds, model.decoder_mask(mask, prefix), model.positions(mask))
         token = next_action_token(model.backbone.lm_head, hidden, allowed)  # [N]
         out.append(token)
         if i == n_tokens - 1:

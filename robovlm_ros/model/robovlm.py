@@ -270,7 +270,8 @@ class RoboVLM(nn.Module):
         b, w = batch["rgb"].shape[:2]
         act = self.action_tokens.unsqueeze(0).unsqueeze(0).expand(b, w, -1, -1)
         embeds, mask, unflatten = self.sequences(batch, act)
-        hidden, _ = self.backbone.decode(embeds, mask, self.positions(mask))
+        prefix = embeds.shape[1] - self.config.latent_num - self.frame_tail
+        hidden, _ = self.backbone.decode(embeds, self.decoder_mask(mask, prefix), self.positions(mask))
         return unflatten(hidden)[:, :, -self.config.latent_num:]
 
     @staticmethod
@@ -309,8 +310,9 @@ class RoboVLM(nn.Module):
         b, w = actions.shape[:2]
         tokens = self.action_tokenizer.encode(actions).reshape(b, w, -1)  # [B, W, chunk*7]
         embeds, mask, unflatten = self.sequences(batch, self.backbone.embed(tokens))
-        hidden, _ = self.backbone.decode(embeds, mask, self.positions(mask))
         n = self.n_action_slots
+        prefix = embeds.shape[1] - n - self.frame_tail
+        hidden, _ = self.backbone.decode(embeds, self.decoder_mask(mask, prefix), self.positions(mask))
         # the token at slot k is predicted from the hidden state one position earlier; the frame end (where
         # there is one) from the last action token
         seg = unflatten(hidden)
@@ -327,14 +329,36 @@ class RoboVLM(nn.Module):
         acc = ((logits.argmax(-1) == labels) & valid).sum() / valid.sum().clamp(min=1)
         return {"loss_action": loss, "acc_action": acc.detach()}
 
-    def extend(self, new_embeds: torch.Tensor, mask: torch.Tensor, cache=None):
+    def extend(self, new_embeds: torch.Tensor, mask: torch.Tensor, cache=None, prefix: int | None = None):
         """Run the decoder on tokens appended after ``cache`` (None = empty).
 
-        new_embeds [N, L_new, D]; mask [N, L_past + L_new] covers the cached tokens and the new ones.
+        new_embeds [N, L_new, D]; mask [N, L_past + L_new] covers the cached tokens and the new ones;
+        ``prefix``: an empty cache's first ``prefix`` tokens are a frame's prefix (``decoder_mask``).
         Returns (hidden [N, L_new, D], cache now holding all L_past + L_new tokens).
         """
         pos = self.positions(mask)[..., -new_embeds.shape[1]:]
+        if prefix is not None and new_embeds.shape[1] == mask.shape[1]:
+            mask = self.decoder_mask(mask, prefix)
         return self.backbone.decode(new_embeds, mask, pos, cache=cache, use_cache=True)
+
+    def decoder_mask(self, mask: torch.Tensor, prefix: int | None, kv_len: int | None = None) -> torch.Tensor:
+        """[N, L] padding mask -> what the decoder attends with. Causal (the default): the mask itself.
+        ``prefix_attention: bidirectional``: [N, 1, L, kv_len] where the first ``prefix`` tokens (a frame's
+        images, text and state) attend to each other both ways and every later one causally, PaliGemma's
+        pretrained prefix-LM; ``kv_len`` (default L) for a preallocated cache's slots."""
+        if prefix is None or self.config.prefix_attention == "causal":
+            return mask
+        n, length = mask.shape
+        kv = kv_len or length
+        q, k = torch.arange(length, device=mask.device), torch.arange(kv, device=mask.device)
+        allowed = (k[None, :] <= q[:, None]) | ((k[None, :] < prefix) & (q[:, None] < prefix))  # [L, kv]
+        pad = torch.zeros(n, kv, dtype=torch.bool, device=mask.device)
+        pad[:, :length] = mask > 0
+        allowed = allowed[None, None] & pad[:, None, None, :]
+        if self.backbone.language_model.config._attn_implementation == "sdpa":
+            return allowed
+        dtype = self.backbone.embed_tokens.weight.dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
     # ------------------------------------------------------------------------------------------
     # vision-language co-training (captions / VQA)
@@ -349,7 +373,7 @@ class RoboVLM(nn.Module):
         prefix = 1 + img.shape[1]
         mask = torch.cat([bos_mask, img_row.to(bos_mask).expand(b, -1), batch["vl_attention_mask"]], 1)
         labels = torch.cat([torch.full((b, prefix), IGNORE, device=img.device, dtype=torch.long), batch["vl_labels"]], 1)
-        hidden, _ = self.backbone.decode(embeds, mask, self.positions(mask))
+        hidden, _ = self.backbone.decode(embeds, self.decoder_mask(mask, prefix), self.positions(mask))
         logits = self.backbone.lm_head(hidden[:, :-1]).float()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE)
 

@@ -148,5 +148,7 @@ class StaticGreedyDecoder:
         """The prefix into the cache (eagerly: it runs once per call), the first token into the stepper."""
         m, stepper = self.model, self._stepper
         stepper.cache.reset()
-        hidden, _ = m.backbone.decode(embeds, mask, m.positions(mask), cache=stepper.cache, use_cache=True)
+        # causal: the 2-D mask itself (the decoder makes it causal over the cache's slots)
+        attend = m.decoder_mask(mask, mask.shape[1], kv_len=stepper.cache.layers[0].max_cache_len)
+        hidden, _ = m.backbone.decode(embeds, attend, m.positions(mask), cache=stepper.cache, use_cache=True)
         stepper.start(stepper.first_token(hidden), mask)
