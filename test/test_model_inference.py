@@ -209,3 +209,24 @@ def test_kosmos2_cached_decoding_past_its_position_table(decoding):
     assert table.weights.shape[0] < embeds.shape[1] * batch["rgb"].shape[1]
     cached = model.predict(batch, normalized=True, use_cache=True)
     torch.testing.assert_close(cached, model.predict(batch, normalized=True, use_cache=False), rtol=0, atol=0)
+
+
+def test_a_graph_captured_before_a_buffer_was_replaced_is_not_replayed():
+    """Kosmos-2's position table is regrown for longer sequences; a CUDA graph captured over the old table
+    would read freed memory. The stepper compares Backbone.graph_inputs with those at capture and decodes
+    eagerly (capturing again next time) when they differ. Here a stale graph is planted on the CPU."""
+    model = RoboVLM(PolicyConfig.tiny("kosmos2", action_space="discrete")).eval()
+    model.decoding = "static"
+    batch = make_batch(model, b=1)
+    del batch["actions"]
+    first = model.predict(batch, normalized=True)
+    stepper = model._static_decoder._stepper
+
+    class StaleGraph:
+        def replay(self):
+            raise AssertionError("a graph over a replaced buffer was replayed")
+
+    assert model.backbone.graph_inputs()  # Kosmos-2 has a replaceable table
+    stepper.graph, stepper._graph_inputs = StaleGraph(), (0,)
+    assert torch.equal(model.predict(batch, normalized=True), first)
+    assert stepper.graph is None and stepper.use_graph  # captured again on the next call (on CUDA)

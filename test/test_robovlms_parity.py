@@ -175,6 +175,18 @@ def test_open_x_statistics_give_the_commands_of_robovlms_simpler_evaluation(tmp_
     expected = 0.5 * (a + 1) * (hi - lo) + lo
     np.testing.assert_allclose(chunk[:, :6], expected.numpy(), atol=1e-7, rtol=1e-5)
     assert np.abs(chunk[:, :6] - ref["command_arm"].numpy()).max() > 0.05  # not the CALVIN command
+    # one dataset's file (a top-level "action"), with a mask: a masked-off dimension keeps norm_min / norm_max
+    mask = [True, True, False, True, True, True, False]
+    (tmp_path / "one.json").write_text(json.dumps({"action": {"q01": q01, "q99": q99, "mask": mask}}))
+    with pytest.raises(RoboVLMsImportError, match="unnorm-key"):
+        import_robovlms(str(FIX / case / "run.json"), str(FIX / case / "model.ckpt"), str(backbone_dir(case)),
+                        str(tmp_path / "y"), action_stats=str(tmp_path / "one.json"), unnorm_key="bridge_orig")
+    import_robovlms(str(FIX / case / "run.json"), str(FIX / case / "model.ckpt"), str(backbone_dir(case)),
+                    str(tmp_path / "one"), action_stats=str(tmp_path / "one.json"))
+    model = RoboVLM.from_pretrained(str(tmp_path / "one"))
+    arm = model.normalizer.unnormalize_action(torch.cat([ref["step_arm"][0], torch.ones(len(a), 1)], -1))[:, :6]
+    np.testing.assert_allclose(arm[:, [0, 1, 3, 4, 5]].double(), expected[:, [0, 1, 3, 4, 5]], atol=1e-7, rtol=1e-5)
+    np.testing.assert_allclose(arm[:, 2].double(), a[:, 2], atol=1e-7, rtol=1e-5)  # only norm_min / norm_max
 
 
 # --- discrete actions ----------------------------------------------------------------------------------
@@ -304,6 +316,8 @@ FAULTS = {
     "latents interleaved, not concatenated": ("kosmos_lstm_latent2", _latents_dim_major),
     "one head tensor perturbed": ("kosmos_gpt", _perturb_head),
     "no frame end in pre history": ("kosmos_lstm_pre", lambda m, _: setattr(m, "frame_end_id", None)),
+    "another frame end token": ("kosmos_lstm_pre", lambda m, _: setattr(m, "frame_end_id", m.tokenizer.pad_token_id)),
+    "another frame start token": ("kosmos_lstm_pre", lambda m, _: setattr(m, "bos_id", m.tokenizer.pad_token_id)),
     "one resampler latent perturbed": ("kosmos_lstm_resampler", lambda m, _: m.resampler.latents.data[0].add_(
         torch.randn(m.resampler.latents.shape[1], generator=torch.Generator().manual_seed(0)) * 0.05)),
 }
@@ -377,6 +391,7 @@ def test_unsupported_settings_are_refused_by_name(changes, words, tmp_path):
     ({"act_head__min_action": 0}, "min_action"),
     ({"act_head__type": "LSTMDecoder"}, "DiscreteDecoder"),
     ({"train_dataset__model_name": "llama"}, "llama"),
+    ({"train_dataset__type": "OpenVLADataset"}, "OpenVLADataset"),
 ])
 def test_unsupported_discrete_settings_are_refused_by_name(changes, words, tmp_path):
     case = "kosmos_discrete_hand"

@@ -258,7 +258,7 @@ def _decode_kosmos2(bb: "Backbone", embeds, mask, positions, cache, use_cache):
         pad = torch.zeros(n, kv, dtype=torch.bool, device=embeds.device)
         pad[:, :total] = mask > 0
         allowed = (key[None, :] <= query[:, None])[None, None] & pad[:, None, None, :]
-    _fit_kosmos2_positions(tm.embed_positions, positions, cache, bb.position_offset)
+    _fit_kosmos2_positions(tm.embed_positions, mask, cache, bb.position_offset)
     hidden = tm.forward_embedding(input_ids=None, inputs_embeds=embeds, position_ids=positions)
     hidden = nn.functional.dropout(hidden, p=tm.dropout, training=tm.training)  # as its forward does
     attn = _additive_mask(allowed, hidden.dtype)
@@ -267,19 +267,16 @@ def _decode_kosmos2(bb: "Backbone", embeds, mask, positions, cache, use_cache):
     return tm.layer_norm(hidden), cache
 
 
-def _fit_kosmos2_positions(table, positions, cache, offset: int) -> None:
+def _fit_kosmos2_positions(table, mask, cache, offset: int) -> None:
     """Kosmos-2's sinusoidal position table grows in its forward only by the length of the tokens fed, so
     tokens fed one at a time through a cache past max_position_embeddings index beyond it (IndexError;
-    a long pre-history window reaches it). The table is grown to the positions used: for a preallocated
-    cache to all its slots at once (Python ints: no device sync, so CUDA-graph capture stays legal)."""
+    a long pre-history window reaches it). The table is grown to what the positions can reach, from shapes
+    alone (no device sync; legal inside CUDA-graph capture): the mask's key length, a preallocated cache's
+    slots. A graph captured before a regrowth reads the old table: ``Backbone.graph_inputs`` tells."""
     from transformers import StaticCache
 
-    if isinstance(cache, StaticCache):
-        need = cache.layers[0].max_cache_len + offset + 1
-    elif positions.is_cuda and torch.cuda.is_current_stream_capturing():
-        return
-    else:
-        need = int(positions.max()) + 1
+    keys = cache.layers[0].max_cache_len if isinstance(cache, StaticCache) else mask.shape[-1]
+    need = keys + offset + 1
     if need > table.weights.size(0):
         table.make_weights(need + table.offset, table.embedding_dim, table.padding_idx)
 
@@ -490,6 +487,13 @@ class Backbone(nn.Module):
     @property
     def vocab_size(self) -> int:
         return self.embed_tokens.num_embeddings
+
+    def graph_inputs(self) -> tuple:
+        """Addresses of buffers the decoder may replace between calls (Kosmos-2's position table, regrown
+        for longer sequences): a CUDA graph captured over the old ones must not be replayed."""
+        table = getattr(self.language_model, "embed_positions", None)
+        weights = getattr(table, "weights", None)
+        return () if weights is None else (weights.data_ptr(),)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(input_ids)

@@ -20,6 +20,8 @@ recomputed from the mask so padding never shifts a token's position. The mask al
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -107,6 +109,10 @@ class RoboVLM(nn.Module):
             special |= set(sum(config.image_marker_ids or [], []))
             self.action_tokenizer = ActionTokenizer(self.backbone.vocab_size, special, config.n_bins,
                                                     style=config.bin_style, token_end=config.action_token_end)
+        if config.head_style == "robovlms" and config.history_type == "pre" and config.frame_end is None:
+            warnings.warn("a pre-history policy with RoboVLMs' heads but no frame_end: RoboVLMs' pre layout "
+                          "closes every frame with its prompt's last token; a policy imported before "
+                          "import-robovlms set frame_end should be imported again")
         # frames wrapped as [BOS] segment [frame_end] (RoboVLMs' layout); None: not wrapped
         self.frame_end_id = None if config.frame_end is None else self._single_token(tokenizer, config.frame_end,
                                                                                       "frame_end")
@@ -124,14 +130,15 @@ class RoboVLM(nn.Module):
 
     @staticmethod
     def _single_token(tokenizer, text: str, what: str) -> int:
-        """A vocabulary token by its name (as convert_ids_to_tokens writes it), else text that is one token."""
+        """Text that is one token, else a vocabulary token by its name (as convert_ids_to_tokens writes it,
+        e.g. a byte-fallback piece "<0x49>")."""
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            return ids[0]
         tid = tokenizer.convert_tokens_to_ids(text)
         if isinstance(tid, int) and (tid != tokenizer.unk_token_id or text == tokenizer.unk_token):
             return tid
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise ValueError(f"{what} {text!r} is {len(ids)} tokens, not one")
-        return ids[0]
+        raise ValueError(f"{what} {text!r} is {len(ids)} tokens, not one, and no token of the vocabulary")
 
     # ------------------------------------------------------------------------------------------
     # sequence building (also the building blocks of decoding.py and window_inference.py; code
@@ -258,7 +265,7 @@ class RoboVLM(nn.Module):
                 embeds, mask = torch.cat([bos, embeds], 1), torch.cat([bos_mask, mask], 1)
         # every layout is "(BOS) + frame segments in order", so one view recovers the frames, without
         # the wrapping tokens
-        lead, tail = (1, self.frame_tail) if wrapped else (0, 0)
+        lead, tail = (1, self.frame_tail if action_part is not None else 0) if wrapped else (0, 0)
         unflatten = lambda h: h[:, 1 - lead:].reshape(b, w, -1, h.shape[-1])[:, :, lead: s_f - tail]  # noqa: E731
         return embeds, mask, unflatten
 

@@ -112,6 +112,11 @@ def _discrete_prompt(run: dict, family: str, tokenizer, chunk: int, rep: ImportR
     PhiPromptBuilder's "Input: {question}\nOutput: \n{eos}" (its get_prompt drops the BOS it was given),
     tokenised. RoboVLMs inserts the images after the first token, which our sequence start then is, and
     moves the last token (the EOS) after the frame's action tokens: our frame end."""
+    dataset = str((run.get("train_dataset") or {}).get("type", ""))
+    if dataset and "calvin" not in dataset.lower():
+        _refuse(f"train_dataset.type = {dataset!r} with discrete actions: robovlm_ros reproduces the discrete "
+                "prompt and layout of RoboVLMs' CALVIN datasets; its Open-X ActionPredictionDataset asks for "
+                "fwd_pred_next_n (not fwd_pred_next_n + 1) step actions and lays out frames and labels otherwise")
     builder = str((run.get("train_dataset") or {}).get("model_name", run.get("model", "")))
     for marker in OTHER_PROMPT_BUILDERS:
         if marker in builder.lower():
@@ -300,9 +305,11 @@ def _discrete_departures(rep: ImportReport, name: str, history: str, ours: str, 
     rep.departures.append("discrete decoding: the argmax is taken over the action ids only (RoboVLMs: over the "
                           "whole vocabulary, and an id outside the bins decodes to a clipped bin)")
     if ours == "post":
-        rep.departures.append("discrete window: imported as post history, RoboVLMs' evaluation (each frame decoded "
-                              "alone); RoboVLMs trains the window as one sequence of [BOS] images text actions "
-                              "[EOS] frames, robovlm_ros' post training scores frames one by one "
+        theirs = ("as RoboVLMs' post evaluation does" if history == "post" else
+                  "where RoboVLMs' pre evaluation puts all window images after one BOS")
+        rep.departures.append(f"discrete window: imported as post history, each frame decoded alone, {theirs}; "
+                              "RoboVLMs trains the window as one sequence of [BOS] images text actions [EOS] "
+                              "frames, robovlm_ros' post training scores frames one by one "
                               "(--discrete-history pre keeps RoboVLMs' training layout)")
     else:
         rep.departures.append("discrete window: imported as pre history, RoboVLMs' training layout (frames see the "
@@ -382,6 +389,8 @@ def oxe_action_bounds(run: dict, stats_path: str, unnorm_key: str | None, rep: I
             stats = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         _refuse(f"--action-stats {stats_path}: not a readable JSON statistics file ({e})")
+    if "action" in stats and unnorm_key is not None:
+        _refuse(f"--action-stats {stats_path} holds one dataset's statistics: --unnorm-key {unnorm_key} does not apply")
     if "action" not in stats:
         if unnorm_key is None or unnorm_key not in stats:
             _refuse(f"--action-stats {stats_path} holds statistics for {sorted(stats)}: name one with --unnorm-key")

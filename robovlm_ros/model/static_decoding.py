@@ -57,6 +57,7 @@ class GreedyStepper:
         self._sdpa = model.backbone.language_model.config._attn_implementation == "sdpa"
         self.mask = self.keep if self._sdpa else torch.zeros(self.keep.shape, dtype=dtype, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
+        self._graph_inputs: tuple = ()  # Backbone.graph_inputs at capture
         self.use_graph = use_graph and n_tokens > 1
 
     def first_token(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -92,6 +93,9 @@ class GreedyStepper:
 
     def decode_rest(self) -> torch.Tensor:
         """The other n - 1 tokens -> all n [N, n_tokens]."""
+        if self.graph is not None and self.model.backbone.graph_inputs() != self._graph_inputs:
+            # a buffer the graph reads was replaced since the capture: decode eagerly, capture again next time
+            self.graph, self.use_graph = None, True
         for _ in range(self.n_tokens - 1):
             if self.graph is not None:
                 self.graph.replay()
@@ -115,6 +119,7 @@ class GreedyStepper:
             with torch.cuda.graph(graph):
                 self._step()
             self.graph = graph
+            self._graph_inputs = self.model.backbone.graph_inputs()
         except Exception as e:  # noqa: BLE001 - decoding still works eagerly; say why it is slower
             log.warning("CUDA graph capture of the decoding step failed (%s); decoding eagerly", e)
 
