@@ -417,6 +417,22 @@ def test_a_checkpoint_missing_a_tensor_is_refused_and_deepspeed_prefixes_load(tm
                         str(backbone_dir("paligemma_lstm_post_hand")), str(tmp_path / "y"))
 
 
+def test_a_float32_checkpoint_imports_like_its_bfloat16_fixture(tmp_path):
+    """The fixtures store their checkpoints' tensors as bfloat16 where that is exact (generate.py compact);
+    RoboVLMs' own checkpoints hold float32: the same values in float32 give the same policy."""
+    case = "kosmos_lstm_post_hand"
+    ckpt = torch.load(FIX / case / "model.ckpt", weights_only=True)
+    dtypes = {v.dtype for v in ckpt["state_dict"].values()}
+    assert torch.bfloat16 in dtypes
+    ckpt["state_dict"] = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, tmp_path / "fp32.ckpt")
+    import_robovlms(str(FIX / case / "run.json"), str(tmp_path / "fp32.ckpt"), str(backbone_dir(case)), str(tmp_path / "a"))
+    import_robovlms(str(FIX / case / "run.json"), str(FIX / case / "model.ckpt"), str(backbone_dir(case)), str(tmp_path / "b"))
+    a, b = (RoboVLM.from_pretrained(str(tmp_path / x)).state_dict() for x in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(v.dtype != torch.bfloat16 for v in b.values())  # the imported policy is float32
+
+
 def test_cli_reports_the_mapping(tmp_path, capsys):
     from robovlm_ros.cli import main
 

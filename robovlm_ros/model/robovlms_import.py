@@ -433,7 +433,9 @@ def import_robovlms(run_path: str, ckpt_path: str, backbone_path: str, out_dir: 
 
         fields.update(norm_mode="quantile", clip_low=None)
         normalizer = Normalizer(mode="quantile", stats=oxe_action_bounds(run, action_stats, unnorm_key, rep))
-    state = read_checkpoint(ckpt_path)
+    # the policy is float32: a bfloat16 or float16 checkpoint is widened first, so that mapping arithmetic
+    # (the PaliGemma action token's scale) is float32 too
+    state = {k: v.float() if v.is_floating_point() else v for k, v in read_checkpoint(ckpt_path).items()}
     backbone_tensors = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     family = fields["backbone"]
     hf = _load_backbone(family, backbone_path, backbone_tensors, rep)

@@ -484,6 +484,15 @@ def reference_discrete(policy, cfg: dict, case: dict) -> dict:
     return out
 
 
+def compact(t: torch.Tensor) -> torch.Tensor:
+    """A checkpoint tensor stored as bfloat16 where that keeps its value exactly (every parameter was rounded
+    to a bfloat16 value, build_policy), halving the committed files; the import reads either dtype."""
+    t = t.detach().clone()
+    if t.dtype == torch.float32 and torch.equal(t.to(torch.bfloat16).float(), t):
+        return t.to(torch.bfloat16)
+    return t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--robovlms", required=True, help="RoboVLMs checkout at commit " + ROBOVLMS_COMMIT)
@@ -522,7 +531,7 @@ def main() -> None:
             f".vlms/{bname}"  # as a released config names it: a path on the training machine
         with open(os.path.join(cdir, "run.json"), "w") as f:
             json.dump(cfg, f, indent=2)
-        sd = {f"model.{k}": v.detach().clone() for k, v in policy.state_dict().items()}
+        sd = {f"model.{k}": compact(v) for k, v in policy.state_dict().items()}
         torch.save({"state_dict": sd, "epoch": 0, "global_step": 0}, os.path.join(cdir, "model.ckpt"))
         torch.save(ref, os.path.join(cdir, "reference.pt"))
         if discrete:
