@@ -19,6 +19,8 @@ class PolicyParams(RobotDescription):
     checkpoint: str = param("", "checkpoint directory written by training (config.json, model.safetensors, ...)")
     device: str = param("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:N")
     dtype: str = param("auto", "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
+    compile: bool = param(False, "torch.compile the vision tower, decoder layers and head (compiled during the "
+                                 "warm-up, once per input size and instruction length)")
     min_image_size: int = param(16, "images narrower or lower than this many pixels are rejected", range=(1, 100000))
     instruction: str = param("", "language instruction; a new value restarts the history", read_only=False)
     max_input_age_s: float = param(0.5, "inputs older than this are stale: the arm holds", read_only=False,

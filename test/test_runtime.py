@@ -62,6 +62,24 @@ def test_cached_stepping_equals_recomputing_the_window(tmp_path, space, history,
     assert len(np.unique(a[:, 0])) > 3  # actions vary over time: the comparison is not trivial
 
 
+@pytest.mark.slow  # torch.compile builds its kernels with the C++ compiler: tens of seconds on 2 cores
+@pytest.mark.parametrize("space", ["continuous", "discrete"])
+def test_a_compiled_runner_acts_as_the_eager_one(tmp_path, space):
+    """PolicyRunner(compile=True) (the node's `compile` parameter): the vision tower, decoder layers and head
+    compiled; actions equal the eager runner's, and the modules really are compiled."""
+    tiny_model(space, "post").save_pretrained(tmp_path / "ckpt")
+    runs = []
+    for compiled in (False, True):
+        runner = PolicyRunner(tmp_path / "ckpt", device="cpu", compile=compiled)
+        runner.warmup()
+        runner.set_instruction("pick up the red block")
+        runs.append(np.stack([runner.step(o) for o in observations(5)]))
+        layer = runner.model.backbone.decoder_layers[0]
+        assert (getattr(layer, "_compiled_call_impl", None) is not None) == compiled
+    np.testing.assert_allclose(runs[1], runs[0], rtol=0, atol=1e-5)
+    assert len(np.unique(runs[0][:, 0])) > 2
+
+
 def test_post_cache_runs_the_vlm_on_the_newest_frame_only():
     model = tiny_model()
     calls = []

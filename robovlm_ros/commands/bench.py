@@ -156,8 +156,9 @@ def run(args) -> int:
                            "cuda": gpu, "torch": torch.__version__},
               "dtype": str(resolve_device(args.device, args.dtype)[1]).replace("torch.", ""),
               "backbone": _backbone_name(args)}
+    report["compiled"] = args.compile
     measured = policy_latency(_policy_factory(args), args.window, args.steps, args.reps, args.device,
-                              args.dtype, peak)
+                              args.dtype, peak, args.compile)
     model = measured.pop("model")
     report["parameters"] = sum(p.numel() for p in model.parameters())
     report.update(measured)
@@ -208,6 +209,9 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto: bfloat16 on CUDA, float32 on the CPU")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every policy (vision tower, decoder layers, head), as the node's compile "
+                        "parameter does")
     p.add_argument("--peak-bandwidth-gbs", type=float,
                    help="the device's peak memory bandwidth in GB/s (known GPUs are looked up by name)")
     p.add_argument("--json", help="write the report as JSON")

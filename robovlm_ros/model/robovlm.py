@@ -439,6 +439,17 @@ class RoboVLM(nn.Module):
         finally:
             self.train(was_training)
 
+    def compile_modules(self, mode: str | None = None) -> None:
+        """torch.compile, in place and for static shapes, what every step runs: the vision tower, each decoder
+        layer (one compiled graph serves all layers, whatever path calls them) and the head: fused kernels
+        for the prefix, the continuous step and decoding. Compilation happens at the first call per input
+        shape (PolicyRunner.warmup); ``mode`` as torch.compile's (None: its default, no CUDA graphs, which
+        the preallocated-cache decoding captures itself)."""
+        parts = [*self.backbone.vision_modules, *self.backbone.decoder_layers]
+        parts += [m for m in (getattr(self, "head", None), self.resampler) if m is not None]
+        for module in parts:
+            module.compile(dynamic=False, mode=mode)
+
     def window_predictor(self, use_cache: bool = True) -> WindowPredictor:
         """The newest frame's normalised chunk from a history window, control step after control step,
         reusing the work of earlier steps where that is exact (model/window_inference.py). What

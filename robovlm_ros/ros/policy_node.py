@@ -126,7 +126,8 @@ class PolicyCore(PolicyInputs):
         limits = SafetyLimits(tuple(p.action_low), tuple(p.action_high), p.max_linear_velocity,
                               p.max_angular_velocity)
         return PolicyRunner(p.checkpoint if model is None else model, device=p.device, dtype=p.dtype,
-                            execute_steps=p.execute_steps or None, ensemble=p.ensemble, limits=limits)
+                            execute_steps=p.execute_steps or None, ensemble=p.ensemble, limits=limits,
+                            compile=p.compile)
 
     def _init_state(self) -> None:
         self.last_gripper = GRIPPER_OPEN  # the last gripper command sent in this episode

@@ -49,9 +49,10 @@ def peak_bandwidth_gbs(device_name: str | None) -> float | None:
     return None
 
 
-def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype: str = "auto") -> dict:
+def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype: str = "auto",
+                 compile: bool = False) -> dict:
     """The runner's step on 640x480 camera images, once the window is full (the steady state)."""
-    runner = PolicyRunner(model, device=device, dtype=dtype, execute_steps=1, use_cache=use_cache)
+    runner = PolicyRunner(model, device=device, dtype=dtype, execute_steps=1, use_cache=use_cache, compile=compile)
     runner.warmup()
     runner.set_instruction("pick up the red block")
     rng = np.random.default_rng(0)
@@ -123,16 +124,24 @@ def decoder_weight_bytes(model: RoboVLM) -> int:
 
 
 def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: int, device: str,
-                   dtype: str = "auto", peak_gbs: float | None = None) -> dict:
+                   dtype: str = "auto", peak_gbs: float | None = None, compile: bool = False) -> dict:
     """{"step", "decode", "bandwidth", "ratios"} for policies ``make(**PolicyConfig overrides)``:
     continuous steps at window 1 and ``window`` (cached and not); discrete decoding of a 10-action chunk
     (70 tokens) with and without the KV cache and of one action (7 tokens); the prefix alone; the decoding
     step's share of the memory bandwidth (``peak_gbs``: the device's peak, GB/s); on CUDA also without the
-    CUDA graph and a discrete ``pre`` step of ``window``."""
+    CUDA graph and a discrete ``pre`` step of ``window``. ``compile``: every policy torch.compiled
+    (RoboVLM.compile_modules; compilation happens in the warm-ups, outside the timings)."""
     from .runner import resolve_device
 
     torch_dtype = resolve_device(device, dtype)[1]
     w = window
+    if compile:
+        built = make
+
+        def make(**kw):
+            model = built(**kw)
+            model.compile_modules()
+            return model
     win1 = make(window_size=1, history_type="post", fwd_pred_next_n=10).eval()
     winw = make(window_size=w, history_type="post", fwd_pred_next_n=10).eval()
     step = {"window1": step_latency(win1, True, steps, device, dtype),

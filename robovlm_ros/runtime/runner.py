@@ -37,10 +37,12 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.dev
 class PolicyRunner:
     def __init__(self, checkpoint, device: str = "auto", dtype: str = "auto", execute_steps: int | None = None,
                  ensemble: bool = False, ensemble_decay: float = 0.1, use_cache: bool = True,
-                 limits: SafetyLimits | None = None):
+                 limits: SafetyLimits | None = None, compile: bool = False):
         self.device, self.dtype = resolve_device(device, dtype)
         model = checkpoint if isinstance(checkpoint, RoboVLM) else RoboVLM.from_pretrained(str(checkpoint))
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        if compile:  # compiled during warmup(), before the robot depends on it
+            self.model.compile_modules()
         self.config = self.model.config
         self.ensemble_decay = ensemble_decay
         # step()'s chunk execution: synchronous (each chunk computed when the queue is empty)
