@@ -110,6 +110,7 @@ def run_training(args) -> int:
     import torch
 
     from ..model import PolicyConfig
+    from ..runtime.latency import percentiles
     from ..train.cost import saved_activation_bytes, training_cost
 
     kw = dict(window_size=args.window, fwd_pred_next_n=10, use_hand_rgb=True,
@@ -120,6 +121,7 @@ def run_training(args) -> int:
               "cuda": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "torch": torch.__version__, **training_cost(config, args.batch, args.train_steps, args.device,
                                                             args.precision, args.strategy)}
+    report["step_ms"] = percentiles(report.pop("step_s"))
     if args.activations:  # one more forward + backward, outside Lightning
         from ..model import RoboVLM
         from ..model.synthetic import synthetic_batch

@@ -128,11 +128,12 @@ class WindowPredictor:
             if stepper is not None:
                 cache = stepper.cache
                 cache.reset()
-            bos, mask = m.bos(1, window[0].rgb.device)
+            device = window[0].rgb.device
             if m.frame_end_id is None:  # one BOS for the sequence; wrapped frames bring their own
+                bos, mask = m.bos(1, device)
                 _, cache = m.extend(bos, mask, cache)
             else:
-                mask = mask[:, :0]
+                mask = torch.zeros(1, 0, dtype=torch.long, device=device)
             seq = self._seq = _Sequence(cache=cache, mask=mask)
         todo = window[len(seq.serials):]
         given = todo if continuous else todo[:-1]  # frames whose action part is known: one decoder pass
@@ -193,4 +194,4 @@ class WindowPredictor:
         k = len(frames)
         hand = None if frames[0].hand_rgb is None else torch.stack([f.hand_rgb for f in frames])
         return self.model.segments(torch.stack([f.rgb for f in frames]), hand, ids.expand(k, -1),
-                                         am.expand(k, -1), torch.stack([f.state for f in frames]), action_part)
+                                   am.expand(k, -1), torch.stack([f.state for f in frames]), action_part)

@@ -13,7 +13,6 @@ import torch
 
 from ..model import PolicyConfig, RoboVLM
 from ..model.synthetic import synthetic_batch
-from ..runtime.latency import percentiles
 from .config import OptimConfig
 from .module import PolicyModule
 
@@ -60,7 +59,7 @@ class _StepTimer(L.Callback):
 def training_cost(config: PolicyConfig, batch_size: int, steps: int = 5, device: str = "cpu",
                   precision: str = "32-true", strategy: str = "auto") -> dict:
     """``steps`` optimiser steps of the policy ``config`` builds, on synthetic batches, through the same
-    LightningModule as ``robovlm-ros train``: step time (the first step, with its one-off setup, left out)
+    LightningModule as ``robovlm-ros train``: step times (the first step, with its one-off setup, left out)
     and, on CUDA, the peak memory allocated."""
     cuda = device.startswith("cuda")
     with torch.device(device if cuda else "cpu"):  # a 3 B policy is built where it trains
@@ -78,7 +77,8 @@ def training_cost(config: PolicyConfig, batch_size: int, steps: int = 5, device:
         torch.cuda.reset_peak_memory_stats()
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
-    out = {"steps": trainer.global_step, "step_ms": percentiles(timer.times[1:] or timer.times),
+    # step times in seconds, the first (one-off setup) left out; bench turns them into percentiles
+    out = {"steps": trainer.global_step, "step_s": timer.times[1:] or timer.times,
            "parameters": n_params, "trainable_parameters": n_train, "batch_size": batch_size,
            "window": config.window_size, "precision": precision, "strategy": strategy,
            "gradient_checkpointing": config.gradient_checkpointing, "lora": config.lora,
