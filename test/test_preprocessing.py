@@ -7,6 +7,7 @@ import torch
 
 from robovlm_ros.model import Normalizer, PolicyConfig, RoboVLM
 from robovlm_ros.model.action_tokenizer import ActionTokenizer
+from robovlm_ros.model.processing import PolicyProcessor
 from robovlm_ros.model.text_tokenizer import tiny_tokenizer
 
 
@@ -65,6 +66,18 @@ def test_image_preprocessing_resizes_and_normalises():
         proc.images(np.zeros((32, 32, 3), np.float32))
     with pytest.raises(ValueError, match="RGB"):
         proc.images(np.zeros((32, 32, 4), np.uint8))
+
+
+def test_image_preprocessing_stays_on_the_cpu_whatever_device_the_policy_was_built_under():
+    # bench and training build real-size policies under `with torch.device("cuda")`; camera frames arrive as
+    # CPU arrays (the meta device stands in for CUDA here: mixing it with CPU tensors fails the same way)
+    cfg = PolicyConfig.tiny("llava")
+    reference = RoboVLM(cfg).processor.images(np.full((48, 64, 3), 200, np.uint8))
+    with torch.device("meta"):
+        proc = PolicyProcessor(cfg, tiny_tokenizer(), Normalizer())
+    out = proc.images(np.full((48, 64, 3), 200, np.uint8))
+    assert out.device.type == "cpu"
+    torch.testing.assert_close(out, reference)
 
 
 def test_text_is_left_padded_without_special_tokens():

@@ -24,8 +24,9 @@ class PolicyProcessor:
     def __init__(self, config: PolicyConfig, tokenizer, normalizer: Normalizer):
         self.config, self.tokenizer, self.normalizer = config, tokenizer, normalizer
         self.size = int(config.image_size)
-        self.mean = torch.tensor(config.image_mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(config.image_std, dtype=torch.float32).view(3, 1, 1)
+        # on the CPU, where camera frames arrive, also when the policy is built under `with torch.device("cuda")`
+        self.mean = torch.tensor(config.image_mean, dtype=torch.float32, device="cpu").view(3, 1, 1)
+        self.std = torch.tensor(config.image_std, dtype=torch.float32, device="cpu").view(3, 1, 1)
 
     def images(self, frames) -> torch.Tensor:
         """uint8 RGB [..., H, W, 3] (numpy or torch) -> float32 [..., 3, S, S]."""
@@ -39,7 +40,7 @@ class PolicyProcessor:
         if x.shape[-2:] != (self.size, self.size):
             # resizing the uint8 image is ~15x faster than resizing floats (640x480 -> 224: 0.7 vs 2 ms)
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        x = (x.float() / 255.0 - self.mean) / self.std
+        x = (x.float() / 255.0 - self.mean.to(x.device)) / self.std.to(x.device)
         return x.reshape(*lead, 3, self.size, self.size)
 
     def text(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
