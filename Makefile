@@ -18,7 +18,7 @@ test-slow:
 
 # on a machine with a CUDA GPU (skipped elsewhere)
 test-cuda:
-	$(PYTHON) -m pytest -m cuda
+	$(PYTHON) -m pytest test/test_cuda.py -m cuda
 
 # every GPU figure of issue 15 in one run (tools/gpu-checks; results under $OUT or ./gpu-checks)
 gpu-checks:

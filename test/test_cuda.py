@@ -1,8 +1,10 @@
 """The GPU path: the same checks as on the CPU, run on CUDA (skipped where no GPU is present).
 
-Run on a GPU machine with ``python -m pytest -m cuda``; CI has no GPU, so there these are skipped.
+Run on a GPU machine with ``python -m pytest test/test_cuda.py -m cuda`` (this file alone: the others import
+ROS 2, MuJoCo and rosbags, which a GPU machine's image may lack); CI has no GPU, so there these are skipped.
 """
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -116,7 +118,8 @@ def test_cuda_graph_decoding_equals_the_growing_cache(family):
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
 def test_training_on_the_gpu_exports_a_checkpoint_the_cpu_runs_alike(tmp_path, precision):
-    dataset = make_dataset(tmp_path / "ds")
+    # PNG storage: GPU machines' images may lack PyAV (tools/gpu-checks runs there), and the GPU is what is tested
+    dataset = make_dataset(tmp_path / "ds", storage="png")
     cfg = load_train_config(write_config(tmp_path / "cfg.yaml", dataset, tmp_path / "run",
                                          trainer={"accelerator": "gpu", "precision": precision,
                                                   "checkpoint_every": 30}))
@@ -136,3 +139,20 @@ def test_training_on_the_gpu_exports_a_checkpoint_the_cpu_runs_alike(tmp_path, p
         runner.set_instruction("pick up the red block")
         out[device] = np.stack([runner.step(o) for o in obs])
     np.testing.assert_allclose(out["cuda"], out["cpu"], rtol=0, atol=1e-4)
+
+
+def test_lstm_heads_keep_cudnn_packed_weights_after_moving_to_the_gpu():
+    # the runner re-packs nn.LSTM weights after moving the policy (RoboVLM.pack_rnn_weights): unpacked, every call on CUDA copies them (the H200
+    # bench warned "RNN module weights are not part of single contiguous chunk of memory" at each step)
+    model = tiny_model("continuous", "post", head="lstm")
+    lstms = [m for m in model.modules() if isinstance(m, torch.nn.LSTM)]
+    assert lstms, "the tiny policy has no LSTM head: nothing is checked"
+    runner = PolicyRunner(model, device="cuda", dtype="bfloat16", execute_steps=1)
+    runner.set_instruction("pick up the red block")
+    for lstm in lstms:
+        storages = {w.untyped_storage().data_ptr() for w in lstm._flat_weights}
+        assert len(storages) == 1, f"{len(storages)} separate weight buffers"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*single contiguous chunk.*")
+        for o in observations(3):
+            runner.step(o)

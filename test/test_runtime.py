@@ -7,6 +7,8 @@ from robovlm_ros.model import PolicyConfig, RoboVLM
 from robovlm_ros.runtime import PolicyRunner, SafetyLimits, UnsafeActionError
 from robovlm_ros.runtime.chunking import ChunkSchedule
 
+from conftest import make_batch
+
 
 def observations(n, seed=0, size=(48, 64)):
     rng = np.random.default_rng(seed)
@@ -78,6 +80,29 @@ def test_a_compiled_runner_acts_as_the_eager_one(tmp_path, space):
         assert (getattr(layer, "_compiled_call_impl", None) is not None) == compiled
     np.testing.assert_allclose(runs[1], runs[0], rtol=0, atol=1e-5)
     assert len(np.unique(runs[0][:, 0])) > 2
+
+
+@pytest.mark.slow  # compiles 2 graphs per decoder layer with the C++ compiler
+def test_compiled_static_decoding_compiles_every_decoder_layer():
+    """With a KV cache dynamo compiles each decoder layer apart (it specialises on the layer's index): a
+    12-layer decoder needs 24 graphs for the preallocated cache's prefill and step, more than dynamo's
+    default limit of 8 per function, past which layers silently run eagerly. compile_modules raises it."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    layers = 12
+    model = RoboVLM(PolicyConfig.tiny("paligemma", size={"base": "tiny", "layers": layers}, action_space="discrete",
+                                      fwd_pred_next_n=3, window_size=1)).eval()
+    model.decoding = "static"  # the CUDA default, here on the CPU
+    batch = make_batch(model, b=1)
+    del batch["actions"]
+    eager = model.predict(batch, normalized=True, use_cache=True)
+    model.compile_modules()
+    compiled = model.predict(batch, normalized=True, use_cache=True)
+    assert counters["stats"]["unique_graphs"] >= 2 * layers
+    assert torch.equal(compiled, eager)
+    torch._dynamo.reset()
 
 
 def test_post_cache_runs_the_vlm_on_the_newest_frame_only():

@@ -17,11 +17,11 @@ from robovlm_ros.train.run import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def make_dataset(root, episodes=4, length=20, seed=0):
+def make_dataset(root, episodes=4, length=20, seed=0, storage="video"):
     """Episodes whose actions are a function of the images, so a policy can learn them."""
     rng = np.random.default_rng(seed)
     w = LeRobotWriter(str(root), 10.0, [f"j{i}" for i in range(6)] + ["gripper"],
-                      [f"a{i}" for i in range(6)] + ["gripper"], "test")
+                      [f"a{i}" for i in range(6)] + ["gripper"], "test", storage=storage)
     for e in range(episodes):
         # each frame a noisy grey level ramping up; the action (and so the whole chunk) follows from it
         level = rng.integers(0, 120) + 6 * np.arange(length)

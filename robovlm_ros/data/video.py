@@ -9,12 +9,19 @@ from __future__ import annotations
 import logging
 import os
 
-import av
 import numpy as np
 
 DEFAULT_CODEC = "libsvtav1"
 DEFAULT_CRF = 30
 MIN_SIDE = 32  # SVT-AV1 kills the process (SIGFPE) on frames of 24 px; 30 px encode
+
+
+def _av():
+    """PyAV, imported when a video is written or read: the model, the runner, training and PNG-stored
+    datasets work without it (a GPU machine's image without the codec library, say)."""
+    import av
+
+    return av
 
 
 def check_frame_size(height: int, width: int) -> None:
@@ -41,7 +48,7 @@ class VideoFileWriter:
         logging.getLogger("libav").setLevel(logging.ERROR)
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner and settings per file: errors only
         self.path, self.fps, self.frames = path, fps, 0
-        self.container = av.open(path, "w", options={"movflags": "faststart"})
+        self.container = _av().open(path, "w", options={"movflags": "faststart"})
         self.stream = self.container.add_stream(codec, rate=_rate(fps), options=codec_options(codec, crf))
         self.stream.pix_fmt = "yuv420p"
         self.shape: tuple | None = None
@@ -52,8 +59,9 @@ class VideoFileWriter:
             check_frame_size(*images.shape[1:3])
             self.shape = images.shape[1:3]
             self.stream.height, self.stream.width = self.shape
+        video_frame = _av().VideoFrame
         for image in images:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame = video_frame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             frame.pts = self.frames
             self.container.mux(self.stream.encode(frame))
             self.frames += 1
@@ -78,14 +86,14 @@ def _rate(fps: float):
 
 def count_frames(path: str) -> int:
     """Video frames in the file's first video stream, counted from its packets (no decoding)."""
-    with av.open(path) as container:
+    with _av().open(path) as container:
         stream = container.streams.video[0]
         return sum(1 for p in container.demux(stream) if p.size)
 
 
 def video_info(path: str) -> dict:
     """The ``info`` block LeRobot keeps for a video feature in info.json."""
-    with av.open(path) as container:
+    with _av().open(path) as container:
         stream = container.streams.video[0]
         return {"video.height": stream.height, "video.width": stream.width, "video.codec": stream.codec.canonical_name,
                 "video.pix_fmt": stream.pix_fmt, "video.is_depth_map": False,
@@ -102,7 +110,7 @@ def decode_frames(path: str, from_timestamp: float, count: int, fps: float) -> n
     one whose presentation time is nearest frame k's nominal time (k / fps from the start)."""
     out, filled = None, 0
     first = round(from_timestamp * fps)
-    with av.open(path) as container:
+    with _av().open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         tb = float(stream.time_base)

@@ -439,12 +439,28 @@ class RoboVLM(nn.Module):
         finally:
             self.train(was_training)
 
+    def pack_rnn_weights(self) -> None:
+        """nn.LSTM packs its weights into cuDNN's one contiguous buffer only when it is built: after .to() /
+        .cuda() they are separate, and every call on CUDA copies them into one (and warns). The runner calls
+        this after moving the policy (a no-op off CUDA). Not done in ``_apply``: a sharded (FSDP) module's
+        weights are views that must not be re-packed."""
+        for module in self.modules():
+            if isinstance(module, nn.RNNBase):
+                module.flatten_parameters()
+
     def compile_modules(self, mode: str | None = None) -> None:
         """torch.compile, in place and for static shapes, what every step runs: the vision tower, each decoder
         layer (one compiled graph serves all layers, whatever path calls them) and the head: fused kernels
         for the prefix, the continuous step and decoding. Compilation happens at the first call per input
         shape (PolicyRunner.warmup); ``mode`` as torch.compile's (None: its default, no CUDA graphs, which
         the preallocated-cache decoding captures itself)."""
+        # where a KV cache is passed, dynamo specialises a decoder layer on its index (the cache is indexed by
+        # it): one graph per layer and input shape. Its default limit, 8 per function, would leave all but 8
+        # of an 18-layer decoder's graphs eager (seen in the H200 bench: compiled decoding as slow as eager)
+        n = len(self.backbone.decoder_layers)
+        dynamo = torch._dynamo.config
+        dynamo.recompile_limit = max(dynamo.recompile_limit, 4 * n)
+        dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 16 * n)
         parts = [*self.backbone.vision_modules, *self.backbone.decoder_layers]
         parts += [m for m in (getattr(self, "head", None), self.resampler) if m is not None]
         for module in parts:

@@ -41,6 +41,7 @@ class PolicyRunner:
         self.device, self.dtype = resolve_device(device, dtype)
         model = checkpoint if isinstance(checkpoint, RoboVLM) else RoboVLM.from_pretrained(str(checkpoint))
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.model.pack_rnn_weights()
         if compile:  # compiled during warmup(), before the robot depends on it
             self.model.compile_modules()
         self.config = self.model.config
