@@ -332,3 +332,20 @@ def test_a_failed_inference_does_not_leave_the_schedule_waiting_forever():
 def _job_and_chunk(control, observation):
     _, job = control.control_step(observation)
     return job, control.compute(job)
+
+
+def test_step_profile_counts_one_steps_ops():
+    # bench --profile: what a step launches is what the GPU run is judged by (launch-bound or not)
+    from robovlm_ros.runtime.latency import step_profile
+
+    calls = {}
+    for layers, steps in ((2, 2), (2, 4), (6, 2)):
+        model = RoboVLM(PolicyConfig.tiny("llava", size={"base": "tiny", "layers": layers}, window_size=2,
+                                          use_state=True))
+        prof = step_profile(model, steps, device="cpu", dtype="float32")
+        calls[layers, steps] = prof["aten_calls_per_step"]
+        assert prof["device_busy_ms_per_step"] is None and prof["kernel_launches_per_step"] == 0  # no GPU here
+        top = [op["ms_per_step"] for op in prof["top_cpu"]]
+        assert len(top) == 10 and top == sorted(top, reverse=True)
+    assert calls[2, 4] == pytest.approx(calls[2, 2], rel=0.05)  # per step, whatever the number profiled
+    assert calls[6, 2] > 1.5 * calls[2, 2]  # three times the layers: more ops in each step

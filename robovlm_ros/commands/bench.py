@@ -6,6 +6,7 @@ Measures (a small random-weight policy by default, or a checkpoint's architectur
     action (7 tokens), and the prefix alone (images + text into the KV cache); a decoding step's weight
     reads against the device's memory bandwidth; on CUDA also the growing cache without the CUDA graph,
     the path the graph replaced, and a discrete ``pre``-history step of window W with and without it;
+  * with --profile, where the cached step's time goes (torch.profiler: launches, device busy share);
   * the node's own overhead at 640x480 with two cameras streamed from another process at 30 Hz: image
     message transport + decoding, the step's work around the policy, the share of frames delivered
     (with the documented Fast DDS profile, ros/transport.py) and the cadence report.
@@ -17,7 +18,9 @@ a real-size preset, issue 15's: paligemma-3b-224 continuous step p50 <= 15 ms, 7
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import sys
 
 
 def _policy_factory(args):
@@ -85,6 +88,16 @@ def _print(report: dict, device: str) -> None:
     print(f"decoding step {bw['decode_step_ms']:.3f} ms reads {bw['weight_bytes_per_step'] / 1e9:.3f} GB of weights: "
           + (f"{bw['weight_gb_per_s']:.0f} GB/s" if bw["weight_gb_per_s"] else "n/a")
           + (f", {bw['share_of_peak']:.0%} of the {bw['peak_gb_per_s']:.0f} GB/s peak" if bw["share_of_peak"] else ""))
+    if "profile" in report:
+        prof = report["profile"]
+        busy = prof["device_busy_ms_per_step"]
+        print(f"profile of the cached step ({prof['steps']} steps): {prof['kernel_launches_per_step']:.0f} kernel "
+              f"launches, {prof['aten_calls_per_step']:.0f} aten calls per step"
+              + (f"; device busy {busy:.2f} ms per step, {prof['device_busy_share']:.0%} of the step's p50"
+                 if busy is not None else ""))
+        for side in ("top_cpu", "top_device"):
+            for op in prof[side][:5]:
+                print(f"  {side[4:]:<6} {op['op'][:60]:<60} {op['ms_per_step']:>8.3f} ms x{op['calls_per_step']:.0f}")
     node = report["node"]
     if "overhead_p50_ms" in node:
         print(f"{'node image in (transport+decode)':<34} {node['image_in_p50_ms']:>9.2f} {node['image_in_p99_ms']:>9.2f}")
@@ -159,13 +172,24 @@ def run(args) -> int:
               "dtype": str(resolve_device(args.device, args.dtype)[1]).replace("torch.", ""),
               "backbone": _backbone_name(args)}
     report["compiled"] = args.compile
+    def progress(name: str, result: dict) -> None:
+        print(f"  {name}: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms", file=sys.stderr, flush=True)
+
     measured = policy_latency(_policy_factory(args), args.window, args.steps, args.reps, args.device,
-                              args.dtype, peak, args.compile)
+                              args.dtype, peak, args.compile, progress)
     model = measured.pop("model")
     report["parameters"] = sum(p.numel() for p in model.parameters())
     report.update(measured)
-    try:
-        from ..ros.node_bench import node_overhead  # ROS code lives in ros/; absent without ROS 2
+    if args.profile:
+        from ..runtime.latency import step_profile
+
+        prof = report["profile"] = step_profile(model, args.profile, args.device, args.dtype)
+        if prof["device_busy_ms_per_step"] is not None:  # against the unprofiled step
+            prof["device_busy_share"] = (prof["device_busy_ms_per_step"]
+                                         / report["step"][f"window{args.window}_cache"]["p50_ms"])
+    try:  # ROS code lives in ros/; rclpy is absent without ROS 2 (a GPU machine's image, say)
+        importlib.import_module("rclpy")
+        from ..ros.node_bench import node_overhead
     except ImportError as e:
         report["node"] = {"skipped": f"ROS 2 Python packages not installed ({e})"}
     else:
@@ -214,6 +238,9 @@ def add_parser(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every policy (vision tower, decoder layers, head), as the node's compile "
                         "parameter does")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="also profile STEPS cached continuous steps (torch.profiler): kernel launches per step, the "
+                        "device's busy share of the step, the costliest ops")
     p.add_argument("--peak-bandwidth-gbs", type=float,
                    help="the device's peak memory bandwidth in GB/s (known GPUs are looked up by name)")
     p.add_argument("--json", help="write the report as JSON")

@@ -49,15 +49,21 @@ def peak_bandwidth_gbs(device_name: str | None) -> float | None:
     return None
 
 
-def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype: str = "auto",
-                 compile: bool = False) -> dict:
-    """The runner's step on 640x480 camera images, once the window is full (the steady state)."""
+def _steady_runner(model: RoboVLM, use_cache: bool, device: str, dtype: str, compile: bool = False):
+    """A runner whose window is full (the steady state), and the random stream of its camera frames."""
     runner = PolicyRunner(model, device=device, dtype=dtype, execute_steps=1, use_cache=use_cache, compile=compile)
     runner.warmup()
     runner.set_instruction("pick up the red block")
     rng = np.random.default_rng(0)
     for _ in range(model.config.window_size):
         runner.step(_obs(rng, (480, 640)))
+    return runner, rng
+
+
+def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype: str = "auto",
+                 compile: bool = False) -> dict:
+    """The runner's step on 640x480 camera images, once the window is full (the steady state)."""
+    runner, rng = _steady_runner(model, use_cache, device, dtype, compile)
     times = []
     for _ in range(steps):
         o = _obs(rng, (480, 640))
@@ -65,6 +71,45 @@ def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype
         runner.step(o)
         times.append(time.perf_counter() - t0)
     return percentiles(times)
+
+
+KERNEL_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+
+
+def step_profile(model: RoboVLM, steps: int, device: str, dtype: str = "auto", top: int = 10) -> dict:
+    """Where the cached continuous step's time goes, from torch.profiler over ``steps`` steady-state steps:
+    per step, the device's busy time (its kernels' time summed), kernel launches and aten op calls (nested
+    calls counted too), and the ops with the most self time on the CPU and on the device. A device busy for
+    a small share of the step means the step waits on Python and kernel launches, not on the GPU (the
+    profiler's own overhead makes its wall time longer than an unprofiled step)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    runner, rng = _steady_runner(model, True, device, dtype)
+    cuda = runner.device.type == "cuda"
+    frames = [_obs(rng, (480, 640)) for _ in range(steps)]
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        t0 = time.perf_counter()
+        for o in frames:
+            runner.step(o)
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    on_device = [e for e in events if e.device_type == DeviceType.CUDA]
+
+    def ranked(key: str) -> list[dict]:
+        ops = sorted((e for e in events if getattr(e, key) > 0), key=lambda e: -getattr(e, key))[:top]
+        return [{"op": e.key, "calls_per_step": e.count / steps, "ms_per_step": getattr(e, key) / 1000 / steps}
+                for e in ops]
+
+    return {"steps": steps, "profiled_wall_ms_per_step": wall * 1000 / steps,
+            "device_busy_ms_per_step": sum(e.self_device_time_total for e in on_device) / 1000 / steps
+            if cuda else None,
+            "kernel_launches_per_step": sum(e.count for e in events if e.key in KERNEL_LAUNCHES) / steps,
+            "aten_calls_per_step": sum(e.count for e in events if e.key.startswith("aten::")) / steps,
+            "top_cpu": ranked("self_cpu_time_total"),
+            "top_device": ranked("self_device_time_total") if cuda else []}
 
 
 def _batch(model: RoboVLM) -> dict:
@@ -124,13 +169,15 @@ def decoder_weight_bytes(model: RoboVLM) -> int:
 
 
 def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: int, device: str,
-                   dtype: str = "auto", peak_gbs: float | None = None, compile: bool = False) -> dict:
+                   dtype: str = "auto", peak_gbs: float | None = None, compile: bool = False,
+                   progress: Callable[[str, dict], None] | None = None) -> dict:
     """{"step", "decode", "bandwidth", "ratios"} for policies ``make(**PolicyConfig overrides)``:
     continuous steps at window 1 and ``window`` (cached and not); discrete decoding of a 10-action chunk
     (70 tokens) with and without the KV cache and of one action (7 tokens); the prefix alone; the decoding
     step's share of the memory bandwidth (``peak_gbs``: the device's peak, GB/s); on CUDA also without the
     CUDA graph and a discrete ``pre`` step of ``window``. ``compile``: every policy torch.compiled
-    (RoboVLM.compile_modules; compilation happens in the warm-ups, outside the timings)."""
+    (RoboVLM.compile_modules; compilation happens in the warm-ups, outside the timings). ``progress(name,
+    percentiles)`` is called as each measure is taken (a run stopped at a time limit still shows those)."""
     from .runner import resolve_device
 
     torch_dtype = resolve_device(device, dtype)[1]
@@ -139,30 +186,41 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
         built = make
 
         def make(**kw):
+            # each policy compiles its own shapes, as in a node's process: otherwise the policies before it
+            # use up torch._dynamo's per-function recompile limit (8) and its layers run eagerly
+            torch._dynamo.reset()
             model = built(**kw)
             model.compile_modules()
             return model
     win1 = make(window_size=1, history_type="post", fwd_pred_next_n=10).eval()
     winw = make(window_size=w, history_type="post", fwd_pred_next_n=10).eval()
-    step = {"window1": step_latency(win1, True, steps, device, dtype),
-            f"window{w}_cache": step_latency(winw, True, steps, device, dtype),
-            f"window{w}_nocache": step_latency(winw, False, steps, device, dtype)}
+    step, decode = {}, {}
+
+    def take(table: dict, name: str, result: dict) -> None:
+        table[name] = result
+        if progress:
+            progress(name, result)
+
+    take(step, "window1", step_latency(win1, True, steps, device, dtype))
+    take(step, f"window{w}_cache", step_latency(winw, True, steps, device, dtype))
+    take(step, f"window{w}_nocache", step_latency(winw, False, steps, device, dtype))
     del win1
     disc = make(window_size=1, action_space="discrete", fwd_pred_next_n=10).to(device, torch_dtype).eval()
-    decode = {"kv_cache": decode_latency(disc, True, reps), "no_cache": decode_latency(disc, False, reps),
-              "prefix": prefix_latency(disc, reps)}
+    take(decode, "kv_cache", decode_latency(disc, True, reps))
+    take(decode, "prefix", prefix_latency(disc, reps))
     one = make(window_size=1, action_space="discrete", fwd_pred_next_n=1).to(device, torch_dtype).eval()
-    decode["one_action_kv_cache"] = decode_latency(one, True, reps)
+    take(decode, "one_action_kv_cache", decode_latency(one, True, reps))
     del one
+    take(decode, "no_cache", decode_latency(disc, False, reps))
     if device.startswith("cuda"):  # "kv_cache" replays a CUDA graph there; the growing cache for comparison
         disc.decoding = "dynamic"
-        decode["kv_cache_no_graph"] = decode_latency(disc, True, reps)
+        take(decode, "kv_cache_no_graph", decode_latency(disc, True, reps))
         disc.decoding = "auto"
         # on the CPU uncached discrete pre steps take minutes
         pre = make(window_size=w, history_type="pre", action_space="discrete", fwd_pred_next_n=10).eval()
-        step[f"discrete_pre{w}_cache"] = step_latency(pre, True, steps, device, dtype)
+        take(step, f"discrete_pre{w}_cache", step_latency(pre, True, steps, device, dtype))
         pre.decoding = "dynamic"
-        step[f"discrete_pre{w}_cache_no_graph"] = step_latency(pre, True, steps, device, dtype)
+        take(step, f"discrete_pre{w}_cache_no_graph", step_latency(pre, True, steps, device, dtype))
         del pre
     # one decoding step: the 70-token decoding less its prefix, over the 69 tokens fed after it
     step_ms = (decode["kv_cache"]["p50_ms"] - decode["prefix"]["p50_ms"]) / (disc.n_action_slots - 1)
