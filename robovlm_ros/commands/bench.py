@@ -172,6 +172,7 @@ def run(args) -> int:
               "dtype": str(resolve_device(args.device, args.dtype)[1]).replace("torch.", ""),
               "backbone": _backbone_name(args)}
     report["compiled"] = args.compile
+
     def progress(name: str, result: dict) -> None:
         print(f"  {name}: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms", file=sys.stderr, flush=True)
 

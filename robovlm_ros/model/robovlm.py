@@ -450,10 +450,10 @@ class RoboVLM(nn.Module):
 
     def compile_modules(self, mode: str | None = None) -> None:
         """torch.compile, in place and for static shapes, what every step runs: the vision tower, each decoder
-        layer (one compiled graph serves all layers, whatever path calls them) and the head: fused kernels
-        for the prefix, the continuous step and decoding. Compilation happens at the first call per input
-        shape (PolicyRunner.warmup); ``mode`` as torch.compile's (None: its default, no CUDA graphs, which
-        the preallocated-cache decoding captures itself)."""
+        layer (one compiled graph serves all layers without a KV cache, one per layer with one) and the head:
+        fused kernels for the prefix, the continuous step and decoding. Compilation happens at the first call
+        per input shape (PolicyRunner.warmup); ``mode`` as torch.compile's (None: its default, no CUDA graphs,
+        which the preallocated-cache decoding captures itself)."""
         # where a KV cache is passed, dynamo specialises a decoder layer on its index (the cache is indexed by
         # it): one graph per layer and input shape. Its default limit, 8 per function, would leave all but 8
         # of an 18-layer decoder's graphs eager (seen in the H200 bench: compiled decoding as slow as eager)
