@@ -21,6 +21,9 @@ class PolicyParams(RobotDescription):
     dtype: str = param("auto", "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
     compile: bool = param(False, "torch.compile the vision tower, decoder layers and head (compiled during the "
                                  "warm-up, once per input size and instruction length)")
+    cuda_graphs: bool = param(True, "on CUDA, replay the policy step's VLM pass and discrete decoding as CUDA graphs "
+                                    "(captured at the first step of an instruction length, checked against the "
+                                    "eager step first); false: eager kernels only")
     min_image_size: int = param(16, "images narrower or lower than this many pixels are rejected", range=(1, 100000))
     instruction: str = param("", "language instruction; a new value restarts the history", read_only=False)
     max_input_age_s: float = param(0.5, "inputs older than this are stale: the arm holds", read_only=False,

@@ -93,8 +93,9 @@ def test_pre_history_graph_decoding_on_cuda_equals_the_growing_cache(tmp_path):
 
 @pytest.mark.parametrize("family", ["paligemma", "llava"])
 def test_cuda_graph_decoding_equals_the_growing_cache(family):
-    """On CUDA the KV-cached decoding replays a captured graph of one step (model/static_decoding.py):
-    it must give the growing cache's tokens, over repeated calls with other inputs in between."""
+    """On CUDA the KV-cached decoding replays a captured graph of its prefix and one of a step
+    (model/static_decoding.py): it must give the growing cache's tokens, over repeated calls with other
+    inputs in between."""
     from robovlm_ros.model import PolicyConfig, RoboVLM
     from robovlm_ros.model.synthetic import synthetic_batch
 
@@ -113,7 +114,51 @@ def test_cuda_graph_decoding_equals_the_growing_cache(family):
         graphed = model.predict(batch, normalized=True, use_cache=True)
         assert torch.equal(graphed, growing)
         assert len(torch.unique(graphed)) > 10
-    assert model._static_decoder._stepper.graph is not None  # the graph was captured, not the eager fallback
+    decoder = model._static_decoder
+    assert decoder._stepper.graph is not None  # the graph was captured, not the eager fallback
+    assert decoder._prefix.refused is None and decoder._prefix.replays == 3  # the prefix's graph too
+
+
+@pytest.mark.parametrize("family", ["paligemma", "smolvlm", "kosmos2"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_graphed_continuous_step_acts_as_the_eager_step(family, dtype):
+    """On CUDA the cached continuous step's VLM pass replays a CUDA graph (model/cuda_graph.py): over 9 steps,
+    the window filling, the actions equal the same runner's with cuda_graphs off, and the graph really
+    served the steps (not its eager fallback)."""
+    actions, reports = {}, {}
+    for graphs in (False, True):
+        model = tiny_model(family=family, use_hand_rgb=True, window_size=4)
+        runner = PolicyRunner(model, device="cuda", dtype=dtype, execute_steps=1, cuda_graphs=graphs)
+        runner.set_instruction("pick up the red block")
+        actions[graphs] = np.stack([runner.step(o) for o in observations(9)])
+        reports[graphs] = runner.policy.graph_report()
+    assert reports[False]["frame_replays"] == 0
+    assert reports[True]["frame_refused"] is None and reports[True]["frame_replays"] >= 7, reports[True]
+    np.testing.assert_allclose(actions[True], actions[False], rtol=0, atol=1e-4 if dtype == "float32" else 2e-2)
+    assert len(np.unique(actions[True][:, 0])) > 3  # actions vary: the comparison is not trivial
+
+
+def test_captured_functions_refuse_what_a_graph_cannot_replay_and_follow_moved_weights():
+    from robovlm_ros.model.cuda_graph import CapturedFunction
+
+    x = torch.randn(64, 64, device="cuda")
+    syncs = CapturedFunction(lambda x: x * x.sum().item(), "sync")
+    for _ in range(3):
+        torch.testing.assert_close(syncs(x), x * x.sum())
+    assert syncs.replays == 0 and "_local_scalar_dense" in syncs.refused
+    noisy = CapturedFunction(lambda x: x + torch.rand_like(x), "noise")  # a graph replays other numbers
+    for _ in range(3):
+        noisy(x)
+    assert noisy.replays == 0 and "something else" in noisy.refused
+    lin = torch.nn.Linear(64, 64, device="cuda")
+    graphed = CapturedFunction(lambda x: torch.tanh(lin(x)), "linear", guard=lambda: (lin.weight.data_ptr(),))
+    with torch.no_grad():
+        for i in range(4):
+            y = torch.randn(8, 64, device="cuda")
+            torch.testing.assert_close(graphed(y), torch.tanh(lin(y)))
+            if i == 1:  # new weights at a new address: captured again, never the old graph
+                lin.weight.data = lin.weight.data * -2.0
+    assert graphed.refused is None and graphed.replays == 4  # each call, the two capturing ones included
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])

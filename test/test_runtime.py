@@ -17,9 +17,9 @@ def observations(n, seed=0, size=(48, 64)):
              "state": np.r_[rng.normal(size=6), rng.choice([-1.0, 1.0])]} for _ in range(n)]
 
 
-def tiny_model(space="continuous", history="post", **kw):
+def tiny_model(space="continuous", history="post", family="llava", **kw):
     torch.manual_seed(0)
-    model = RoboVLM(PolicyConfig.tiny("llava", action_space=space, history_type=history, use_state=True, **kw))
+    model = RoboVLM(PolicyConfig.tiny(family, action_space=space, history_type=history, use_state=True, **kw))
     with torch.no_grad():  # spread discrete argmaxes over many bins (see test_model_inference)
         for p in model.backbone.language_model.parameters():
             if p.ndim == 2:

@@ -4,8 +4,9 @@ Measures (a small random-weight policy by default, or a checkpoint's architectur
   * policy step p50/p99 for window 1 and window W, with and without the cross-step cache (post history);
   * discrete decoding of a whole chunk (10 actions, 70 tokens) with and without the KV cache, of one
     action (7 tokens), and the prefix alone (images + text into the KV cache); a decoding step's weight
-    reads against the device's memory bandwidth; on CUDA also the growing cache without the CUDA graph,
-    the path the graph replaced, and a discrete ``pre``-history step of window W with and without it;
+    reads against the device's memory bandwidth; on CUDA also the cached step without its CUDA graph and
+    the growing cache without the decoding graph (the paths the graphs replaced), and a discrete
+    ``pre``-history step of window W with and without its graph;
   * with --profile, where the cached step's time goes (torch.profiler: launches, device busy share);
   * the node's own overhead at 640x480 with two cameras streamed from another process at 30 Hz: image
     message transport + decoding, the step's work around the policy, the share of frames delivered
@@ -77,13 +78,22 @@ def _targets(report: dict, w: int, size, device: str) -> dict:
     return targets
 
 
+def _graph_note(result: dict) -> str:
+    """How a CUDA step row ran its VLM pass: the graph's replays, or why it ran without one."""
+    g = result.get("graph")
+    if g is None:
+        return ""
+    return f"  (CUDA graph: {g['frame_replays']} replays)" if g["frame_replays"] else \
+        f"  (no CUDA graph: {g['refused'] or 'disabled'})"
+
+
 def _print(report: dict, device: str) -> None:
     print(f"robovlm-ros bench — {report['hardware']['cpu']}, torch threads {report['hardware']['torch_threads']}, "
           f"device {device}, backbone {report['backbone']}, {report['parameters'] / 1e6:,.1f}M parameters")
     print(f"{'measure':<34} {'p50 ms':>9} {'p99 ms':>9}")
     rows = [("step " + k, v) for k, v in report["step"].items()] + [("decode " + k, v) for k, v in report["decode"].items()]
     for name, v in rows:
-        print(f"{name:<34} {v['p50_ms']:>9.2f} {v['p99_ms']:>9.2f}")
+        print(f"{name:<34} {v['p50_ms']:>9.2f} {v['p99_ms']:>9.2f}{_graph_note(v)}")
     bw = report["bandwidth"]
     print(f"decoding step {bw['decode_step_ms']:.3f} ms reads {bw['weight_bytes_per_step'] / 1e9:.3f} GB of weights: "
           + (f"{bw['weight_gb_per_s']:.0f} GB/s" if bw["weight_gb_per_s"] else "n/a")
@@ -92,7 +102,8 @@ def _print(report: dict, device: str) -> None:
         prof = report["profile"]
         busy = prof["device_busy_ms_per_step"]
         print(f"profile of the cached step ({prof['steps']} steps): {prof['kernel_launches_per_step']:.0f} kernel "
-              f"launches, {prof['aten_calls_per_step']:.0f} aten calls per step"
+              f"launches, {prof['graph_launches_per_step']:.0f} graph launches, {prof['aten_calls_per_step']:.0f} "
+              f"aten calls per step"
               + (f"; device busy {busy:.2f} ms per step, {prof['device_busy_share']:.0%} of the step's p50"
                  if busy is not None else ""))
         for side in ("top_cpu", "top_device"):
@@ -174,7 +185,8 @@ def run(args) -> int:
     report["compiled"] = args.compile
 
     def progress(name: str, result: dict) -> None:
-        print(f"  {name}: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms", file=sys.stderr, flush=True)
+        print(f"  {name}: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms{_graph_note(result)}",
+              file=sys.stderr, flush=True)
 
     measured = policy_latency(_policy_factory(args), args.window, args.steps, args.reps, args.device,
                               args.dtype, peak, args.compile, progress)

@@ -63,11 +63,16 @@ def _image_features_kosmos2(hf: nn.Module, pixels: torch.Tensor) -> torch.Tensor
 def _image_features_idefics(hf: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     # Called below get_image_features on purpose: that method drops images whose normalised pixels
     # are all exactly 0 (its padding convention), which a uniform grey camera frame would trigger.
+    # And below the vision model's own forward: with every patch real its attention needs no mask, where the
+    # forward builds one from an all-ones patch mask and reads it on the host to skip it again (which a
+    # CUDA graph cannot replay). Same parts, same order (the fidelity test compares with transformers).
     model = hf.model
+    vision = model.vision_model
     patch = model.config.vision_config.patch_size
     n, _, h, w = pixels.shape
     patch_mask = torch.ones(n, h // patch, w // patch, dtype=torch.bool, device=pixels.device)
-    hidden = model.vision_model(pixel_values=pixels.to(model.dtype), patch_attention_mask=patch_mask).last_hidden_state
+    hidden = vision.embeddings(pixel_values=pixels.to(model.dtype), patch_attention_mask=patch_mask)
+    hidden = vision.post_layernorm(vision.encoder(inputs_embeds=hidden, attention_mask=None).last_hidden_state)
     return model.connector(hidden)
 
 

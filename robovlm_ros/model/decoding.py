@@ -53,14 +53,18 @@ def static_decoding_on(model, device: torch.device) -> bool:
     return static and supports_static_decoding(model.backbone)
 
 
+def _static_decoder(model) -> StaticGreedyDecoder:
+    if model._static_decoder is None:
+        model._static_decoder = StaticGreedyDecoder(model)
+    return model._static_decoder
+
+
 def greedy_tokens(model, embeds, mask, n_tokens: int, use_cache: bool = True) -> torch.Tensor:
     """``greedy_decode``'s tokens [N, n_tokens] alone, for callers that keep no cache. With the cache
     on CUDA they are decoded into a preallocated cache by a captured CUDA graph (``decoding`` "auto"),
     elsewhere into the growing cache."""
     if use_cache and static_decoding_on(model, embeds.device):
-        if model._static_decoder is None:
-            model._static_decoder = StaticGreedyDecoder(model)
-        return model._static_decoder(embeds, mask, n_tokens)
+        return _static_decoder(model)(embeds, mask, n_tokens)
     return greedy_decode(model, embeds, mask, n_tokens, use_cache=use_cache)[0]
 
 
@@ -77,6 +81,8 @@ def decode_chunk(model, batch: dict, use_cache: bool = True, history: list[torch
     if model.config.history_type == "post":  # frames are independent: decode the newest one only
         last = {k: v[:, -1:] for k, v in batch.items() if k in ("rgb", "hand_rgb", "state")}
         last.update(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        if use_cache and static_decoding_on(model, last["rgb"].device):  # the prefix, too, replayed on CUDA
+            return _static_decoder(model).frames(last, n)
         embeds, mask, _ = model.sequences(last, None)
         return greedy_tokens(model, embeds, mask, n, use_cache=use_cache)
     known = batch.get("actions")

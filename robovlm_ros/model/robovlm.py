@@ -89,6 +89,10 @@ class RoboVLM(nn.Module):
                 config.image_marker_ids = None if markers is None else [list(markers[0]), list(markers[1])]
             if config.image_marker_ids is None:
                 self.image_start_end = nn.Parameter(torch.randn(2, d) * 0.02)
+        # the family's marker ids as buffers [n_start], [n_end]: made once, not from host data every step
+        markers = config.image_marker_ids if self.image_start_end is None else None
+        for name, ids in zip(("image_marker_start", "image_marker_end"), markers or (None, None)):
+            self.register_buffer(name, None if ids is None else torch.tensor(ids, dtype=torch.long), persistent=False)
         # the image tokens' grid side when the family places them on a 2-D grid of rotary positions
         # (Qwen2-VL); resampled latents have no grid, so they are positioned as text
         if family_spec(config.backbone).mrope and not config.use_resampler:
@@ -119,6 +123,9 @@ class RoboVLM(nn.Module):
         # how KV-cached decoding stores its cache: "auto" = preallocated + CUDA graph on CUDA, growing
         # elsewhere; "static" / "dynamic" force one (greedy_tokens)
         self.decoding = "auto"
+        # on CUDA, replay the cached continuous step's frame (post history) and the decoding step as CUDA graphs
+        # (model/cuda_graph.py, static_decoding.py); False: eager kernels only
+        self.cuda_graphs = True
         self._static_decoder = None  # decoding.greedy_tokens' StaticGreedyDecoder, made when first used
         apply_adaptation(self)
 
@@ -171,9 +178,8 @@ class RoboVLM(nn.Module):
         start = end = None
         if self.image_start_end is not None:
             start, end = self.image_start_end[:1], self.image_start_end[1:]
-        elif self.config.image_marker_ids is not None:
-            ids = [torch.tensor(x, dtype=torch.long, device=feats.device) for x in self.config.image_marker_ids]
-            start, end = self.backbone.embed(ids[0]), self.backbone.embed(ids[1])
+        elif self.image_marker_start is not None:
+            start, end = self.backbone.embed(self.image_marker_start), self.backbone.embed(self.image_marker_end)
         if start is not None:
             wrap = lambda x: x.to(feats.dtype).unsqueeze(0).expand(n, -1, -1)  # noqa: E731
             feats = torch.cat([wrap(start), feats, wrap(end)], dim=1)
@@ -281,6 +287,27 @@ class RoboVLM(nn.Module):
         hidden, _ = self.backbone.decode(embeds, self.decoder_mask(mask, prefix), self.positions(mask))
         return unflatten(hidden)[:, :, -self.config.latent_num:]
 
+    def graph_guard(self) -> tuple:
+        """What a CUDA graph of the policy is bound to besides its inputs' shapes (cuda_graph.CapturedFunction):
+        where the weights live (moved or cast: new addresses) and buffers the backbone may replace."""
+        act = getattr(self, "action_tokens", None)
+        return (self.backbone.embed_tokens.weight.data_ptr(), None if act is None else act.data_ptr(),
+                *self.backbone.graph_inputs())
+
+    def frame_action_features(self, rgb, hand_rgb, input_ids, attention_mask, state) -> torch.Tensor:
+        """``action_features`` of N single frames (post history: each frame its own sequence), free of host
+        synchronisation so that a CUDA graph can replay it (the window predictor's cached step; the 4-D
+        mask, ``decoder_mask(explicit=True)``). rgb / hand_rgb [N, 3, S, S], input_ids / attention_mask
+        [N, L], state [N, 7] -> [N, latent_num, D]."""
+        batch = {"rgb": rgb[:, None], "input_ids": input_ids, "attention_mask": attention_mask}
+        batch.update({k: v[:, None] for k, v in (("hand_rgb", hand_rgb), ("state", state)) if v is not None})
+        act = self.action_tokens[None, None].expand(len(rgb), 1, -1, -1)
+        embeds, mask, unflatten = self.sequences(batch, act)
+        prefix = embeds.shape[1] - self.config.latent_num - self.frame_tail
+        attend = self.decoder_mask(mask, prefix, explicit=True)
+        hidden, _ = self.backbone.decode(embeds, attend, self.positions(mask))
+        return unflatten(hidden)[:, 0, -self.config.latent_num:]
+
     @staticmethod
     def _newest_chunk(arm: torch.Tensor, grip_logits: torch.Tensor) -> torch.Tensor:
         """Head outputs [B, W, chunk, 6], [B, W, chunk] -> newest frame's chunk [B, chunk, 7], gripper +-1."""
@@ -348,17 +375,23 @@ class RoboVLM(nn.Module):
             mask = self.decoder_mask(mask, prefix)
         return self.backbone.decode(new_embeds, mask, pos, cache=cache, use_cache=True)
 
-    def decoder_mask(self, mask: torch.Tensor, prefix: int | None, kv_len: int | None = None) -> torch.Tensor:
+    def decoder_mask(self, mask: torch.Tensor, prefix: int | None, kv_len: int | None = None,
+                     explicit: bool = False) -> torch.Tensor:
         """[N, L] padding mask -> what the decoder attends with. Causal (the default): the mask itself.
         ``prefix_attention: bidirectional``: [N, 1, L, kv_len] where the first ``prefix`` tokens (a frame's
         images, text and state) attend to each other both ways and every later one causally, PaliGemma's
-        pretrained prefix-LM; ``kv_len`` (default L) for a preallocated cache's slots."""
-        if prefix is None or self.config.prefix_attention == "causal":
+        pretrained prefix-LM; ``kv_len`` (default L) for a preallocated cache's slots. ``explicit``: the 4-D
+        mask also when causal; transformers takes it as is, where from a 2-D mask it first reads on the
+        host whether any token is padding (to skip the mask), which a CUDA graph cannot replay."""
+        bidirectional = prefix is not None and self.config.prefix_attention != "causal"
+        if not (bidirectional or explicit):
             return mask
         n, length = mask.shape
         kv = kv_len or length
         q, k = torch.arange(length, device=mask.device), torch.arange(kv, device=mask.device)
-        allowed = (k[None, :] <= q[:, None]) | ((k[None, :] < prefix) & (q[:, None] < prefix))  # [L, kv]
+        allowed = k[None, :] <= q[:, None]  # [L, kv]
+        if bidirectional:
+            allowed = allowed | ((k[None, :] < prefix) & (q[:, None] < prefix))
         pad = torch.zeros(n, kv, dtype=torch.bool, device=mask.device)
         pad[:, :length] = mask > 0
         allowed = allowed[None, None] & pad[:, None, None, :]

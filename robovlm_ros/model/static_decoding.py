@@ -22,6 +22,7 @@ import torch
 from transformers import StaticCache
 
 from .action_tokenizer import next_action_token
+from .cuda_graph import CapturedFunction
 
 log = logging.getLogger(__name__)
 
@@ -125,35 +126,79 @@ class GreedyStepper:
 
 
 class StaticGreedyDecoder:
-    """Decodes ``n_tokens`` greedy action tokens after a prefix given whole; one cache and stepper
-    per input shape, reused across calls (the policy node decodes the same shape every step)."""
+    """Decodes ``n_tokens`` greedy action tokens after a prefix; one cache and stepper per input shape, reused
+    across calls (the policy node decodes the same shape every step). ``__call__`` takes the prefix's
+    embeddings; ``frames`` takes the frames themselves (post history) and, on CUDA, replays the whole prefix
+    (images encoded, the sequence run into the cache) as one more CUDA graph (model/cuda_graph.py)."""
 
     def __init__(self, model):
         self.model = model
         self._key: tuple | None = None
         self._stepper: GreedyStepper | None = None
+        self._prefix: CapturedFunction | None = None  # frames' prefix, bound to the stepper's cache
+        self._frames_key: tuple | None = None
+
+    def _stepper_for(self, n: int, length: int, n_tokens: int, dtype: torch.dtype, device: torch.device):
+        graphs = device.type == "cuda" and self.model.cuda_graphs
+        key = (n, length, n_tokens, dtype, device, graphs)
+        if key != self._key:  # one shape at a time: a new shape frees the old cache and graphs
+            self._stepper = GreedyStepper(self.model, static_cache(self.model, length + n_tokens), n,
+                                          length + n_tokens, n_tokens, dtype, device, graphs)
+            self._key, self._prefix, self._frames_key = key, None, None
+        return self._stepper
 
     @torch.no_grad()
     def __call__(self, embeds: torch.Tensor, mask: torch.Tensor, n_tokens: int) -> torch.Tensor:
         """embeds [N, L, D] the whole prefix, mask [N, L] (1 = real token) -> tokens [N, n_tokens]."""
-        key = (tuple(embeds.shape), n_tokens, embeds.dtype, embeds.device)
-        if key != self._key:  # one shape at a time: a new shape frees the old cache and graph
-            n, length, _ = embeds.shape
-            self._stepper = GreedyStepper(self.model, static_cache(self.model, length + n_tokens), n,
-                                          length + n_tokens, n_tokens, embeds.dtype, embeds.device, embeds.is_cuda)
-            self._key = key
-        stepper = self._stepper
+        stepper = self._stepper_for(embeds.shape[0], embeds.shape[1], n_tokens, embeds.dtype, embeds.device)
         self._prefill(embeds, mask)
         if stepper.use_graph:
             stepper.capture()
             self._prefill(embeds, mask)
         return stepper.decode_rest()
 
+    @torch.no_grad()
+    def frames(self, batch: dict, n_tokens: int) -> torch.Tensor:
+        """One frame per sequence (post history: rgb / hand_rgb [N, 1, 3, S, S], state [N, 1, 7], input_ids /
+        attention_mask [N, L]) -> the tokens decoded after its prefix [N, n_tokens]."""
+        m = self.model
+        one = lambda k: None if batch.get(k) is None else batch[k][:, 0]  # noqa: E731
+        args = (one("rgb"), one("hand_rgb"), batch["input_ids"], batch["attention_mask"], one("state"))
+        key = tuple(None if a is None else (a.shape, a.dtype, a.device) for a in args) + (n_tokens,)
+        if key != self._frames_key or self._prefix is None:
+            embeds, _, _ = m.sequences(batch, None)  # once per input shape: the prefix's length
+            self._stepper_for(embeds.shape[0], embeds.shape[1], n_tokens, embeds.dtype, embeds.device)
+            self._prefix = CapturedFunction(self._frame_prefix, "the decoding prefix", guard=m.graph_guard,
+                                            enabled=lambda: m.cuda_graphs)
+            self._frames_key = key
+        stepper = self._stepper
+        self._start(*self._prefix(*args))
+        if stepper.use_graph:
+            stepper.capture()
+            self._start(*self._prefix(*args))
+        return stepper.decode_rest()
+
+    def _frame_prefix(self, rgb, hand_rgb, input_ids, attention_mask, state):
+        """The frames' prefix into the cache, free of host syncs (a CUDA graph replays it): the last hidden
+        state [N, 1, D] and the prefix's mask [N, L]."""
+        m = self.model
+        batch = {"rgb": rgb[:, None], "input_ids": input_ids, "attention_mask": attention_mask}
+        batch.update({k: v[:, None] for k, v in (("hand_rgb", hand_rgb), ("state", state)) if v is not None})
+        embeds, mask, _ = m.sequences(batch, None)
+        return self._fill(embeds, mask, explicit=True)[:, -1:], mask
+
     def _prefill(self, embeds: torch.Tensor, mask: torch.Tensor) -> None:
         """The prefix into the cache (eagerly: it runs once per call), the first token into the stepper."""
-        m, stepper = self.model, self._stepper
-        stepper.cache.reset()
-        # causal: the 2-D mask itself (the decoder makes it causal over the cache's slots)
-        attend = m.decoder_mask(mask, mask.shape[1], kv_len=stepper.cache.layers[0].max_cache_len)
-        hidden, _ = m.backbone.decode(embeds, attend, m.positions(mask), cache=stepper.cache, use_cache=True)
-        stepper.start(stepper.first_token(hidden), mask)
+        self._start(self._fill(embeds, mask), mask)
+
+    def _fill(self, embeds: torch.Tensor, mask: torch.Tensor, explicit: bool = False) -> torch.Tensor:
+        """Reset the cache and run the prefix into it; its hidden states [N, L, D]."""
+        m, cache = self.model, self._stepper.cache
+        cache.reset()
+        # causal: the 2-D mask itself (the decoder makes it causal over the cache's slots), unless ``explicit``
+        attend = m.decoder_mask(mask, mask.shape[1], kv_len=cache.layers[0].max_cache_len, explicit=explicit)
+        hidden, _ = m.backbone.decode(embeds, attend, m.positions(mask), cache=cache, use_cache=True)
+        return hidden
+
+    def _start(self, hidden: torch.Tensor, mask: torch.Tensor) -> None:
+        self._stepper.start(self._stepper.first_token(hidden), mask)

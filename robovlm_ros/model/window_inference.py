@@ -3,6 +3,8 @@
 
 * post history, continuous: frames are independent at the VLM stage, so the VLM runs only on frames
   it has not seen; their action-token features are kept per frame and the head re-fuses the window.
+  On CUDA a new frame's pass through the VLM is one CUDA graph replay (model/cuda_graph.py), one frame
+  per replay so that one graph serves every step.
 * post history, discrete: only the newest frame is decoded (KV cache inside the decoding).
 * pre history: the window is one causal sequence ``[BOS] seg_1 ... seg_n``. While frames are only
   appended, the KV cache of the frames already in the sequence is reused; once the window slides
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .cuda_graph import CapturedFunction
 from .decoding import decode_chunk, greedy_decode, static_decoding_on
 from .normalization import snap_gripper
 from .static_decoding import GreedyStepper, static_cache
@@ -51,9 +54,12 @@ class WindowPredictor:
     def __init__(self, model, use_cache: bool = True):
         self.model, self.use_cache = model, use_cache
         # discrete pre, static decoding: the stepper over the sequence's preallocated cache, kept across
-        # episodes (its graph too) while (S_f, dtype, device) stay
+        # episodes (its graph too) while (S_f, dtype, device, graphs on) stay
         self._static_key: tuple | None = None
         self._stepper: GreedyStepper | None = None
+        # post continuous: one frame's action-token features, a CUDA graph on CUDA
+        self._frame_features = CapturedFunction(model.frame_action_features, "the policy step's VLM pass",
+                                                guard=model.graph_guard, enabled=lambda: model.cuda_graphs)
         self.reset()
 
     def reset(self) -> None:
@@ -104,11 +110,21 @@ class WindowPredictor:
         arm, grip = self.model.head(feats)
         return snap_gripper(torch.cat([arm[0, -1], grip[0, -1, :, None]], dim=-1))
 
+    def graph_report(self) -> dict:
+        """The cached continuous step's CUDA graph: VLM passes it served, and why it is not used if it is not."""
+        return {"frame_replays": self._frame_features.replays, "frame_refused": self._frame_features.refused}
+
     def _post(self, window: list[Frame], text) -> torch.Tensor:
         new = [f for f in window if f.serial not in self._feats]
-        if new:
-            feats = self.model.action_features(self._batch(new, text))[0]  # [n_new, latent, D]
-            self._feats.update({f.serial: x for f, x in zip(new, feats)})
+        # on CUDA one frame per call: a graph is bound to its batch size, and one graph serves every step
+        groups = [[f] for f in new] if new and new[0].rgb.is_cuda else [new] if new else []
+        ids, am = text
+        for group in groups:
+            n = len(group)
+            hand = None if group[0].hand_rgb is None else torch.stack([f.hand_rgb for f in group])
+            feats = self._frame_features(torch.stack([f.rgb for f in group]), hand, ids.expand(n, -1),
+                                         am.expand(n, -1), torch.stack([f.state for f in group]))  # [n, latent, D]
+            self._feats.update({f.serial: x for f, x in zip(group, feats)})
         keep = {f.serial for f in window}
         self._feats = {s: x for s, x in self._feats.items() if s in keep}
         return self._head_chunk(torch.stack([self._feats[f.serial] for f in window])[None])
@@ -180,11 +196,12 @@ class WindowPredictor:
         m = self.model
         if not self.use_cache or not static_decoding_on(m, seg.device):
             return None
-        key = (s_f, seg.dtype, seg.device)
+        graphs = seg.is_cuda and m.cuda_graphs
+        key = (s_f, seg.dtype, seg.device, graphs)
         if key != self._static_key:
             max_len = 1 + m.config.window_size * s_f
             self._stepper = GreedyStepper(m, static_cache(m, max_len), 1, max_len, m.n_action_slots,
-                                          seg.dtype, seg.device, seg.is_cuda)
+                                          seg.dtype, seg.device, graphs)
             self._static_key = key
         return self._stepper
 

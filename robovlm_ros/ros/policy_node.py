@@ -127,7 +127,7 @@ class PolicyCore(PolicyInputs):
                               p.max_angular_velocity)
         return PolicyRunner(p.checkpoint if model is None else model, device=p.device, dtype=p.dtype,
                             execute_steps=p.execute_steps or None, ensemble=p.ensemble, limits=limits,
-                            compile=p.compile)
+                            compile=p.compile, cuda_graphs=p.cuda_graphs)
 
     def _init_state(self) -> None:
         self.last_gripper = GRIPPER_OPEN  # the last gripper command sent in this episode

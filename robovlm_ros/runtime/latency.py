@@ -49,9 +49,11 @@ def peak_bandwidth_gbs(device_name: str | None) -> float | None:
     return None
 
 
-def _steady_runner(model: RoboVLM, use_cache: bool, device: str, dtype: str, compile: bool = False):
+def _steady_runner(model: RoboVLM, use_cache: bool, device: str, dtype: str, compile: bool = False,
+                   cuda_graphs: bool = True):
     """A runner whose window is full (the steady state), and the random stream of its camera frames."""
-    runner = PolicyRunner(model, device=device, dtype=dtype, execute_steps=1, use_cache=use_cache, compile=compile)
+    runner = PolicyRunner(model, device=device, dtype=dtype, execute_steps=1, use_cache=use_cache, compile=compile,
+                          cuda_graphs=cuda_graphs)
     runner.warmup()
     runner.set_instruction("pick up the red block")
     rng = np.random.default_rng(0)
@@ -61,19 +63,28 @@ def _steady_runner(model: RoboVLM, use_cache: bool, device: str, dtype: str, com
 
 
 def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype: str = "auto",
-                 compile: bool = False) -> dict:
-    """The runner's step on 640x480 camera images, once the window is full (the steady state)."""
-    runner, rng = _steady_runner(model, use_cache, device, dtype, compile)
+                 compile: bool = False, cuda_graphs: bool = True) -> dict:
+    """The runner's step on 640x480 camera images, once the window is full (the steady state). On CUDA
+    with the cache, ``graph``: how many of the timed steps' VLM passes replayed a CUDA graph, and why
+    none did if so (a row measured without its graph says so, rather than passing for one)."""
+    runner, rng = _steady_runner(model, use_cache, device, dtype, compile, cuda_graphs)
+    report = runner.policy.graph_report()
+    before = report["frame_replays"]
     times = []
     for _ in range(steps):
         o = _obs(rng, (480, 640))
         t0 = time.perf_counter()
         runner.step(o)
         times.append(time.perf_counter() - t0)
-    return percentiles(times)
+    result = percentiles(times)
+    if runner.device.type == "cuda" and use_cache:
+        report = runner.policy.graph_report()
+        result["graph"] = {"frame_replays": report["frame_replays"] - before, "refused": report["frame_refused"]}
+    return result
 
 
 KERNEL_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+GRAPH_LAUNCHES = ("cudaGraphLaunch", "cuGraphLaunch")
 
 
 def step_profile(model: RoboVLM, steps: int, device: str, dtype: str = "auto", top: int = 10) -> dict:
@@ -107,6 +118,7 @@ def step_profile(model: RoboVLM, steps: int, device: str, dtype: str = "auto", t
             "device_busy_ms_per_step": sum(e.self_device_time_total for e in on_device) / 1000 / steps
             if cuda else None,
             "kernel_launches_per_step": sum(e.count for e in events if e.key in KERNEL_LAUNCHES) / steps,
+            "graph_launches_per_step": sum(e.count for e in events if e.key in GRAPH_LAUNCHES) / steps,
             "aten_calls_per_step": sum(e.count for e in events if e.key.startswith("aten::")) / steps,
             "top_cpu": ranked("self_cpu_time_total"),
             "top_device": ranked("self_device_time_total") if cuda else []}
@@ -203,6 +215,8 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
 
     take(step, "window1", step_latency(win1, True, steps, device, dtype))
     take(step, f"window{w}_cache", step_latency(winw, True, steps, device, dtype))
+    if device.startswith("cuda"):  # the cached step's VLM pass replays a CUDA graph there; eager for comparison
+        take(step, f"window{w}_cache_no_graph", step_latency(winw, True, steps, device, dtype, cuda_graphs=False))
     take(step, f"window{w}_nocache", step_latency(winw, False, steps, device, dtype))
     del win1
     disc = make(window_size=1, action_space="discrete", fwd_pred_next_n=10).to(device, torch_dtype).eval()
@@ -222,8 +236,11 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
         pre.decoding = "dynamic"
         take(step, f"discrete_pre{w}_cache_no_graph", step_latency(pre, True, steps, device, dtype))
         del pre
-    # one decoding step: the 70-token decoding less its prefix, over the 69 tokens fed after it
-    step_ms = (decode["kv_cache"]["p50_ms"] - decode["prefix"]["p50_ms"]) / (disc.n_action_slots - 1)
+    # one decoding step: the 70-token decoding less the 7-token one (the same prefix, run the same way: on CUDA
+    # replayed as a graph, which the eager "prefix" row is not), over the 63 tokens between them
+    one_tokens = disc.config.action_dim
+    step_ms = ((decode["kv_cache"]["p50_ms"] - decode["one_action_kv_cache"]["p50_ms"])
+               / (disc.n_action_slots - one_tokens))
     weights = decoder_weight_bytes(disc)
     bandwidth = {"decode_step_ms": step_ms, "weight_bytes_per_step": weights,
                  "weight_gb_per_s": weights / 1e9 / (step_ms / 1000) if step_ms > 0 else None,
@@ -233,4 +250,7 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
     ratios = {f"window{w}_cache_vs_window1": step[f"window{w}_cache"]["p50_ms"] / step["window1"]["p50_ms"],
               f"window{w}_nocache_vs_cache": step[f"window{w}_nocache"]["p50_ms"] / step[f"window{w}_cache"]["p50_ms"],
               "decode_speedup_kv_cache": decode["no_cache"]["p50_ms"] / decode["kv_cache"]["p50_ms"]}
+    if f"window{w}_cache_no_graph" in step:
+        ratios[f"window{w}_no_graph_vs_graph"] = (step[f"window{w}_cache_no_graph"]["p50_ms"]
+                                                 / step[f"window{w}_cache"]["p50_ms"])
     return {"step": step, "decode": decode, "bandwidth": bandwidth, "ratios": ratios, "model": winw}

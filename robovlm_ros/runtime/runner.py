@@ -37,11 +37,12 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.dev
 class PolicyRunner:
     def __init__(self, checkpoint, device: str = "auto", dtype: str = "auto", execute_steps: int | None = None,
                  ensemble: bool = False, ensemble_decay: float = 0.1, use_cache: bool = True,
-                 limits: SafetyLimits | None = None, compile: bool = False):
+                 limits: SafetyLimits | None = None, compile: bool = False, cuda_graphs: bool = True):
         self.device, self.dtype = resolve_device(device, dtype)
         model = checkpoint if isinstance(checkpoint, RoboVLM) else RoboVLM.from_pretrained(str(checkpoint))
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model.pack_rnn_weights()
+        self.model.cuda_graphs = cuda_graphs  # on CUDA: the step's VLM pass and decoding replayed as graphs
         if compile:  # compiled during warmup(), before the robot depends on it
             self.model.compile_modules()
         self.config = self.model.config
@@ -68,14 +69,16 @@ class PolicyRunner:
         self.policy.reset()
 
     def warmup(self) -> float:
-        """Run the policy on blank inputs so one-off initialisation (kernels, allocator, lazy imports)
-        happens before the robot depends on it; returns the seconds it took. State is restored."""
+        """Run the policy on blank inputs so one-off initialisation (kernels, allocator, lazy imports, CUDA
+        graph capture, compilation) happens before the robot depends on it; returns the seconds it took.
+        With an instruction set it warms up with that one (a graph is bound to the instruction's token
+        count). State is restored."""
         t0 = time.perf_counter()
         s = self.config.image_size
         blank = {"rgb": np.zeros((s, s, 3), np.uint8), "hand_rgb": np.zeros((s, s, 3), np.uint8),
                  "state": np.zeros(self.config.action_dim)}
         saved = (self.instruction, self._text)
-        self.set_instruction("warm up")
+        self.set_instruction(self.instruction or "warm up")
         for _ in range(2):
             self.policy.predict(list(self._window) + [self._frame(blank)], self._text)
         self.instruction, self._text = saved

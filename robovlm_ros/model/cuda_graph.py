@@ -1,0 +1,198 @@
+"""A function of tensors replayed as one CUDA graph: what makes a policy step cost its kernels, not its
+launches.
+
+Why: at real size a policy step is bound by launching kernels, not by the GPU (docs/PERFORMANCE.md: a
+PaliGemma-3B continuous step launches ~1,650 kernels and takes 36.8 ms on an H200 for ~3.3 ms of
+compute). Captured once as a CUDA graph, the same kernels are one launch.
+
+A graph replays exactly what was captured: the same kernels on the same memory. So a function is only
+captured when it is fit for that, and the graph is only used once it has been shown to compute what the
+function computes:
+
+* ``host_syncs`` runs the function once under a dispatch mode that records every op that makes the host
+  wait for the device (``.item()``, ``nonzero``, boolean indexing, ``if tensor:``) or copies host data
+  onto it: such an op fails a capture, or bakes one call's value into every replay. A function with one
+  is not captured (the log names the op and where it is called from) and runs eagerly.
+* after the capture the graph is replayed on *different* inputs (the floating-point inputs redrawn) and
+  compared with the eager function on the same inputs: a graph that kept something of the capture's
+  inputs fails this, is dropped, and the function runs eagerly (warned, once).
+* the graph is bound to its inputs' shapes and to the model's weights (their addresses: ``guard``); a new
+  shape or moved weights capture again (one graph at a time; the old one is freed).
+
+Off CUDA the function simply runs: the CPU path is the eager function itself.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Callable, Sequence
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+log = logging.getLogger(__name__)
+
+# ops that read a device value on the host: inside a capture they fail it (or, on the CPU, would)
+_SYNC_OPS = frozenset({"_local_scalar_dense", "item", "nonzero", "masked_select", "unique", "_unique", "_unique2",
+                       "unique_dim", "unique_consecutive", "equal", "is_nonzero", "allclose", "tolist"})
+
+
+def _caller() -> str:
+    """dir/file:line of the innermost frame outside torch (transformers', ours, a user's: where it can change)."""
+    for frame in reversed(traceback.extract_stack()):
+        path = frame.filename.replace("\\", "/")
+        if "/torch/" not in path and not path.endswith("/model/cuda_graph.py"):
+            return f"{'/'.join(path.rsplit('/', 2)[-2:])}:{frame.lineno}"
+    return "?"
+
+
+def _on_host(x) -> bool:
+    return isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dim() > 0
+
+
+class _HostSyncScan(TorchDispatchMode):
+    """Records (op, caller) for every op that syncs with the host or brings host data into the call."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[str] = []
+
+    def _note(self, what: str) -> None:
+        entry = f"{what} at {_caller()}"
+        if entry not in self.found:
+            self.found.append(entry)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func._schema.name.split("::")[-1]
+        if name in _SYNC_OPS:
+            self._note(name)
+        elif name == "index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] or ()):
+            self._note("boolean indexing")
+        elif name == "repeat_interleave" and func._overloadname != "self_int" and kwargs.get("output_size") is None:
+            self._note("repeat_interleave with tensor repeats")  # its output size is read on the host
+        out = func(*args, **kwargs)
+        if name.startswith("lift_fresh") and out.dim() > 0:  # torch.tensor(python data) on every call
+            self._note("a tensor made from host data")
+        elif name in ("_to_copy", "copy_") and isinstance(out, torch.Tensor) and out.device.type == "cuda":
+            src = args[1] if name == "copy_" else args[0]
+            if _on_host(src):
+                self._note("a copy from host memory")
+        return out
+
+
+def host_syncs(fn: Callable, *args):
+    """Run ``fn(*args)`` once, recording ops unfit for a CUDA graph: returns (result, ["op at file:line", ...])."""
+    scan = _HostSyncScan()
+    with scan:
+        out = fn(*args)
+    return out, scan.found
+
+
+def _on_cuda(args) -> bool:
+    return all(a.is_cuda for a in args if a is not None)
+
+
+def _outputs(out) -> tuple[torch.Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _close(graph_out, eager_out) -> bool:
+    """Equal up to the rounding the graph's kernels may order differently (relative to the output's scale)."""
+    for g, e in zip(_outputs(graph_out), _outputs(eager_out)):
+        if g.shape != e.shape or g.dtype != e.dtype:
+            return False
+        if g.is_floating_point():
+            rel = 1e-4 if e.dtype == torch.float32 else 2e-2
+            scale = e.float().abs().max().item() if e.numel() else 0.0
+            if not torch.allclose(g.float(), e.float(), rtol=0.0, atol=rel * max(scale, 1e-6)):
+                return False
+        elif not torch.equal(g, e):
+            return False
+    return True
+
+
+class CapturedFunction:
+    """``fn(*tensors) -> tensor or tuple of tensors``, replayed as a CUDA graph on CUDA inputs (an argument
+    may be None: part of the signature, like a shape).
+
+    The first call with a new input signature (shapes, dtypes, device, ``guard()``) runs ``fn`` eagerly under
+    the host-sync scan; if it is clean, the function is captured and verified (module docstring) and later
+    calls copy their inputs into the graph's and replay it. Outputs are fresh tensors (clones). ``fn`` may
+    write into state of its own (a KV cache) as long as every call overwrites what it reads.
+    ``enabled()`` False: always eager (read at every call).
+    """
+
+    def __init__(self, fn: Callable, name: str, guard: Callable[[], tuple] = tuple,
+                 enabled: Callable[[], bool] = lambda: True):
+        self.fn, self.name, self.guard, self.enabled = fn, name, guard, enabled
+        self._key: tuple | None = None
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._inputs: tuple[torch.Tensor, ...] = ()
+        self._out = None
+        self.replays = 0          # calls served by the graph (tests, bench)
+        self.refused: str | None = None  # why the current signature runs eagerly
+
+    def __call__(self, *args: torch.Tensor | None):
+        if not _on_cuda(args) or not self.enabled():
+            return self.fn(*args)
+        key = (tuple(None if a is None else (a.shape, a.dtype, a.device) for a in args), self.guard())
+        if key != self._key:
+            self._key, self._graph, self._inputs, self._out, self.refused = key, None, (), None, None
+            return self._capture(args)
+        if self._graph is None:
+            return self.fn(*args)
+        for static, a in zip(self._inputs, args):
+            if a is not None:
+                static.copy_(a)
+        self._graph.replay()
+        self.replays += 1
+        return tuple(o.clone() for o in self._out) if isinstance(self._out, tuple) else self._out.clone()
+
+    def _refuse(self, why: str):
+        self.refused = why
+        log.warning("%s runs without a CUDA graph: %s", self.name, why)
+
+    def _capture(self, args: Sequence[torch.Tensor]):
+        """Scan, capture, verify on redrawn inputs; returns fn(*args) (the graph's if it is kept)."""
+        eager, found = host_syncs(self.fn, *args)
+        if found:
+            self._refuse("it syncs with the host (" + "; ".join(found[:3]) + ")")
+            return eager
+        try:
+            graph, static, out = self._record(args)
+            same = self._verify(graph, static, out)
+        except Exception as e:  # noqa: BLE001 - the eager function still works; say why it is slower
+            self._refuse(f"capture failed ({type(e).__name__}: {e})")
+            return self.fn(*args)
+        if not same:
+            self._refuse("its graph computed something else than the function on new inputs")
+            return self.fn(*args)
+        self._graph, self._inputs, self._out = graph, static, out
+        return self(*args)  # the real inputs through the graph (also rewrites any state the check touched)
+
+    def _record(self, args):
+        """Warm up on a side stream (lazy initialisation, allocations), then capture one call."""
+        static = tuple(None if a is None else a.clone() for a in args)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.fn(*static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.fn(*static)
+        return graph, static, out
+
+    def _verify(self, graph, static, out) -> bool:
+        """The graph replayed on inputs unlike the capture's (every floating-point input redrawn within its own
+        range) equals the eager function on them."""
+        for s in static:
+            if s is not None and s.is_floating_point():
+                scale = s.float().abs().max().clamp(min=1e-3)
+                s.copy_((torch.rand_like(s, dtype=torch.float32) * 2 - 1) * scale)
+        redrawn = tuple(None if s is None else s.clone() for s in static)
+        graph.replay()
+        replayed = tuple(o.clone() for o in _outputs(out))
+        return _close(replayed, self.fn(*redrawn))

@@ -1,0 +1,254 @@
+"""What a CUDA graph replays must not read device values on the host (model/cuda_graph.py). Capturing needs a
+GPU (test_cuda.py); here, on the CPU:
+
+* whether a step is fit for a graph, with the same scan the GPU path runs before it captures: every op that
+  would sync with the host or copy host data in is named;
+* ``recorded_graphs``: a CPU stand-in for capture. It records the aten ops of the captured call and replays
+  them on the same tensors, as a CUDA graph replays its kernels on the same memory, so anything the call
+  computed on the host at capture (a Python number, a shape-dependent branch on data) stays baked in, as it
+  would on the GPU. It runs CapturedFunction's whole path (scan, capture, check, replay) and the runner's
+  graphed step; what only a GPU shows (capture errors, kernels' numerics) is test_cuda.py's.
+"""
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import robovlm_ros.model.cuda_graph as cuda_graph
+from conftest import ALL_FAMILIES, make_batch
+from robovlm_ros.model import PolicyConfig, RoboVLM
+from robovlm_ros.model.cuda_graph import CapturedFunction, host_syncs
+from robovlm_ros.runtime import PolicyRunner
+from robovlm_ros.model.static_decoding import GreedyStepper, static_cache, supports_static_decoding
+
+class _RecordedGraph:
+    """torch.cuda.CUDAGraph's stand-in: the ops recorded at capture, replayed on the same tensors."""
+
+    def __init__(self):
+        self.ops = []
+
+    def replay(self):
+        for func, args, kwargs, out in self.ops:
+            new = func(*args, **kwargs)
+            for o, n in zip(*((x if isinstance(x, (tuple, list)) else (x,)) for x in (out, new))):
+                if isinstance(o, torch.Tensor) and o.data_ptr() != n.data_ptr():  # not in place, not a view
+                    o.copy_(n)
+
+
+class _Record(TorchDispatchMode):
+    def __init__(self, graph: _RecordedGraph):
+        super().__init__()
+        self.graph = graph
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.graph.ops.append((func, args, kwargs or {}, out))
+        return out
+
+
+@pytest.fixture
+def recorded_graphs(monkeypatch):
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(cuda_graph, "_on_cuda", lambda args: True)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _RecordedGraph)
+    monkeypatch.setattr(torch.cuda, "graph", _Record)
+
+
+# Qwen2-VL's vision tower reads its grid and sequence lengths on the host (transformers' vision_utils): its
+# step runs eagerly on CUDA, with a warning that names these ops (docs/PERFORMANCE.md)
+EAGER_VISION = ("qwen2_vl", "qwen2_5_vl")
+
+
+def _line(fn) -> int:
+    return fn.__code__.co_firstlineno + 1  # the one-line body of the planted functions below
+
+
+def test_the_scan_names_every_kind_of_host_sync_and_its_line():
+    x = torch.randn(4, 3)
+
+    def item(x):
+        return x * x.sum().item()
+
+    def boolean_index(x):
+        return x[x > 0].sum() + x
+
+    def nonzero(x):
+        return x + torch.nonzero(x > 0).shape[0]
+
+    def host_data(x):
+        return x + torch.tensor([1.0, 2.0, 3.0])
+
+    def repeats(x):
+        return x.repeat_interleave(torch.tensor([1, 2, 1, 1]), dim=0)
+
+    def if_tensor(x):
+        return x * 2 if (x > 5).any() else x
+
+    planted = {item: "_local_scalar_dense", boolean_index: "boolean indexing", nonzero: "nonzero",
+               host_data: "a tensor made from host data", repeats: "repeat_interleave with tensor repeats",
+               if_tensor: "_local_scalar_dense"}
+    for fn, what in planted.items():
+        out, found = host_syncs(fn, x)
+        assert torch.equal(out, fn(x))  # the scanned call computes the same
+        assert f"{what} at test/test_cuda_graph.py:{_line(fn)}" in found, (fn.__name__, found)
+
+
+def test_the_scan_passes_what_a_graph_can_replay():
+    def clean(x, w, slot):
+        y = torch.softmax(x @ w, -1).cumsum(-1)
+        y = torch.where(y > 0.5, y, -y) + torch.arange(3)  # arange from shapes, not from data
+        return y.index_copy(0, slot, y[:1] * 2), x.new_ones(2).repeat_interleave(3)
+
+    args = (torch.randn(4, 3), torch.randn(3, 3), torch.tensor([2]))
+    assert host_syncs(clean, *args)[1] == []
+
+
+def _frame_args(model, b=1):
+    batch = make_batch(model, b=b)
+    return (batch["rgb"][:, 0], batch["hand_rgb"][:, 0], batch["input_ids"], batch["attention_mask"],
+            batch["state"][:, 0]), batch
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_the_continuous_steps_vlm_pass_is_fit_for_a_cuda_graph(family):
+    """The cached continuous step's VLM pass (RoboVLM.frame_action_features, what the GPU replays) has no
+    host sync in any family but Qwen2-VL's two, with the family's own image markers in the sequence, and
+    equals action_features (transformers' own mask building) frame by frame."""
+    model = RoboVLM(PolicyConfig.tiny(family, use_hand_rgb=True, use_image_start_end=True,
+                                      image_markers="family")).eval()
+    args, batch = _frame_args(model, b=2)
+    with torch.no_grad():
+        feats, found = host_syncs(model.frame_action_features, *args)
+        first = {k: v[:, :1] for k, v in batch.items() if k in ("rgb", "hand_rgb", "state")}
+        first.update(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        reference = model.action_features(first)[:, 0]
+    assert feats.shape == (2, model.config.latent_num, model.backbone.hidden_size)
+    torch.testing.assert_close(feats, reference, rtol=1e-5, atol=1e-5)
+    assert batch["attention_mask"].min() == 0  # one instruction is padded: the mask is not trivially all ones
+    if family in EAGER_VISION:
+        assert found and all("vision" in f or "backbones.py" in f for f in found), found
+    else:
+        assert found == [], found
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_the_vla_pass_is_fit_for_a_graph_with_a_bidirectional_prefix(attn):
+    """PaliGemma's prefix-LM option and both attention implementations build their 4-D masks from shapes."""
+    model = RoboVLM(PolicyConfig.tiny("paligemma", prefix_attention="bidirectional")).eval()
+    model.backbone.hf.set_attn_implementation(attn)
+    args, _ = _frame_args(model)
+    with torch.no_grad():
+        assert host_syncs(model.frame_action_features, *args)[1] == []
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_the_decoding_prefix_is_fit_for_a_cuda_graph(family):
+    """Discrete post decoding's prefix (images encoded, [BOS] images text state into the preallocated cache:
+    StaticGreedyDecoder._frame_prefix, what the GPU replays before the tokens) has no host sync but Qwen's."""
+    from robovlm_ros.model.static_decoding import StaticGreedyDecoder
+
+    model = RoboVLM(PolicyConfig.tiny(family, action_space="discrete", use_hand_rgb=True, use_image_start_end=True,
+                                      image_markers="family")).eval()
+    if not supports_static_decoding(model.backbone):
+        pytest.skip(f"{family} decodes into the growing cache")
+    args, batch = _frame_args(model, b=2)
+    decoder = StaticGreedyDecoder(model)
+    with torch.no_grad():
+        first = {k: v[:, :1] if k in ("rgb", "hand_rgb", "state") else v for k, v in batch.items()}
+        decoder.frames(first, 3)  # builds the stepper for this shape
+        (hidden, mask), found = host_syncs(decoder._frame_prefix, *args)
+    assert hidden.shape == (2, 1, model.backbone.hidden_size) and mask.shape[0] == 2
+    if family in EAGER_VISION:
+        assert found and all("vision" in f or "backbones.py" in f for f in found), found
+    else:
+        assert found == [], found
+
+
+@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES if f not in EAGER_VISION])
+def test_the_decoding_step_is_fit_for_a_cuda_graph(family):
+    """GreedyStepper's step (embed -> decoder over a preallocated cache -> argmax over the bins) is what the
+    GPU replays per token; it too must stay free of host syncs."""
+    model = RoboVLM(PolicyConfig.tiny(family, action_space="discrete", use_image_start_end=True)).eval()
+    if not supports_static_decoding(model.backbone):
+        pytest.skip(f"{family} decodes into the growing cache")
+    hidden = model.backbone.hidden_size
+    length, n = 12, 5
+    stepper = GreedyStepper(model, static_cache(model, length + n), 1, length + n, n, torch.float32,
+                            torch.device("cpu"), use_graph=False)
+    with torch.no_grad():
+        embeds, mask = torch.randn(1, length, hidden), torch.ones(1, length, dtype=torch.long)
+        model.extend(embeds, model.decoder_mask(mask, length, kv_len=length + n), stepper.cache)
+        stepper.start(torch.tensor([model.action_tokenizer.token_ids[0]]), mask)
+        found = host_syncs(stepper._step)[1]
+    assert found == [], found
+    assert stepper.index.item() == 2  # the step ran: it wrote the second token
+
+
+def test_a_captured_function_replays_only_what_follows_its_inputs(recorded_graphs):
+    x = torch.randn(64, 64)
+    syncs = CapturedFunction(lambda x: x * x.sum().item(), "sync")
+    baked = CapturedFunction(lambda x: x + float(np.asarray(x).mean()), "baked")  # host value, no sync op
+    for _ in range(3):
+        torch.testing.assert_close(syncs(x), x * x.sum())
+        y = torch.randn(16)
+        torch.testing.assert_close(baked(y), y + float(y.mean()))
+    assert syncs.replays == 0 and "_local_scalar_dense at test/test_cuda_graph.py" in syncs.refused
+    assert baked.replays == 0 and "something else" in baked.refused
+    lin = torch.nn.Linear(64, 64)
+    graphed = CapturedFunction(lambda x: torch.tanh(lin(x)), "linear", guard=lambda: (lin.weight.data_ptr(),))
+    with torch.no_grad():
+        for i in range(4):
+            y = torch.randn(8, 64)
+            torch.testing.assert_close(graphed(y), torch.tanh(lin(y)))
+            if i == 1:  # new weights at a new address: captured again, not the old graph replayed
+                lin.weight.data = lin.weight.data * -2.0
+    assert graphed.refused is None and graphed.replays == 4
+
+
+@pytest.mark.parametrize("family", ["paligemma", "smolvlm", "kosmos2", "qwen2_vl"])
+def test_the_runners_graphed_step_acts_as_its_eager_step(recorded_graphs, family):
+    """The cached continuous step with its VLM pass replayed (recorded) equals the eager runner over 9 steps,
+    the window filling; Qwen2-VL's is refused with the reason and runs eagerly."""
+    from test_runtime import observations, tiny_model
+
+    actions, reports = {}, {}
+    for graphs in (False, True):
+        runner = PolicyRunner(tiny_model(family=family, use_hand_rgb=True, window_size=4), device="cpu",
+                              execute_steps=1, cuda_graphs=graphs)
+        runner.set_instruction("pick up the red block")
+        actions[graphs] = np.stack([runner.step(o) for o in observations(9)])
+        reports[graphs] = runner.policy.graph_report()
+    np.testing.assert_allclose(actions[True], actions[False], rtol=0, atol=1e-6)
+    assert len(np.unique(actions[True][:, 0])) > 3  # actions vary: the comparison is not trivial
+    assert reports[False]["frame_replays"] == 0
+    if family in EAGER_VISION:
+        assert reports[True]["frame_replays"] == 0 and "vision_utils.py" in reports[True]["frame_refused"]
+    else:
+        assert reports[True] == {"frame_replays": 9, "frame_refused": None}
+
+
+@pytest.mark.parametrize("family", ["paligemma", "smolvlm"])
+def test_graphed_discrete_decoding_acts_as_the_growing_cache(recorded_graphs, family):
+    """Discrete post decoding into the preallocated cache with its prefix replayed (recorded) gives the
+    growing cache's tokens, over calls with other inputs in between."""
+    from test_runtime import tiny_model
+
+    model = tiny_model("discrete", family=family, use_hand_rgb=True).eval()
+    for seed in (0, 1, 0):
+        batch = make_batch(model, b=1, seed=seed)
+        del batch["actions"]
+        model.decoding = "dynamic"
+        growing = model.predict(batch, normalized=True)
+        model.decoding = "static"
+        graphed = model.predict(batch, normalized=True)
+        assert torch.equal(graphed, growing)
+        assert len(torch.unique(graphed)) > 5
+    assert model._static_decoder._prefix.replays == 3 and model._static_decoder._prefix.refused is None
