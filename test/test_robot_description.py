@@ -57,7 +57,10 @@ def test_namespaced_moves_every_topic_and_nothing_else():
 
 
 def test_the_command_line_parses_without_the_ros_data_and_training_stacks():
+    # `robovlm-ros --help` answers at once: not even torch or transformers are imported to parse
     code = ("import sys; from robovlm_ros.cli import build_parser; build_parser().parse_args(['bench']); "
-            "print(sorted(m for m in ('rosbags', 'rclpy', 'lightning', 'mujoco', 'cv2', 'pyarrow') if m in sys.modules))")
+            "build_parser().parse_args(['check', '--size', 'small']); "
+            "print(sorted(m for m in ('rosbags', 'rclpy', 'lightning', 'mujoco', 'cv2', 'pyarrow', 'torch', "
+            "'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout

@@ -216,10 +216,13 @@ def run(args) -> int:
 
 
 def size_arg(text: str) -> str | dict:
-    """--size: tiny, small, a real-size preset name or a JSON mapping of BackboneSize fields."""
+    """--size: tiny, small, a real-size preset name or a JSON mapping of BackboneSize fields (the presets,
+    which import torch and transformers, only looked up for another name: parsing stays light)."""
+    if text in ("tiny", "small"):
+        return text
     from ..model.presets import PRESETS
 
-    if text in ("tiny", "small") or text in PRESETS:
+    if text in PRESETS:
         return text
     try:
         return json.loads(text)
@@ -228,12 +231,19 @@ def size_arg(text: str) -> str | dict:
                                          "nor a JSON size") from None
 
 
-def add_parser(sub) -> None:
+def family_arg(text: str) -> str:
+    """--backbone: a family name of model/backbones.py (looked up when given: parsing stays light)."""
     from ..model.backbones import FAMILIES
 
+    if text not in FAMILIES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a backbone family ({', '.join(sorted(FAMILIES))})")
+    return text
+
+
+def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="latency of the policy step, discrete decoding and the ROS node",
                        description=__doc__)
-    p.add_argument("--backbone", choices=sorted(FAMILIES),
+    p.add_argument("--backbone", type=family_arg,
                    help="random-weight backbone family (default: the preset's, else paligemma)")
     p.add_argument("--size", default="small", type=size_arg,
                    help="random-weight model size: tiny, small (~3.5M parameters, 224 px: compute, not Python "

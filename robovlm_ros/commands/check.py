@@ -58,12 +58,11 @@ def _preset_family(size) -> str | None:
 
 
 def add_parser(sub) -> None:
-    from ..model.backbones import FAMILIES
-    from .bench import size_arg
+    from .bench import family_arg, size_arg
 
     p = sub.add_parser("check", help="train / decode / save-load check of a policy backbone on this machine",
                        description=__doc__)
-    p.add_argument("--backbone", nargs="+", choices=sorted(FAMILIES),
+    p.add_argument("--backbone", nargs="+", type=family_arg,
                    help="backbone families to check (default: the preset's, else paligemma)")
     p.add_argument("--backbone-path", help="local directory of real weights (default: tiny random weights)")
     p.add_argument("--size", default="tiny", type=size_arg,
