@@ -193,6 +193,25 @@ def test_runner_actions_respect_limits_and_instruction_rules():
         runner.step({**obs[0], "state": np.full(7, np.nan)})
 
 
+@pytest.mark.parametrize("space", ["continuous", "discrete"])
+def test_each_frame_goes_through_the_vision_tower_once(space):
+    """``pre`` history: once the window slides, every remaining frame is run through the decoder again (its
+    position in the sequence changed), but its images are not encoded again: each step encodes only the new
+    frame's two camera images. Counted at the vision tower itself."""
+    model = tiny_model(space, "pre", use_hand_rgb=True)  # window 4
+    encoded = []
+    model.backbone.vision_modules[0].register_forward_hook(lambda mod, args, out: encoded.append(len(args[0])))
+    runner = PolicyRunner(model, device="cpu", execute_steps=1)
+    runner.set_instruction("pick up the red block")
+    per_step = []
+    for o in observations(9):
+        before = sum(encoded)
+        runner.step(o)
+        per_step.append(sum(encoded) - before)
+    assert runner.policy._seq.serials == list(range(6, 10))  # the window slid (frames 6..9 of 9)
+    assert per_step == [2] * 9, per_step
+
+
 def test_reset_gives_the_same_actions_as_a_fresh_runner():
     model = tiny_model(history="pre")
     obs = observations(5)

@@ -192,19 +192,26 @@ class RoboVLM(nn.Module):
         grip = self.state_gripper((state[:, self.config.arm_dim] > 0).long())
         return self.state_fuse(torch.cat([arm, grip], dim=-1)).unsqueeze(1)
 
-    def frame_segments(self, rgb, hand_rgb, input_ids, attention_mask, state, action_part):
-        """Embeddings and mask of N frame segments.
-
-        rgb/hand_rgb [N, 3, S, S]; input_ids/attention_mask [N, L]; state [N, 7] or None;
-        action_part [N, n_action_slots, D] or None (discrete prefix without its action tokens).
-        Returns embeds [N, S_f, D], mask [N, S_f].
-        """
+    def frame_images(self, rgb, hand_rgb) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The image tokens of N frames in their sequence order: [(tokens [N, T, D], mask row [T])] per camera
+        (``encode_images``); what ``frame_segments`` takes as ``images`` to skip encoding them again."""
         images = [self.encode_images(rgb)]
         if self.config.use_hand_rgb:
             if hand_rgb is None:
                 raise ValueError("this policy uses the gripper camera: batch needs 'hand_rgb'")
             hand = self.encode_images(hand_rgb)
             images = [hand] + images if self.config.image_order == "hand_first" else images + [hand]
+        return images
+
+    def frame_segments(self, rgb, hand_rgb, input_ids, attention_mask, state, action_part, images=None):
+        """Embeddings and mask of N frame segments.
+
+        rgb/hand_rgb [N, 3, S, S]; input_ids/attention_mask [N, L]; state [N, 7] or None;
+        action_part [N, n_action_slots, D] or None (discrete prefix without its action tokens);
+        images: ``frame_images(rgb, hand_rgb)`` when already encoded (rgb, hand_rgb are then not read).
+        Returns embeds [N, S_f, D], mask [N, S_f].
+        """
+        images = self.frame_images(rgb, hand_rgb) if images is None else images
         parts = [feats for feats, _ in images]
         n_img = sum(p.shape[1] for p in parts)
         parts.append(self.backbone.embed(input_ids))
@@ -228,10 +235,10 @@ class RoboVLM(nn.Module):
         ids = torch.full((n, 1), token_id, dtype=torch.long, device=device)
         return self.backbone.embed(ids), torch.ones(n, 1, dtype=torch.long, device=device)
 
-    def segments(self, rgb, hand_rgb, input_ids, attention_mask, state, action_part):
+    def segments(self, rgb, hand_rgb, input_ids, attention_mask, state, action_part, images=None):
         """``frame_segments``, each wrapped as ``[BOS] segment [frame_end]`` when the policy has a frame end
         (the end only after an action part: a segment without one is a decoding prefix)."""
-        seg, mask = self.frame_segments(rgb, hand_rgb, input_ids, attention_mask, state, action_part)
+        seg, mask = self.frame_segments(rgb, hand_rgb, input_ids, attention_mask, state, action_part, images)
         if self.frame_end_id is None:
             return seg, mask
         n = seg.shape[0]

@@ -8,7 +8,8 @@
 * post history, discrete: only the newest frame is decoded (KV cache inside the decoding).
 * pre history: the window is one causal sequence ``[BOS] seg_1 ... seg_n``. While frames are only
   appended, the KV cache of the frames already in the sequence is reused; once the window slides
-  (the oldest frame leaves), every remaining frame's keys/values change, so it is rebuilt. Frames wrapped
+  (the oldest frame leaves), every remaining frame's keys/values change, so it is rebuilt (through the
+  decoder only: each frame's image tokens are kept from when it joined). Frames wrapped
   as ``[BOS] seg [EOS]`` (``frame_end``) bring their own BOS and get their EOS after their action tokens.
   Discrete ``pre`` frames carry action tokens in the sequence: the chunk decoded at that frame, or for
   frames where no decoding ran, the actions the robot was executing from then on. With static
@@ -64,6 +65,7 @@ class WindowPredictor:
 
     def reset(self) -> None:
         self._feats: dict[int, torch.Tensor] = {}  # post continuous: serial -> [latent, D]
+        self._images: dict[int, list] = {}  # pre: serial -> its image tokens per camera [(T, D), row [T]]
         self._seq: _Sequence | None = None
 
     def _batch(self, frames: list[Frame], text) -> dict:
@@ -133,6 +135,7 @@ class WindowPredictor:
         """Continuous: action-token features [1, W, latent, D]; discrete: the newest frame's tokens [chunk*7]."""
         m = self.model
         serials = [f.serial for f in window]
+        self._images = {s: x for s, x in self._images.items() if s in set(serials)}
         seq = self._seq
         continuous = m.config.action_space == "continuous"
         newest, stepper = window[-1], None
@@ -206,9 +209,19 @@ class WindowPredictor:
         return self._stepper
 
     def _segments(self, frames: list[Frame], text, action_part):
-        """Frame segments of ``frames``: embeds [k, S_f, D], mask [k, S_f]."""
+        """Frame segments of ``frames``: embeds [k, S_f, D], mask [k, S_f]. Each frame's images are encoded
+        once, when first needed, and kept while it is in the window (a sliding ``pre`` window re-runs every
+        remaining frame through the decoder, not through the vision tower)."""
+        m = self.model
+        new = [f for f in frames if f.serial not in self._images]
+        if new:
+            hand = None if new[0].hand_rgb is None else torch.stack([f.hand_rgb for f in new])
+            encoded = m.frame_images(torch.stack([f.rgb for f in new]), hand)  # per camera: [n_new, T, D], [T]
+            for i, f in enumerate(new):
+                self._images[f.serial] = [(tokens[i], row) for tokens, row in encoded]
+        kept = [self._images[f.serial] for f in frames]
+        images = [(torch.stack([per_frame[c][0] for per_frame in kept]), kept[0][c][1]) for c in range(len(kept[0]))]
         ids, am = text
         k = len(frames)
-        hand = None if frames[0].hand_rgb is None else torch.stack([f.hand_rgb for f in frames])
-        return self.model.segments(torch.stack([f.rgb for f in frames]), hand, ids.expand(k, -1),
-                                   am.expand(k, -1), torch.stack([f.state for f in frames]), action_part)
+        return m.segments(None, None, ids.expand(k, -1), am.expand(k, -1), torch.stack([f.state for f in frames]),
+                          action_part, images=images)
