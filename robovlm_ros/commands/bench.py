@@ -1,7 +1,8 @@
 """``robovlm-ros bench``: latency of the policy runtime and of the ROS node, as ratios from one run.
 
 Measures (a small random-weight policy by default, or a checkpoint's architecture):
-  * policy step p50/p99 for window 1 and window W, with and without the cross-step cache (post history);
+  * policy step p50/p99 for window 1 and window W, with and without the cross-step cache (post history), and
+    the preprocessing every step does (two 640x480 frames resized and normalised, moved to the device);
   * discrete decoding of a whole chunk (10 actions, 70 tokens) with and without the KV cache, of one
     action (7 tokens), and the prefix alone (images + text into the KV cache); a decoding step's weight
     reads against the device's memory bandwidth; on CUDA also the cached step without its CUDA graph and

@@ -83,6 +83,16 @@ def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype
     return result
 
 
+def preprocess_latency(model: RoboVLM, steps: int, device: str, dtype: str = "auto") -> dict:
+    """The runner's preprocessing of one observation (two 640x480 camera frames resized and normalised on
+    the CPU, where they arrive, then moved to the device; the state): part of every step, not of the policy."""
+    runner = PolicyRunner(model, device=device, dtype=dtype, execute_steps=1)
+    rng = np.random.default_rng(0)
+    frames = [_obs(rng, (480, 640)) for _ in range(steps + 1)]
+    cuda = runner.device.type == "cuda"
+    return _timed(lambda: runner.preprocess(frames.pop()), steps, cuda)
+
+
 KERNEL_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
 GRAPH_LAUNCHES = ("cudaGraphLaunch", "cuGraphLaunch")
 
@@ -218,6 +228,7 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
     if device.startswith("cuda"):  # the cached step's VLM pass replays a CUDA graph there; eager for comparison
         take(step, f"window{w}_cache_no_graph", step_latency(winw, True, steps, device, dtype, cuda_graphs=False))
     take(step, f"window{w}_nocache", step_latency(winw, False, steps, device, dtype))
+    take(step, "preprocess", preprocess_latency(winw, steps, device, dtype))
     del win1
     disc = make(window_size=1, action_space="discrete", fwd_pred_next_n=10).to(device, torch_dtype).eval()
     take(decode, "kv_cache", decode_latency(disc, True, reps))

@@ -96,7 +96,9 @@ class PolicyRunner:
         self.instruction = text
         self.reset()
 
-    def _frame(self, obs) -> Frame:
+    def preprocess(self, obs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """An observation as the policy takes it, on its device: rgb [3, S, S], hand_rgb [3, S, S] or None,
+        normalised state [7] (model.processor, then moved; what every step does before the policy)."""
         p = self.model.processor
         to = lambda x: x.to(device=self.device, dtype=self.dtype)  # noqa: E731
         hand = None
@@ -104,8 +106,12 @@ class PolicyRunner:
             if obs.get("hand_rgb") is None:
                 raise ValueError("this policy uses the gripper camera: the observation needs 'hand_rgb'")
             hand = to(p.images(obs["hand_rgb"]))
+        return to(p.images(obs["rgb"])), hand, to(p.state(obs["state"]))
+
+    def _frame(self, obs) -> Frame:
+        frame = self.preprocess(obs)
         self._serial += 1
-        return Frame(self._serial, to(p.images(obs["rgb"])), hand, to(p.state(obs["state"])))
+        return Frame(self._serial, *frame)
 
     def step(self, observation: dict) -> np.ndarray:
         """One control step -> float64[7] (6 arm values within the limits + gripper +-1): the frame joins
