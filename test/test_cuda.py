@@ -122,7 +122,7 @@ def test_cuda_graph_decoding_equals_the_growing_cache(family):
 @pytest.mark.parametrize("family", ["paligemma", "smolvlm", "kosmos2"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_the_graphed_continuous_step_acts_as_the_eager_step(family, dtype):
-    """On CUDA the cached continuous step's VLM pass replays a CUDA graph (model/cuda_graph.py): over 9 steps,
+    """On CUDA the cached continuous step's VLM pass and head replay CUDA graphs (model/cuda_graph.py): over 9 steps,
     the window filling, the actions equal the same runner's with cuda_graphs off, and the graph really
     served the steps (not its eager fallback)."""
     actions, reports = {}, {}
@@ -132,8 +132,9 @@ def test_the_graphed_continuous_step_acts_as_the_eager_step(family, dtype):
         runner.set_instruction("pick up the red block")
         actions[graphs] = np.stack([runner.step(o) for o in observations(9)])
         reports[graphs] = runner.policy.graph_report()
-    assert reports[False]["frame_replays"] == 0
+    assert reports[False]["frame_replays"] == reports[False]["head_replays"] == 0
     assert reports[True]["frame_refused"] is None and reports[True]["frame_replays"] >= 7, reports[True]
+    assert reports[True]["head_refused"] is None and reports[True]["head_replays"] >= 7, reports[True]
     np.testing.assert_allclose(actions[True], actions[False], rtol=0, atol=1e-4 if dtype == "float32" else 2e-2)
     assert len(np.unique(actions[True][:, 0])) > 3  # actions vary: the comparison is not trivial
 

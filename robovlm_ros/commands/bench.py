@@ -84,8 +84,9 @@ def _graph_note(result: dict) -> str:
     g = result.get("graph")
     if g is None:
         return ""
-    return f"  (CUDA graph: {g['frame_replays']} replays)" if g["frame_replays"] else \
-        f"  (no CUDA graph: {g['refused'] or 'disabled'})"
+    replays = f"CUDA graphs: VLM {g['frame_replays']}, head {g['head_replays']} replays"
+    return f"  ({replays}{'; ' + g['refused'] if g['refused'] else ''})" if g["frame_replays"] or g["head_replays"] \
+        else f"  (no CUDA graph: {g['refused'] or 'disabled'})"
 
 
 def _print(report: dict, device: str) -> None:

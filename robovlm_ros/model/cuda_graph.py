@@ -16,8 +16,8 @@ function computes:
 * after the capture the graph is replayed on *different* inputs (the floating-point inputs redrawn) and
   compared with the eager function on the same inputs: a graph that kept something of the capture's
   inputs fails this, is dropped, and the function runs eagerly (warned, once).
-* the graph is bound to its inputs' shapes and to the model's weights (their addresses: ``guard``); a new
-  shape or moved weights capture again (one graph at a time; the old one is freed).
+* a graph is bound to its inputs' shapes and to the model's weights (their addresses: ``guard``); a new
+  shape is captured anew (a few shapes keep their graphs, ``max_graphs``), moved weights free them all.
 
 Off CUDA the function simply runs: the CPU path is the eager function itself.
 """
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -112,63 +114,86 @@ def _close(graph_out, eager_out) -> bool:
     return True
 
 
+@dataclass
+class _Entry:
+    """One input signature's graph (None: it runs eagerly, ``refused`` says why)."""
+    graph: "torch.cuda.CUDAGraph | None" = None
+    inputs: tuple = ()
+    out: object = None
+    refused: str | None = None
+
+
 class CapturedFunction:
     """``fn(*tensors) -> tensor or tuple of tensors``, replayed as a CUDA graph on CUDA inputs (an argument
     may be None: part of the signature, like a shape).
 
-    The first call with a new input signature (shapes, dtypes, device, ``guard()``) runs ``fn`` eagerly under
-    the host-sync scan; if it is clean, the function is captured and verified (module docstring) and later
-    calls copy their inputs into the graph's and replay it. Outputs are fresh tensors (clones). ``fn`` may
-    write into state of its own (a KV cache) as long as every call overwrites what it reads.
-    ``enabled()`` False: always eager (read at every call).
+    The first call with a new input signature (shapes, dtypes, device) runs ``fn`` eagerly under the
+    host-sync scan; if it is clean, the function is captured and verified (module docstring) and later calls
+    copy their inputs into the graph's and replay it. Outputs are fresh tensors (clones). ``fn`` may write
+    into state of its own (a KV cache) as long as every call overwrites what it reads. Up to ``max_graphs``
+    signatures keep their graphs (the least recently used is freed); a change of ``guard()`` (the weights
+    moved) frees them all. ``enabled()`` False: always eager (read at every call).
     """
 
     def __init__(self, fn: Callable, name: str, guard: Callable[[], tuple] = tuple,
-                 enabled: Callable[[], bool] = lambda: True):
-        self.fn, self.name, self.guard, self.enabled = fn, name, guard, enabled
-        self._key: tuple | None = None
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._inputs: tuple[torch.Tensor, ...] = ()
-        self._out = None
-        self.replays = 0          # calls served by the graph (tests, bench)
-        self.refused: str | None = None  # why the current signature runs eagerly
+                 enabled: Callable[[], bool] = lambda: True, max_graphs: int = 1):
+        self.fn, self.name, self.guard, self.enabled, self.max_graphs = fn, name, guard, enabled, max_graphs
+        self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
+        self._guarded: tuple | None = None
+        self._last: _Entry | None = None
+        self.replays = 0  # calls served by a graph (tests, bench)
+
+    @property
+    def refused(self) -> str | None:
+        """Why the signature called last runs eagerly (None: it replays a graph, or nothing ran on CUDA)."""
+        return None if self._last is None else self._last.refused
 
     def __call__(self, *args: torch.Tensor | None):
         if not _on_cuda(args) or not self.enabled():
             return self.fn(*args)
-        key = (tuple(None if a is None else (a.shape, a.dtype, a.device) for a in args), self.guard())
-        if key != self._key:
-            self._key, self._graph, self._inputs, self._out, self.refused = key, None, (), None, None
-            return self._capture(args)
-        if self._graph is None:
+        guarded = self.guard()
+        if guarded != self._guarded:  # graphs over the old weights must never replay
+            self._entries.clear()
+            self._guarded = guarded
+        key = tuple(None if a is None else (a.shape, a.dtype, a.device) for a in args)
+        entry = self._entries.get(key)
+        if entry is None:
+            if len(self._entries) >= self.max_graphs:
+                self._entries.popitem(last=False)
+            entry = self._entries[key] = _Entry()
+            self._last = entry
+            return self._capture(entry, args)
+        self._entries.move_to_end(key)
+        self._last = entry
+        if entry.graph is None:
             return self.fn(*args)
-        for static, a in zip(self._inputs, args):
+        for static, a in zip(entry.inputs, args):
             if a is not None:
                 static.copy_(a)
-        self._graph.replay()
+        entry.graph.replay()
         self.replays += 1
-        return tuple(o.clone() for o in self._out) if isinstance(self._out, tuple) else self._out.clone()
+        return tuple(o.clone() for o in entry.out) if isinstance(entry.out, tuple) else entry.out.clone()
 
-    def _refuse(self, why: str):
-        self.refused = why
+    def _refuse(self, entry: _Entry, why: str):
+        entry.refused = why
         log.warning("%s runs without a CUDA graph: %s", self.name, why)
 
-    def _capture(self, args: Sequence[torch.Tensor]):
+    def _capture(self, entry: _Entry, args: Sequence[torch.Tensor]):
         """Scan, capture, verify on redrawn inputs; returns fn(*args) (the graph's if it is kept)."""
         eager, found = host_syncs(self.fn, *args)
         if found:
-            self._refuse("it syncs with the host (" + "; ".join(found[:3]) + ")")
+            self._refuse(entry, "it syncs with the host (" + "; ".join(found[:3]) + ")")
             return eager
         try:
             graph, static, out = self._record(args)
             same = self._verify(graph, static, out)
         except Exception as e:  # noqa: BLE001 - the eager function still works; say why it is slower
-            self._refuse(f"capture failed ({type(e).__name__}: {e})")
+            self._refuse(entry, f"capture failed ({type(e).__name__}: {e})")
             return self.fn(*args)
         if not same:
-            self._refuse("its graph computed something else than the function on new inputs")
+            self._refuse(entry, "its graph computed something else than the function on new inputs")
             return self.fn(*args)
-        self._graph, self._inputs, self._out = graph, static, out
+        entry.graph, entry.inputs, entry.out = graph, static, out
         return self(*args)  # the real inputs through the graph (also rewrites any state the check touched)
 
     def _record(self, args):

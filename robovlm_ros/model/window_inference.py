@@ -4,7 +4,7 @@
 * post history, continuous: frames are independent at the VLM stage, so the VLM runs only on frames
   it has not seen; their action-token features are kept per frame and the head re-fuses the window.
   On CUDA a new frame's pass through the VLM is one CUDA graph replay (model/cuda_graph.py), one frame
-  per replay so that one graph serves every step.
+  per replay so that one graph serves every step, and the head another.
 * post history, discrete: only the newest frame is decoded (KV cache inside the decoding).
 * pre history: the window is one causal sequence ``[BOS] seg_1 ... seg_n``. While frames are only
   appended, the KV cache of the frames already in the sequence is reused; once the window slides
@@ -61,6 +61,9 @@ class WindowPredictor:
         # post continuous: one frame's action-token features, a CUDA graph on CUDA
         self._frame_features = CapturedFunction(model.frame_action_features, "the policy step's VLM pass",
                                                 guard=model.graph_guard, enabled=lambda: model.cuda_graphs)
+        # continuous: the head over the window's features, a graph per window length (the window fills first)
+        self._head = CapturedFunction(self._head_chunk, "the policy head", guard=model.graph_guard,
+                                      enabled=lambda: model.cuda_graphs, max_graphs=model.config.window_size)
         self.reset()
 
     def reset(self) -> None:
@@ -85,7 +88,7 @@ class WindowPredictor:
         if m.config.action_space == "continuous":
             if not self.use_cache:
                 return m.predict(self._batch(window, text), normalized=True)[0]
-            return self._post(window, text) if not pre else self._head_chunk(self._pre(window, text))
+            return self._post(window, text) if not pre else self._head(self._pre(window, text))
         # discrete: the frame keeps the exact tokens it was decoded with (a later frame's pre history)
         if pre and not self.use_cache:
             history = [f.action_tokens[None] for f in window[:-1]]
@@ -113,8 +116,10 @@ class WindowPredictor:
         return snap_gripper(torch.cat([arm[0, -1], grip[0, -1, :, None]], dim=-1))
 
     def graph_report(self) -> dict:
-        """The cached continuous step's CUDA graph: VLM passes it served, and why it is not used if it is not."""
-        return {"frame_replays": self._frame_features.replays, "frame_refused": self._frame_features.refused}
+        """The cached continuous step's CUDA graphs: the VLM passes and head calls they served, and why one
+        is not used if it is not."""
+        return {"frame_replays": self._frame_features.replays, "frame_refused": self._frame_features.refused,
+                "head_replays": self._head.replays, "head_refused": self._head.refused}
 
     def _post(self, window: list[Frame], text) -> torch.Tensor:
         new = [f for f in window if f.serial not in self._feats]
@@ -129,7 +134,7 @@ class WindowPredictor:
             self._feats.update({f.serial: x for f, x in zip(group, feats)})
         keep = {f.serial for f in window}
         self._feats = {s: x for s, x in self._feats.items() if s in keep}
-        return self._head_chunk(torch.stack([self._feats[f.serial] for f in window])[None])
+        return self._head(torch.stack([self._feats[f.serial] for f in window])[None])
 
     def _pre(self, window: list[Frame], text) -> torch.Tensor:
         """Continuous: action-token features [1, W, latent, D]; discrete: the newest frame's tokens [chunk*7]."""

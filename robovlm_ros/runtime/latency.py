@@ -65,11 +65,10 @@ def _steady_runner(model: RoboVLM, use_cache: bool, device: str, dtype: str, com
 def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype: str = "auto",
                  compile: bool = False, cuda_graphs: bool = True) -> dict:
     """The runner's step on 640x480 camera images, once the window is full (the steady state). On CUDA
-    with the cache, ``graph``: how many of the timed steps' VLM passes replayed a CUDA graph, and why
-    none did if so (a row measured without its graph says so, rather than passing for one)."""
+    with the cache, ``graph``: how many of the timed steps' VLM passes and head calls replayed a CUDA graph,
+    and why not if so (a row measured without its graph says so, rather than passing for one)."""
     runner, rng = _steady_runner(model, use_cache, device, dtype, compile, cuda_graphs)
-    report = runner.policy.graph_report()
-    before = report["frame_replays"]
+    before = runner.policy.graph_report()
     times = []
     for _ in range(steps):
         o = _obs(rng, (480, 640))
@@ -79,7 +78,9 @@ def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype
     result = percentiles(times)
     if runner.device.type == "cuda" and use_cache:
         report = runner.policy.graph_report()
-        result["graph"] = {"frame_replays": report["frame_replays"] - before, "refused": report["frame_refused"]}
+        result["graph"] = {"frame_replays": report["frame_replays"] - before["frame_replays"],
+                           "head_replays": report["head_replays"] - before["head_replays"],
+                           "refused": report["frame_refused"] or report["head_refused"]}
     return result
 
 
