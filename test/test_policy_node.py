@@ -1,6 +1,7 @@
 """The policy node over real rclpy / loopback DDS with a tiny checkpoint saved by the model code."""
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -239,15 +240,57 @@ def test_plain_executable_with_params_file(executor, checkpoint, tmp_path):
     robot = FakeRobot("fake_robot", ns, TwistStamped, Float64MultiArray)
     executor.add(robot)
     try:
-        assert wait_for(lambda: len(robot.received["arm"]) >= 3, 60.0), "no commands from the executable"
+        moving = lambda: any(twist_vec(m).any() for m in robot.since("arm", 0.0))  # noqa: E731
+        assert wait_for(lambda: len(robot.received["arm"]) >= 3 and moving(), 60.0), "no motion from the executable"
         assert np.isfinite(twist_vec(robot.received["arm"][-1][1])).all()
     finally:
-        out = stop_process(proc)
-    assert "policy ready" in out
+        out = stop_process(proc)  # SIGTERM
+    assert proc.returncode == 0 and "policy ready" in out and "stopping (SIGTERM)" in out, out
+    # its last words: a hold, so an arm controller that keeps its last twist stops
+    assert wait_for(lambda: not twist_vec(robot.received["arm"][-1][1]).any(), 5.0)
 
     bad = subprocess.run([sys.executable, "-m", "robovlm_ros.ros.policy_node", "--ros-args", "-p",
                           f"checkpoint:={tmp_path / 'missing'}"], cwd=repo, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "does not exist" in bad.stdout + bad.stderr
+
+
+def test_a_node_whose_parent_dies_stops_and_holds_the_arm(executor, checkpoint):
+    """`ros2 launch` stopped with SIGTERM exits without stopping its nodes (launch's documented behaviour);
+    our nodes ask the kernel for SIGTERM when their parent dies, so a policy node never drives the arm on
+    its own. A parent process starts the node and is killed outright; the node stops, its last command a hold."""
+    ns = f"x{uuid.uuid4().hex[:8]}"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    node_args = [sys.executable, "-m", "robovlm_ros.ros.policy_node", "--ros-args", "-r", f"__ns:=/{ns}",
+                 "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", "-p", "instruction:=pick up the red block",
+                 "-p", "autostart:=true", "-p", f"camera_topic:=/{ns}/camera/image_raw",
+                 "-p", f"gripper_camera_topic:=/{ns}/gripper_camera/image_raw",
+                 "-p", f"joint_states_topic:=/{ns}/joint_states", "-p", f"arm_command_topic:=/{ns}/arm_cmd",
+                 "-p", f"gripper_command_topic:=/{ns}/grip_cmd"]
+    parent_code = ("import subprocess, sys, time; p = subprocess.Popen(sys.argv[1:]); print(p.pid, flush=True); "
+                   "time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code, *node_args], cwd=repo, stdout=subprocess.PIPE,
+                              text=True)
+    node_pid = int(parent.stdout.readline())
+    robot = FakeRobot("fake_robot", ns, TwistStamped, Float64MultiArray)
+    executor.add(robot)
+    try:
+        moving = lambda: any(twist_vec(m).any() for m in robot.since("arm", 0.0))  # noqa: E731
+        assert wait_for(lambda: len(robot.received["arm"]) >= 3 and moving(), 60.0), "the node never drove the arm"
+        parent.kill()
+        parent.wait()
+        # the orphan is now this process's child (conftest makes pytest the subreaper): reap it here
+        assert wait_for(lambda: os.waitpid(node_pid, os.WNOHANG)[0] == node_pid, 20.0, interval=0.1), \
+            "the node outlived its parent"
+        assert not twist_vec(robot.received["arm"][-1][1]).any()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        try:
+            os.kill(node_pid, signal.SIGKILL)
+            os.waitpid(node_pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
 
 
 @pytest.mark.params(compressed_camera=True)

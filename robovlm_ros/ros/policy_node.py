@@ -361,6 +361,15 @@ class PolicyCore(PolicyInputs):
         self.inputs_stamp_of_last_command = inputs_stamp
         self.stats["steps"] += 1
 
+    def on_exit(self) -> None:
+        """The node is going (a signal, its parent process gone): control stops and a last hold goes out, so a
+        controller that keeps executing its last command (a twist) stops the arm (run_node calls this while
+        ROS is still up)."""
+        with self.lock:
+            self.running, self.hold_reason = False, "shutting down"
+            if getattr(self, "arm_pub", None) in getattr(self, "_pubs", ()):  # configured, not yet released
+                self._publish_hold()
+
     def _publish_hold(self, inputs_stamp: int | None = None) -> None:
         """Zero / hold-position arm command (caller holds self.lock); ``inputs_stamp``: the step it answers."""
         joints = self.joints.value[0] if self.joints.value is not None else None

@@ -1,7 +1,10 @@
 """Entry-point plumbing shared by the package's executables."""
 from __future__ import annotations
 
+import ctypes
 import faulthandler
+import os
+import signal
 import sys
 import threading
 import time
@@ -15,32 +18,70 @@ from rclpy.signals import SignalHandlerOptions
 from std_srvs.srv import Trigger
 
 TEARDOWN_LIMIT_S = 10.0  # an executable that has not finished its teardown by then exits hard
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stop_with_parent() -> None:
+    """On Linux, ask for SIGTERM when the process that started this one dies. ``ros2 launch`` stopped with
+    SIGTERM (a supervisor, systemd's default) exits without stopping its nodes; a policy node left behind
+    would keep commanding the arm with nobody in charge of it."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        return  # not fatal: the node still stops on its own signals
+    if os.getppid() != parent:  # the parent died before the request: nothing would signal us
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_node(make_node: Callable[[], Node], name: str, args=None) -> int:
     """Init rclpy (with ``--ros-args`` from the command line), build the node, spin until shutdown.
 
-    A node that cannot start (bad parameters, missing checkpoint) is reported as a fatal log line
-    and exit status 1 rather than a traceback.
+    SIGINT, SIGTERM and the death of the parent process (``_stop_with_parent``) stop the node the same
+    way: the spin ends, the node's ``on_exit`` (the policy node's last hold command) runs while ROS is
+    still up, then the node is destroyed. rclpy's own signal handler would shut the context down first,
+    so nothing could be published any more. A node that cannot start (bad parameters, missing checkpoint)
+    is reported as a fatal log line and exit status 1 rather than a traceback.
     """
-    rclpy.init(args=args if args is not None else sys.argv)
+    rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
+    _stop_with_parent()
     try:
         node = make_node()
     except (ValueError, OSError, RuntimeError) as e:
         rclpy.logging.get_logger(name).fatal(str(e))
         rclpy.try_shutdown()
         return 1
+    except KeyboardInterrupt as e:
+        rclpy.logging.get_logger(name).warning(f"stopped while starting ({e})")
+        rclpy.try_shutdown()
+        return 1
     try:
         rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except KeyboardInterrupt as e:
+        node.get_logger().info(f"stopping ({e or 'SIGINT'})")
+    except ExternalShutdownException:
         pass
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the teardown short
+            signal.signal(sig, signal.SIG_IGN)
         # teardown can hang inside the DDS layer (rcl_node_fini); faulthandler's watchdog is a C thread
         # that needs no GIL, so it prints where the process hangs and ends it after TEARDOWN_LIMIT_S
         faulthandler.dump_traceback_later(TEARDOWN_LIMIT_S, exit=True)
-        node.destroy_node()
-        rclpy.try_shutdown()
-        faulthandler.cancel_dump_traceback_later()
+        try:
+            on_exit = getattr(node, "on_exit", None)
+            if on_exit is not None and rclpy.ok():
+                on_exit()
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown()
+            faulthandler.cancel_dump_traceback_later()
     return 0
 
 
