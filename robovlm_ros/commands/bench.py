@@ -8,7 +8,8 @@ Measures (a small random-weight policy by default, or a checkpoint's architectur
     reads against the device's memory bandwidth; on CUDA also the cached step without its CUDA graph and
     the growing cache without the decoding graph (the paths the graphs replaced), and a discrete
     ``pre``-history step of window W with and without its graph;
-  * with --profile, where the cached step's time goes (torch.profiler: launches, device busy share);
+  * with --profile, where the cached steps' time goes, continuous and discrete (torch.profiler: launches,
+    graph launches, the device's busy share);
   * the node's own overhead at 640x480 with two cameras streamed from another process at 30 Hz: image
     message transport + decoding, the step's work around the policy, the share of frames delivered
     (with the documented Fast DDS profile, ros/transport.py) and the cadence report.
@@ -100,12 +101,11 @@ def _print(report: dict, device: str) -> None:
     print(f"decoding step {bw['decode_step_ms']:.3f} ms reads {bw['weight_bytes_per_step'] / 1e9:.3f} GB of weights: "
           + (f"{bw['weight_gb_per_s']:.0f} GB/s" if bw["weight_gb_per_s"] else "n/a")
           + (f", {bw['share_of_peak']:.0%} of the {bw['peak_gb_per_s']:.0f} GB/s peak" if bw["share_of_peak"] else ""))
-    if "profile" in report:
-        prof = report["profile"]
+    for kind, prof in report.get("profile", {}).items():
         busy = prof["device_busy_ms_per_step"]
-        print(f"profile of the cached step ({prof['steps']} steps): {prof['kernel_launches_per_step']:.0f} kernel "
-              f"launches, {prof['graph_launches_per_step']:.0f} graph launches, {prof['aten_calls_per_step']:.0f} "
-              f"aten calls per step"
+        print(f"profile of the cached {kind} step ({prof['steps']} steps): {prof['kernel_launches_per_step']:.0f} "
+              f"kernel launches, {prof['graph_launches_per_step']:.0f} graph launches, "
+              f"{prof['aten_calls_per_step']:.0f} aten calls per step"
               + (f"; device busy {busy:.2f} ms per step, {prof['device_busy_share']:.0%} of the step's p50"
                  if busy is not None else ""))
         for side in ("top_cpu", "top_device"):
@@ -191,17 +191,10 @@ def run(args) -> int:
               file=sys.stderr, flush=True)
 
     measured = policy_latency(_policy_factory(args), args.window, args.steps, args.reps, args.device,
-                              args.dtype, peak, args.compile, progress)
+                              args.dtype, peak, args.compile, progress, profile=args.profile)
     model = measured.pop("model")
     report["parameters"] = sum(p.numel() for p in model.parameters())
     report.update(measured)
-    if args.profile:
-        from ..runtime.latency import step_profile
-
-        prof = report["profile"] = step_profile(model, args.profile, args.device, args.dtype)
-        if prof["device_busy_ms_per_step"] is not None:  # against the unprofiled step
-            prof["device_busy_share"] = (prof["device_busy_ms_per_step"]
-                                         / report["step"][f"window{args.window}_cache"]["p50_ms"])
     try:  # ROS code lives in ros/; rclpy is absent without ROS 2 (a GPU machine's image, say)
         importlib.import_module("rclpy")
         from ..ros.node_bench import node_overhead
@@ -264,7 +257,8 @@ def add_parser(sub) -> None:
                    help="torch.compile every policy (vision tower, decoder layers, head), as the node's compile "
                         "parameter does")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                   help="also profile STEPS cached continuous steps (torch.profiler): kernel launches per step, the "
+                   help="also profile STEPS cached steps of the continuous and the discrete policy (torch.profiler): "
+                        "kernel and graph launches per step, the "
                         "device's busy share of the step, the costliest ops")
     p.add_argument("--peak-bandwidth-gbs", type=float,
                    help="the device's peak memory bandwidth in GB/s (known GPUs are looked up by name)")

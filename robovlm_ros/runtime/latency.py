@@ -99,7 +99,8 @@ GRAPH_LAUNCHES = ("cudaGraphLaunch", "cuGraphLaunch")
 
 
 def step_profile(model: RoboVLM, steps: int, device: str, dtype: str = "auto", top: int = 10) -> dict:
-    """Where the cached continuous step's time goes, from torch.profiler over ``steps`` steady-state steps:
+    """Where the cached step's time goes (continuous or discrete, as ``model`` is), from torch.profiler over
+    ``steps`` steady-state steps:
     per step, the device's busy time (its kernels' time summed), kernel launches and aten op calls (nested
     calls counted too), and the ops with the most self time on the CPU and on the device. A device busy for
     a small share of the step means the step waits on Python and kernel launches, not on the GPU (the
@@ -193,14 +194,18 @@ def decoder_weight_bytes(model: RoboVLM) -> int:
 
 def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: int, device: str,
                    dtype: str = "auto", peak_gbs: float | None = None, compile: bool = False,
-                   progress: Callable[[str, dict], None] | None = None) -> dict:
+                   progress: Callable[[str, dict], None] | None = None, profile: int = 0) -> dict:
     """{"step", "decode", "bandwidth", "ratios"} for policies ``make(**PolicyConfig overrides)``:
-    continuous steps at window 1 and ``window`` (cached and not); discrete decoding of a 10-action chunk
-    (70 tokens) with and without the KV cache and of one action (7 tokens); the prefix alone; the decoding
-    step's share of the memory bandwidth (``peak_gbs``: the device's peak, GB/s); on CUDA also without the
-    CUDA graph and a discrete ``pre`` step of ``window``. ``compile``: every policy torch.compiled
-    (RoboVLM.compile_modules; compilation happens in the warm-ups, outside the timings). ``progress(name,
-    percentiles)`` is called as each measure is taken (a run stopped at a time limit still shows those)."""
+    continuous steps at window 1 and ``window`` (cached and not), the preprocessing; discrete decoding of a
+    10-action chunk (70 tokens) with and without the KV cache and of one action (7 tokens); the prefix
+    alone; the decoding step's share of the memory bandwidth (``peak_gbs``: the device's peak, GB/s); on
+    CUDA also the steps without their CUDA graphs and a discrete ``pre`` step of ``window`` (over a quarter
+    of ``steps``). ``compile``: every policy torch.compiled (RoboVLM.compile_modules; compilation happens
+    in the warm-ups, outside the timings). ``progress(name,
+    percentiles)`` is called as each measure is taken (a run stopped at a time limit still shows those).
+    ``profile`` N: also ``step_profile`` over N cached steps of the continuous policy, of the discrete one
+    (a 70-token decoding per step) and on CUDA of the discrete ``pre`` one, each with the device's busy
+    share of that step's p50 ("profile")."""
     from .runner import resolve_device
 
     torch_dtype = resolve_device(device, dtype)[1]
@@ -230,6 +235,15 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
         take(step, f"window{w}_cache_no_graph", step_latency(winw, True, steps, device, dtype, cuda_graphs=False))
     take(step, f"window{w}_nocache", step_latency(winw, False, steps, device, dtype))
     take(step, "preprocess", preprocess_latency(winw, steps, device, dtype))
+    profiles = {}
+
+    def profiled(name: str, model: RoboVLM, p50_ms: float) -> None:
+        prof = profiles[name] = step_profile(model, profile, device, dtype)
+        busy = prof["device_busy_ms_per_step"]
+        prof["device_busy_share"] = busy / p50_ms if busy is not None else None
+
+    if profile:
+        profiled("continuous", winw, step[f"window{w}_cache"]["p50_ms"])
     del win1
     disc = make(window_size=1, action_space="discrete", fwd_pred_next_n=10).to(device, torch_dtype).eval()
     take(decode, "kv_cache", decode_latency(disc, True, reps))
@@ -238,15 +252,20 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
     take(decode, "one_action_kv_cache", decode_latency(one, True, reps))
     del one
     take(decode, "no_cache", decode_latency(disc, False, reps))
+    if profile:
+        profiled("discrete", disc, decode["kv_cache"]["p50_ms"])
     if device.startswith("cuda"):  # "kv_cache" replays a CUDA graph there; the growing cache for comparison
         disc.decoding = "dynamic"
         take(decode, "kv_cache_no_graph", decode_latency(disc, True, reps))
         disc.decoding = "auto"
         # on the CPU uncached discrete pre steps take minutes
         pre = make(window_size=w, history_type="pre", action_space="discrete", fwd_pred_next_n=10).eval()
-        take(step, f"discrete_pre{w}_cache", step_latency(pre, True, steps, device, dtype))
+        pre_steps = max(3, steps // 4)  # each step decodes a whole chunk: ~1 s at real size
+        take(step, f"discrete_pre{w}_cache", step_latency(pre, True, pre_steps, device, dtype))
+        if profile:
+            profiled("discrete_pre", pre, step[f"discrete_pre{w}_cache"]["p50_ms"])
         pre.decoding = "dynamic"
-        take(step, f"discrete_pre{w}_cache_no_graph", step_latency(pre, True, steps, device, dtype))
+        take(step, f"discrete_pre{w}_cache_no_graph", step_latency(pre, True, pre_steps, device, dtype))
         del pre
     # one decoding step: the 70-token decoding less the 7-token one (the same prefix, run the same way: on CUDA
     # replayed as a graph, which the eager "prefix" row is not), over the 63 tokens between them
@@ -265,4 +284,7 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
     if f"window{w}_cache_no_graph" in step:
         ratios[f"window{w}_no_graph_vs_graph"] = (step[f"window{w}_cache_no_graph"]["p50_ms"]
                                                  / step[f"window{w}_cache"]["p50_ms"])
-    return {"step": step, "decode": decode, "bandwidth": bandwidth, "ratios": ratios, "model": winw}
+    result = {"step": step, "decode": decode, "bandwidth": bandwidth, "ratios": ratios, "model": winw}
+    if profile:
+        result["profile"] = profiles
+    return result
