@@ -139,6 +139,19 @@ def test_the_continuous_steps_vlm_pass_is_fit_for_a_cuda_graph(family):
         assert found == [], found
 
 
+def test_a_sliding_window_decoder_keeps_its_own_mask():
+    """The explicit 4-D mask is full causal attention: a decoder with sliding-window layers gets the 2-D mask
+    (its own per-layer masks; the step then runs eagerly on CUDA, the scan says why)."""
+    config = PolicyConfig.tiny("qwen2_vl")
+    config.backbone_config["text_config"].update(use_sliding_window=True, sliding_window=8, max_window_layers=1,
+                                                 layer_types=None)
+    model = RoboVLM(config)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    assert not model.backbone.full_attention
+    assert model.decoder_mask(mask, 4, explicit=True) is mask
+    assert RoboVLM(PolicyConfig.tiny("qwen2_vl")).decoder_mask(mask, 4, explicit=True).shape == (2, 1, 6, 6)
+
+
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_the_vla_pass_is_fit_for_a_graph_with_a_bidirectional_prefix(attn):
     """PaliGemma's prefix-LM option and both attention implementations build their 4-D masks from shapes."""

@@ -493,6 +493,14 @@ class Backbone(nn.Module):
     def vocab_size(self) -> int:
         return self.embed_tokens.num_embeddings
 
+    @property
+    def full_attention(self) -> bool:
+        """Every decoder layer attends to all earlier tokens, so one explicit 4-D mask serves them all (a
+        sliding-window layer would need a mask of its own)."""
+        cfg = self.language_model.config
+        sliding = getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
+        return not sliding and all(t == "full_attention" for t in getattr(cfg, "layer_types", None) or [])
+
     def graph_inputs(self) -> tuple:
         """Addresses of buffers the decoder may replace between calls (Kosmos-2's position table, regrown
         for longer sequences): a CUDA graph captured over the old ones must not be replayed."""

@@ -388,10 +388,11 @@ class RoboVLM(nn.Module):
         ``prefix_attention: bidirectional``: [N, 1, L, kv_len] where the first ``prefix`` tokens (a frame's
         images, text and state) attend to each other both ways and every later one causally, PaliGemma's
         pretrained prefix-LM; ``kv_len`` (default L) for a preallocated cache's slots. ``explicit``: the 4-D
-        mask also when causal; transformers takes it as is, where from a 2-D mask it first reads on the
-        host whether any token is padding (to skip the mask), which a CUDA graph cannot replay."""
+        mask also when causal, for full-attention decoders (a sliding-window layer needs the family's own
+        mask); transformers takes it as is, where from a 2-D mask it first reads on the host whether any
+        token is padding (to skip the mask), which a CUDA graph cannot replay."""
         bidirectional = prefix is not None and self.config.prefix_attention != "causal"
-        if not (bidirectional or explicit):
+        if not (bidirectional or (explicit and self.backbone.full_attention)):
             return mask
         n, length = mask.shape
         kv = kv_len or length

@@ -29,10 +29,8 @@ log = logging.getLogger(__name__)
 
 def supports_static_decoding(backbone) -> bool:
     """Whether ``backbone``'s decoder can decode into a StaticCache with one explicit 4-D mask: only
-    full-attention layers (a sliding-window layer would need a mask of its own)."""
-    cfg = backbone.language_model.config
-    sliding = getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
-    return not sliding and all(t == "full_attention" for t in getattr(cfg, "layer_types", None) or [])
+    full-attention layers (``Backbone.full_attention``)."""
+    return backbone.full_attention
 
 
 def static_cache(model, max_len: int) -> StaticCache:
