@@ -215,8 +215,9 @@ class CapturedFunction:
         range) equals the eager function on them."""
         for s in static:
             if s is not None and s.is_floating_point():
+                draw = torch.Generator(device=s.device).manual_seed(0)  # leaves the user's random streams alone
                 scale = s.float().abs().max().clamp(min=1e-3)
-                s.copy_((torch.rand_like(s, dtype=torch.float32) * 2 - 1) * scale)
+                s.copy_((torch.rand(s.shape, generator=draw, device=s.device) * 2 - 1) * scale)
         redrawn = tuple(None if s is None else s.clone() for s in static)
         graph.replay()
         replayed = tuple(o.clone() for o in _outputs(out))

@@ -301,15 +301,22 @@ class RoboVLM(nn.Module):
         return (self.backbone.embed_tokens.weight.data_ptr(), None if act is None else act.data_ptr(),
                 *self.backbone.graph_inputs())
 
+    @staticmethod
+    def single_frames(rgb, hand_rgb, input_ids, attention_mask, state) -> dict:
+        """N one-frame windows as a batch: rgb / hand_rgb [N, 3, S, S] -> [N, 1, 3, S, S], state [N, 7] ->
+        [N, 1, 7] (hand_rgb / state None: left out)."""
+        batch = {"rgb": rgb[:, None], "input_ids": input_ids, "attention_mask": attention_mask}
+        batch.update({k: v[:, None] for k, v in (("hand_rgb", hand_rgb), ("state", state)) if v is not None})
+        return batch
+
     def frame_action_features(self, rgb, hand_rgb, input_ids, attention_mask, state) -> torch.Tensor:
         """``action_features`` of N single frames (post history: each frame its own sequence), free of host
         synchronisation so that a CUDA graph can replay it (the window predictor's cached step; the 4-D
         mask, ``decoder_mask(explicit=True)``). rgb / hand_rgb [N, 3, S, S], input_ids / attention_mask
         [N, L], state [N, 7] -> [N, latent_num, D]."""
-        batch = {"rgb": rgb[:, None], "input_ids": input_ids, "attention_mask": attention_mask}
-        batch.update({k: v[:, None] for k, v in (("hand_rgb", hand_rgb), ("state", state)) if v is not None})
         act = self.action_tokens[None, None].expand(len(rgb), 1, -1, -1)
-        embeds, mask, unflatten = self.sequences(batch, act)
+        embeds, mask, unflatten = self.sequences(self.single_frames(rgb, hand_rgb, input_ids, attention_mask, state),
+                                                 act)
         prefix = embeds.shape[1] - self.config.latent_num - self.frame_tail
         attend = self.decoder_mask(mask, prefix, explicit=True)
         hidden, _ = self.backbone.decode(embeds, attend, self.positions(mask))

@@ -180,9 +180,7 @@ class StaticGreedyDecoder:
         """The frames' prefix into the cache, free of host syncs (a CUDA graph replays it): the last hidden
         state [N, 1, D] and the prefix's mask [N, L]."""
         m = self.model
-        batch = {"rgb": rgb[:, None], "input_ids": input_ids, "attention_mask": attention_mask}
-        batch.update({k: v[:, None] for k, v in (("hand_rgb", hand_rgb), ("state", state)) if v is not None})
-        embeds, mask, _ = m.sequences(batch, None)
+        embeds, mask, _ = m.sequences(m.single_frames(rgb, hand_rgb, input_ids, attention_mask, state), None)
         return self._fill(embeds, mask, explicit=True)[:, -1:], mask
 
     def _prefill(self, embeds: torch.Tensor, mask: torch.Tensor) -> None:

@@ -123,8 +123,12 @@ class WindowPredictor:
 
     def _post(self, window: list[Frame], text) -> torch.Tensor:
         new = [f for f in window if f.serial not in self._feats]
-        # on CUDA one frame per call: a graph is bound to its batch size, and one graph serves every step
-        groups = [[f] for f in new] if new and new[0].rgb.is_cuda else [new] if new else []
+        if not new:
+            groups = []
+        elif new[0].rgb.is_cuda:  # one frame per call: a graph is bound to its batch size, one serves every step
+            groups = [[f] for f in new]
+        else:
+            groups = [new]
         ids, am = text
         for group in groups:
             n = len(group)
@@ -140,7 +144,8 @@ class WindowPredictor:
         """Continuous: action-token features [1, W, latent, D]; discrete: the newest frame's tokens [chunk*7]."""
         m = self.model
         serials = [f.serial for f in window]
-        self._images = {s: x for s, x in self._images.items() if s in set(serials)}
+        in_window = set(serials)
+        self._images = {s: x for s, x in self._images.items() if s in in_window}
         seq = self._seq
         continuous = m.config.action_space == "continuous"
         newest, stepper = window[-1], None

@@ -65,7 +65,7 @@ def _steady_runner(model: RoboVLM, use_cache: bool, device: str, dtype: str, com
 def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype: str = "auto",
                  compile: bool = False, cuda_graphs: bool = True) -> dict:
     """The runner's step on 640x480 camera images, once the window is full (the steady state). On CUDA
-    with the cache, ``graph``: how many of the timed steps' VLM passes and head calls replayed a CUDA graph,
+    with the cache (continuous actions), ``graph``: how many of the timed steps' VLM passes and head calls replayed a CUDA graph,
     and why not if so (a row measured without its graph says so, rather than passing for one)."""
     runner, rng = _steady_runner(model, use_cache, device, dtype, compile, cuda_graphs)
     before = runner.policy.graph_report()
@@ -76,7 +76,7 @@ def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype
         runner.step(o)
         times.append(time.perf_counter() - t0)
     result = percentiles(times)
-    if runner.device.type == "cuda" and use_cache:
+    if runner.device.type == "cuda" and use_cache and model.config.action_space == "continuous":
         report = runner.policy.graph_report()
         result["graph"] = {"frame_replays": report["frame_replays"] - before["frame_replays"],
                            "head_replays": report["head_replays"] - before["head_replays"],
@@ -201,8 +201,8 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
     alone; the decoding step's share of the memory bandwidth (``peak_gbs``: the device's peak, GB/s); on
     CUDA also the steps without their CUDA graphs and a discrete ``pre`` step of ``window`` (over a quarter
     of ``steps``). ``compile``: every policy torch.compiled (RoboVLM.compile_modules; compilation happens
-    in the warm-ups, outside the timings). ``progress(name,
-    percentiles)`` is called as each measure is taken (a run stopped at a time limit still shows those).
+    in the warm-ups, outside the timings). ``progress(name, percentiles)`` is called as each measure is
+    taken (a run stopped at a time limit still shows those).
     ``profile`` N: also ``step_profile`` over N cached steps of the continuous policy, of the discrete one
     (a 70-token decoding per step) and on CUDA of the discrete ``pre`` one, each with the device's busy
     share of that step's p50 ("profile")."""
