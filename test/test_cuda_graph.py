@@ -267,3 +267,18 @@ def test_graphed_discrete_decoding_acts_as_the_growing_cache(recorded_graphs, fa
         assert torch.equal(graphed, growing)
         assert len(torch.unique(graphed)) > 5
     assert model._static_decoder._prefix.replays == 3 and model._static_decoder._prefix.refused is None
+
+
+def test_switching_between_instructions_replays_their_graphs(recorded_graphs):
+    """A graph per instruction length: going back to an earlier task replays its graph, not a new capture."""
+    from test_runtime import observations, tiny_model
+
+    runner = PolicyRunner(tiny_model(use_hand_rgb=True), device="cpu", execute_steps=1)
+    frames = runner.policy._frame_features
+    for instruction in ("pick up the red block", "stack the green one on it", "pick up the red block"):
+        runner.set_instruction(instruction)
+        for o in observations(3):
+            runner.step(o)
+    lengths = {len(runner.model.processor.text([t])[0][0]) for t in ("pick up the red block", "stack the green one on it")}
+    assert len(lengths) == 2  # two signatures, or the test proves nothing
+    assert frames.captures == 2 and frames.replays == 9 and frames.refused is None

@@ -142,6 +142,7 @@ class CapturedFunction:
         self._guarded: tuple | None = None
         self._last: _Entry | None = None
         self.replays = 0  # calls served by a graph (tests, bench)
+        self.captures = 0  # signatures captured (or tried)
 
     @property
     def refused(self) -> str | None:
@@ -180,6 +181,7 @@ class CapturedFunction:
 
     def _capture(self, entry: _Entry, args: Sequence[torch.Tensor]):
         """Scan, capture, verify on redrawn inputs; returns fn(*args) (the graph's if it is kept)."""
+        self.captures += 1
         eager, found = host_syncs(self.fn, *args)
         if found:
             self._refuse(entry, "it syncs with the host (" + "; ".join(found[:3]) + ")")

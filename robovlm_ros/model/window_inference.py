@@ -58,9 +58,11 @@ class WindowPredictor:
         # episodes (its graph too) while (S_f, dtype, device, graphs on) stay
         self._static_key: tuple | None = None
         self._stepper: GreedyStepper | None = None
-        # post continuous: one frame's action-token features, a CUDA graph on CUDA
+        # post continuous: one frame's action-token features, a CUDA graph on CUDA; a graph per instruction
+        # length, the last few kept (switching between tasks does not capture again)
         self._frame_features = CapturedFunction(model.frame_action_features, "the policy step's VLM pass",
-                                                guard=model.graph_guard, enabled=lambda: model.cuda_graphs)
+                                                guard=model.graph_guard, enabled=lambda: model.cuda_graphs,
+                                                max_graphs=4)
         # continuous: the head over the window's features, a graph per window length (the window fills first)
         self._head = CapturedFunction(self._head_chunk, "the policy head", guard=model.graph_guard,
                                       enabled=lambda: model.cuda_graphs, max_graphs=model.config.window_size)
