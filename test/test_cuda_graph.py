@@ -275,10 +275,11 @@ def test_switching_between_instructions_replays_their_graphs(recorded_graphs):
 
     runner = PolicyRunner(tiny_model(use_hand_rgb=True), device="cpu", execute_steps=1)
     frames = runner.policy._frame_features
-    for instruction in ("pick up the red block", "stack the green one on it", "pick up the red block"):
+    first, second = "pick up the red block", "stack the green one on it"
+    for instruction in (first, second, first):
         runner.set_instruction(instruction)
         for o in observations(3):
             runner.step(o)
-    lengths = {len(runner.model.processor.text([t])[0][0]) for t in ("pick up the red block", "stack the green one on it")}
+    lengths = {len(runner.model.processor.text([t])[0][0]) for t in (first, second)}
     assert len(lengths) == 2  # two signatures, or the test proves nothing
     assert frames.captures == 2 and frames.replays == 9 and frames.refused is None

@@ -65,8 +65,9 @@ def _steady_runner(model: RoboVLM, use_cache: bool, device: str, dtype: str, com
 def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype: str = "auto",
                  compile: bool = False, cuda_graphs: bool = True) -> dict:
     """The runner's step on 640x480 camera images, once the window is full (the steady state). On CUDA
-    with the cache (continuous actions), ``graph``: how many of the timed steps' VLM passes and head calls replayed a CUDA graph,
-    and why not if so (a row measured without its graph says so, rather than passing for one)."""
+    with the cache (continuous actions), ``graph``: how many of the timed steps' VLM passes and head calls
+    replayed a CUDA graph, and why not if so (a row measured without its graph says so, rather than passing
+    for one)."""
     runner, rng = _steady_runner(model, use_cache, device, dtype, compile, cuda_graphs)
     before = runner.policy.graph_report()
     times = []
