@@ -21,8 +21,23 @@ TEARDOWN_LIMIT_S = 10.0  # an executable that has not finished its teardown by t
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+SPIN_POLL_S = 0.1  # how soon the spin loop sees a stop request
+
+
+class _StopRequest:
+    """The SIGINT / SIGTERM handler of an executable. While the node starts, a signal interrupts the start;
+    once it spins, the handler only records the signal and the spin loop ends between callbacks: never
+    inside one (a half-written recording, a command half-built), as an exception raised there would."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self.spinning = False
+
+    def __call__(self, signum, frame):
+        name = signal.Signals(signum).name
+        if not self.spinning:
+            raise KeyboardInterrupt(name)
+        self.signal = self.signal or name
 
 
 def _stop_with_parent() -> None:
@@ -43,14 +58,15 @@ def run_node(make_node: Callable[[], Node], name: str, args=None) -> int:
     """Init rclpy (with ``--ros-args`` from the command line), build the node, spin until shutdown.
 
     SIGINT, SIGTERM and the death of the parent process (``_stop_with_parent``) stop the node the same
-    way: the spin ends, the node's ``on_exit`` (the policy node's last hold command) runs while ROS is
-    still up, then the node is destroyed. rclpy's own signal handler would shut the context down first,
-    so nothing could be published any more. A node that cannot start (bad parameters, missing checkpoint)
+    way: the spin ends between two callbacks (``_StopRequest``), the node's ``on_exit`` (the policy node's
+    last hold command) runs while ROS is still up, then the node is destroyed. rclpy's own signal handler
+    would shut the context down first, so nothing could be published any more. A node that cannot start (bad parameters, missing checkpoint)
     is reported as a fatal log line and exit status 1 rather than a traceback.
     """
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = _StopRequest()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _interrupt)
+        signal.signal(sig, stop)
     _stop_with_parent()
     try:
         node = make_node()
@@ -62,10 +78,14 @@ def run_node(make_node: Callable[[], Node], name: str, args=None) -> int:
         rclpy.logging.get_logger(name).warning(f"stopped while starting ({e})")
         rclpy.try_shutdown()
         return 1
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    stop.spinning = True
     try:
-        rclpy.spin(node)
-    except KeyboardInterrupt as e:
-        node.get_logger().info(f"stopping ({e or 'SIGINT'})")
+        while stop.signal is None and rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_POLL_S)
+        if stop.signal is not None:
+            node.get_logger().info(f"stopping ({stop.signal})")
     except ExternalShutdownException:
         pass
     finally:
@@ -79,6 +99,8 @@ def run_node(make_node: Callable[[], Node], name: str, args=None) -> int:
             if on_exit is not None and rclpy.ok():
                 on_exit()
         finally:
+            executor.remove_node(node)
+            executor.shutdown()
             node.destroy_node()
             rclpy.try_shutdown()
             faulthandler.cancel_dump_traceback_later()
