@@ -195,7 +195,8 @@ def decoder_weight_bytes(model: RoboVLM) -> int:
 
 def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: int, device: str,
                    dtype: str = "auto", peak_gbs: float | None = None, compile: bool = False,
-                   progress: Callable[[str, dict], None] | None = None, profile: int = 0) -> dict:
+                   progress: Callable[[str, dict], None] | None = None, profile: int = 0,
+                   targets_only: bool = False) -> dict:
     """{"step", "decode", "bandwidth", "ratios"} for policies ``make(**PolicyConfig overrides)``:
     continuous steps at window 1 and ``window`` (cached and not), the preprocessing; discrete decoding of a
     10-action chunk (70 tokens) with and without the KV cache and of one action (7 tokens); the prefix
@@ -206,7 +207,9 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
     taken (a run stopped at a time limit still shows those).
     ``profile`` N: also ``step_profile`` over N cached steps of the continuous policy, of the discrete one
     (a 70-token decoding per step) and on CUDA of the discrete ``pre`` one, each with the device's busy
-    share of that step's p50 ("profile")."""
+    share of that step's p50 ("profile"). ``targets_only``: only what the targets are judged by (the cached
+    window step, 7 and 70 tokens with the KV cache, the prefix), each policy built once: a compiled run
+    compiles every policy's shapes anew."""
     from .runner import resolve_device
 
     torch_dtype = resolve_device(device, dtype)[1]
@@ -221,8 +224,9 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
             model = built(**kw)
             model.compile_modules()
             return model
-    win1 = make(window_size=1, history_type="post", fwd_pred_next_n=10).eval()
+    win1 = None if targets_only else make(window_size=1, history_type="post", fwd_pred_next_n=10).eval()
     winw = make(window_size=w, history_type="post", fwd_pred_next_n=10).eval()
+    full = not targets_only
     step, decode = {}, {}
 
     def take(table: dict, name: str, result: dict) -> None:
@@ -230,12 +234,14 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
         if progress:
             progress(name, result)
 
-    take(step, "window1", step_latency(win1, True, steps, device, dtype))
+    if full:
+        take(step, "window1", step_latency(win1, True, steps, device, dtype))
     take(step, f"window{w}_cache", step_latency(winw, True, steps, device, dtype))
-    if device.startswith("cuda"):  # the cached step's VLM pass replays a CUDA graph there; eager for comparison
+    if full and device.startswith("cuda"):  # the cached step replays CUDA graphs there; eager for comparison
         take(step, f"window{w}_cache_no_graph", step_latency(winw, True, steps, device, dtype, cuda_graphs=False))
-    take(step, f"window{w}_nocache", step_latency(winw, False, steps, device, dtype))
-    take(step, "preprocess", preprocess_latency(winw, steps, device, dtype))
+    if full:
+        take(step, f"window{w}_nocache", step_latency(winw, False, steps, device, dtype))
+        take(step, "preprocess", preprocess_latency(winw, steps, device, dtype))
     profiles = {}
 
     def profiled(name: str, model: RoboVLM, p50_ms: float) -> None:
@@ -252,10 +258,11 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
     one = make(window_size=1, action_space="discrete", fwd_pred_next_n=1).to(device, torch_dtype).eval()
     take(decode, "one_action_kv_cache", decode_latency(one, True, reps))
     del one
-    take(decode, "no_cache", decode_latency(disc, False, reps))
+    if full:
+        take(decode, "no_cache", decode_latency(disc, False, reps))
     if profile:
         profiled("discrete", disc, decode["kv_cache"]["p50_ms"])
-    if device.startswith("cuda"):  # "kv_cache" replays a CUDA graph there; the growing cache for comparison
+    if full and device.startswith("cuda"):  # "kv_cache" replays a CUDA graph there; the growing cache for comparison
         disc.decoding = "dynamic"
         take(decode, "kv_cache_no_graph", decode_latency(disc, True, reps))
         disc.decoding = "auto"
@@ -279,12 +286,15 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
                  "peak_gb_per_s": peak_gbs}
     bandwidth["share_of_peak"] = (bandwidth["weight_gb_per_s"] / peak_gbs
                                   if peak_gbs and bandwidth["weight_gb_per_s"] else None)
-    ratios = {f"window{w}_cache_vs_window1": step[f"window{w}_cache"]["p50_ms"] / step["window1"]["p50_ms"],
-              f"window{w}_nocache_vs_cache": step[f"window{w}_nocache"]["p50_ms"] / step[f"window{w}_cache"]["p50_ms"],
-              "decode_speedup_kv_cache": decode["no_cache"]["p50_ms"] / decode["kv_cache"]["p50_ms"]}
-    if f"window{w}_cache_no_graph" in step:
-        ratios[f"window{w}_no_graph_vs_graph"] = (step[f"window{w}_cache_no_graph"]["p50_ms"]
-                                                 / step[f"window{w}_cache"]["p50_ms"])
+    p50 = lambda table, name: table[name]["p50_ms"] if name in table else None  # noqa: E731
+    cached = p50(step, f"window{w}_cache")
+    ratios = {}
+    for name, slower, faster in ((f"window{w}_cache_vs_window1", cached, p50(step, "window1")),
+                                 (f"window{w}_nocache_vs_cache", p50(step, f"window{w}_nocache"), cached),
+                                 ("decode_speedup_kv_cache", p50(decode, "no_cache"), p50(decode, "kv_cache")),
+                                 (f"window{w}_no_graph_vs_graph", p50(step, f"window{w}_cache_no_graph"), cached)):
+        if slower is not None and faster is not None:
+            ratios[name] = slower / faster
     result = {"step": step, "decode": decode, "bandwidth": bandwidth, "ratios": ratios, "model": winw}
     if profile:
         result["profile"] = profiles
