@@ -59,7 +59,7 @@ def recorded_graphs(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_stream", Stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _RecordedGraph)
-    monkeypatch.setattr(torch.cuda, "graph", _Record)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph, **options: _Record(graph))
 
 
 # Qwen2-VL's vision tower reads its grid and sequence lengths on the host (transformers' vision_utils): its

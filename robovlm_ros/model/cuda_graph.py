@@ -208,7 +208,9 @@ class CapturedFunction:
                 self.fn(*static)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the policy node captures in its inference thread while other threads run; their CUDA
+        # calls must not break the capture ("global" would), and cannot enter it
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = self.fn(*static)
         return graph, static, out
 

@@ -115,7 +115,7 @@ class GreedyStepper:
                     self._step()
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # as cuda_graph.CapturedFunction
                 self._step()
             self.graph = graph
             self._graph_inputs = self.model.backbone.graph_inputs()
