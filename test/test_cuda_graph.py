@@ -283,3 +283,22 @@ def test_switching_between_instructions_replays_their_graphs(recorded_graphs):
     lengths = {len(runner.model.processor.text([t])[0][0]) for t in (first, second)}
     assert len(lengths) == 2  # two signatures, or the test proves nothing
     assert frames.captures == 2 and frames.replays == 9 and frames.refused is None
+
+
+@pytest.mark.parametrize("layout", [{}, {"frame_end": "<eos>"}], ids=["bos", "wrapped"])
+def test_a_full_pre_window_is_one_graphed_pass(recorded_graphs, layout):
+    """Continuous ``pre``: once the window is full every step slides it, nothing cached can be reused, and the
+    window is one pass (replayed); it gives the recomputing runner's actions (the window filling first)."""
+    from test_runtime import observations, tiny_model
+
+    actions, runners = {}, {}
+    for use_cache in (True, False):
+        runner = runners[use_cache] = PolicyRunner(tiny_model(history="pre", use_hand_rgb=True, **layout),
+                                                   device="cpu", execute_steps=1, use_cache=use_cache)
+        runner.set_instruction("pick up the red block")
+        actions[use_cache] = np.stack([runner.step(o) for o in observations(9)])
+    np.testing.assert_allclose(actions[True], actions[False], rtol=0, atol=1e-5)
+    assert len(np.unique(actions[True][:, 0])) > 3  # actions vary: the comparison is not trivial
+    passes = runners[True].policy._window_features
+    full_steps = 9 - runners[True].config.window_size + 1  # steps 4..9 of window 4
+    assert passes.captures == 1 and passes.replays == full_steps and passes.refused is None

@@ -208,7 +208,7 @@ def test_each_frame_goes_through_the_vision_tower_once(space):
         before = sum(encoded)
         runner.step(o)
         per_step.append(sum(encoded) - before)
-    assert runner.policy._seq.serials == list(range(6, 10))  # the window slid (frames 6..9 of 9)
+    assert [f.serial for f in runner._window] == list(range(6, 10))  # the window slid (frames 6..9 of 9)
     assert per_step == [2] * 9, per_step
 
 

@@ -63,6 +63,10 @@ class WindowPredictor:
         self._frame_features = CapturedFunction(model.frame_action_features, "the policy step's VLM pass",
                                                 guard=model.graph_guard, enabled=lambda: model.cuda_graphs,
                                                 max_graphs=4)
+        # continuous pre: a full window's one pass (nothing to reuse once it slides), a graph on CUDA
+        self._window_features = CapturedFunction(self._window_pass, "the policy step's window pass",
+                                                 guard=model.graph_guard, enabled=lambda: model.cuda_graphs,
+                                                 max_graphs=4)
         # continuous: the head over the window's features, a graph per window length (the window fills first)
         self._head = CapturedFunction(self._head_chunk, "the policy head", guard=model.graph_guard,
                                       enabled=lambda: model.cuda_graphs, max_graphs=model.config.window_size)
@@ -150,6 +154,11 @@ class WindowPredictor:
         self._images = {s: x for s, x in self._images.items() if s in in_window}
         seq = self._seq
         continuous = m.config.action_space == "continuous"
+        if continuous and len(window) == m.config.window_size:
+            # a full window has slid since the last step (or is the same again): every frame's keys and values
+            # change, nothing in a cache could be reused, so the window is one pass (a graph on CUDA)
+            self._seq = None
+            return self._window_features(*self._window_inputs(window, text))
         newest, stepper = window[-1], None
         if not continuous:  # the newest frame's prefix (its action tokens are what gets decoded)
             new_seg, new_mask = self._segments([newest], text, None)  # [1, S_f - n_action_slots, D]
@@ -220,20 +229,47 @@ class WindowPredictor:
             self._static_key = key
         return self._stepper
 
-    def _segments(self, frames: list[Frame], text, action_part):
-        """Frame segments of ``frames``: embeds [k, S_f, D], mask [k, S_f]. Each frame's images are encoded
-        once, when first needed, and kept while it is in the window (a sliding ``pre`` window re-runs every
-        remaining frame through the decoder, not through the vision tower)."""
-        m = self.model
+    def _frame_images(self, frames: list[Frame]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``RoboVLM.frame_images`` of ``frames`` (per camera: tokens [k, T, D], mask row [T]). Each frame's images
+        are encoded once, when first needed, and kept while it is in the window (a sliding ``pre`` window runs
+        every remaining frame through the decoder again, not through the vision tower)."""
         new = [f for f in frames if f.serial not in self._images]
         if new:
             hand = None if new[0].hand_rgb is None else torch.stack([f.hand_rgb for f in new])
-            encoded = m.frame_images(torch.stack([f.rgb for f in new]), hand)  # per camera: [n_new, T, D], [T]
+            encoded = self.model.frame_images(torch.stack([f.rgb for f in new]), hand)
             for i, f in enumerate(new):
                 self._images[f.serial] = [(tokens[i], row) for tokens, row in encoded]
         kept = [self._images[f.serial] for f in frames]
-        images = [(torch.stack([per_frame[c][0] for per_frame in kept]), kept[0][c][1]) for c in range(len(kept[0]))]
+        return [(torch.stack([per_frame[c][0] for per_frame in kept]), kept[0][c][1]) for c in range(len(kept[0]))]
+
+    def _segments(self, frames: list[Frame], text, action_part):
+        """Frame segments of ``frames``: embeds [k, S_f, D], mask [k, S_f]."""
         ids, am = text
         k = len(frames)
-        return m.segments(None, None, ids.expand(k, -1), am.expand(k, -1), torch.stack([f.state for f in frames]),
-                          action_part, images=images)
+        return self.model.segments(None, None, ids.expand(k, -1), am.expand(k, -1),
+                                   torch.stack([f.state for f in frames]), action_part, images=self._frame_images(frames))
+
+    def _window_inputs(self, window: list[Frame], text) -> tuple:
+        """``_window_pass``'s tensors: the text, the frames' states [W, 7], then per camera its image tokens
+        [W, T, D] and mask row [T]."""
+        ids, am = text
+        cameras = [x for tokens, row in self._frame_images(window) for x in (tokens, row)]
+        return (ids, am, torch.stack([f.state for f in window]), *cameras)
+
+    def _window_pass(self, input_ids, attention_mask, states, *cameras) -> torch.Tensor:
+        """Continuous ``pre``: ``[BOS] seg_1 ... seg_W`` in one causal pass with an explicit 4-D mask, no cache
+        (free of host syncs: a CUDA graph replays it) -> the action tokens' hidden states [1, W, latent, D]."""
+        m = self.model
+        w = states.shape[0]
+        images = list(zip(cameras[::2], cameras[1::2]))
+        act = m.action_tokens[None].expand(w, -1, -1)
+        seg, seg_mask = m.segments(None, None, input_ids.expand(w, -1), attention_mask.expand(w, -1), states, act,
+                                   images=images)
+        embeds, mask, lead = seg.reshape(1, -1, seg.shape[-1]), seg_mask.reshape(1, -1), 0
+        if m.frame_end_id is None:  # one BOS for the sequence; wrapped frames bring their own
+            bos, bos_mask = m.bos(1, seg.device)
+            embeds, mask, lead = torch.cat([bos.to(embeds.dtype), embeds], 1), torch.cat([bos_mask, mask], 1), 1
+        hidden, _ = m.backbone.decode(embeds, m.decoder_mask(mask, None, explicit=True), m.positions(mask))
+        frames = hidden[:, lead:].reshape(w, -1, hidden.shape[-1])  # [W, S_f, D]
+        end = frames.shape[1] - m.frame_tail
+        return frames[None, :, end - m.config.latent_num: end]
