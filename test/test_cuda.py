@@ -77,7 +77,8 @@ def test_discrete_decoding_with_kv_cache_on_cuda_equals_uncached():
 
 def test_pre_history_graph_decoding_on_cuda_equals_the_growing_cache(tmp_path):
     """Discrete ``pre``: the window's sequence in one preallocated cache, the chunk decoded by a graph
-    bound to it; over 11 steps the window fills, then slides (the cache is reset and refilled)."""
+    bound to it; over 11 steps the window fills, then slides (the cache is refilled in one pass, replayed as
+    a graph too)."""
     tiny_model("discrete", "pre").save_pretrained(tmp_path / "ckpt")
     runs = []
     for decoding in ("auto", "dynamic"):
@@ -87,6 +88,8 @@ def test_pre_history_graph_decoding_on_cuda_equals_the_growing_cache(tmp_path):
         runs.append(np.stack([runner.step(o) for o in observations(11)]))
         if decoding == "auto":
             assert runner.policy._stepper.graph is not None  # captured, not the eager fallback
+            prefix = runner.policy._window_prefix  # the full window's prefix: 11 - 4 + 1 steps
+            assert prefix.refused is None and prefix.replays == 8, (prefix.replays, prefix.refused)
     np.testing.assert_array_equal(runs[0], runs[1])
     assert len(np.unique(runs[0][:, 0])) > 3
 

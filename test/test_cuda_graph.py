@@ -302,3 +302,28 @@ def test_a_full_pre_window_is_one_graphed_pass(recorded_graphs, layout):
     passes = runners[True].policy._window_features
     full_steps = 9 - runners[True].config.window_size + 1  # steps 4..9 of window 4
     assert passes.captures == 1 and passes.replays == full_steps and passes.refused is None
+
+
+ROBOVLMS_LAYOUT = {"frame_end": "<eos>", "bin_style": "robovlms", "action_token_end": 600}
+
+
+@pytest.mark.parametrize("family,layout", [("llava", {}), ("paligemma", {}), ("kosmos2", {}),
+                                           ("llava", ROBOVLMS_LAYOUT)], ids=["llava", "paligemma", "kosmos2", "robovlms"])
+def test_a_full_discrete_pre_window_is_one_graphed_prefix(recorded_graphs, family, layout):
+    """Discrete ``pre`` with the preallocated cache: once the window is full, the earlier frames with their
+    action tokens and the newest frame's prefix go into the cache in one pass (replayed), then the chunk is
+    decoded; the actions equal the growing cache's, frame after frame."""
+    from test_runtime import observations, tiny_model
+
+    actions, runners = {}, {}
+    for decoding in ("static", "dynamic"):
+        model = tiny_model("discrete", "pre", family=family, use_hand_rgb=True, **layout)
+        runner = runners[decoding] = PolicyRunner(model, device="cpu", execute_steps=1)
+        runner.model.decoding = decoding
+        runner.set_instruction("pick up the red block")
+        actions[decoding] = np.stack([runner.step(o) for o in observations(9)])
+    np.testing.assert_array_equal(actions["static"], actions["dynamic"])
+    assert len(np.unique(actions["static"][:, 0])) > 3  # actions vary: the comparison is not trivial
+    prefix = runners["static"].policy._window_prefix
+    full_steps = 9 - runners["static"].config.window_size + 1
+    assert prefix.captures == 1 and prefix.replays == full_steps and prefix.refused is None

@@ -9,7 +9,10 @@
 * pre history: the window is one causal sequence ``[BOS] seg_1 ... seg_n``. While frames are only
   appended, the KV cache of the frames already in the sequence is reused; once the window slides
   (the oldest frame leaves), every remaining frame's keys/values change, so it is rebuilt (through the
-  decoder only: each frame's image tokens are kept from when it joined). Frames wrapped
+  decoder only: each frame's image tokens are kept from when it joined). A full window slides at every
+  step, so there it is one pass without incremental bookkeeping, a CUDA graph on CUDA: continuous, the
+  whole window; discrete with the preallocated cache, the earlier frames and the newest prefix into the
+  cache, then the chunk's decoding graph. Frames wrapped
   as ``[BOS] seg [EOS]`` (``frame_end``) bring their own BOS and get their EOS after their action tokens.
   Discrete ``pre`` frames carry action tokens in the sequence: the chunk decoded at that frame, or for
   frames where no decoding ran, the actions the robot was executing from then on. With static
@@ -58,6 +61,7 @@ class WindowPredictor:
         # episodes (its graph too) while (S_f, dtype, device, graphs on) stay
         self._static_key: tuple | None = None
         self._stepper: GreedyStepper | None = None
+        self._window_prefix: CapturedFunction | None = None  # made with the stepper, bound to its cache
         # post continuous: one frame's action-token features, a CUDA graph on CUDA; a graph per instruction
         # length, the last few kept (switching between tasks does not capture again)
         self._frame_features = CapturedFunction(model.frame_action_features, "the policy step's VLM pass",
@@ -163,6 +167,9 @@ class WindowPredictor:
         if not continuous:  # the newest frame's prefix (its action tokens are what gets decoded)
             new_seg, new_mask = self._segments([newest], text, None)  # [1, S_f - n_action_slots, D]
             stepper = self._static_stepper(new_seg, new_seg.shape[1] + m.n_action_slots + m.frame_tail)
+            if (stepper is not None and len(window) == m.config.window_size > 1
+                    and all(f.action_tokens is not None for f in window[:-1])):
+                return self._full_window_tokens(window, text, stepper)
         if seq is None or seq.serials != serials[: len(seq.serials)] or len(seq.serials) >= len(serials):
             cache = None
             if stepper is not None:
@@ -227,7 +234,51 @@ class WindowPredictor:
             self._stepper = GreedyStepper(m, static_cache(m, max_len), 1, max_len, m.n_action_slots,
                                           seg.dtype, seg.device, graphs)
             self._static_key = key
+            # a full window's prefix into this stepper's cache (a graph is bound to the cache it writes)
+            self._window_prefix = CapturedFunction(self._window_prefix_pass, "the decoding prefix of the window",
+                                                   guard=m.graph_guard, enabled=lambda: m.cuda_graphs)
         return self._stepper
+
+    def _full_window_tokens(self, window: list[Frame], text, stepper: GreedyStepper) -> torch.Tensor:
+        """Discrete ``pre``, a full window, the preallocated cache: the window slid, so the whole sequence (the
+        earlier frames with their action tokens, then the newest frame's prefix) goes into the cache in one
+        pass (a graph on CUDA) and the chunk is decoded; nothing is kept, as the next step slides again."""
+        self._seq = None
+        ids, am = text
+        cameras = [x for tokens, row in self._frame_images(window) for x in (tokens, row)]
+        args = (ids, am, torch.stack([f.state for f in window]),
+                torch.stack([f.action_tokens for f in window[:-1]]), *cameras)
+        stepper.start(*self._first_token(stepper, *self._window_prefix(*args)))
+        if stepper.use_graph:  # the decoding step's graph, captured once: then the cache is filled again
+            stepper.capture()
+            stepper.start(*self._first_token(stepper, *self._window_prefix(*args)))
+        return stepper.decode_rest()[0]
+
+    @staticmethod
+    def _first_token(stepper: GreedyStepper, hidden: torch.Tensor, mask: torch.Tensor):
+        return stepper.first_token(hidden), mask
+
+    def _window_prefix_pass(self, input_ids, attention_mask, states, tokens, *cameras):
+        """``[BOS] seg_1 ... seg_{W-1}`` (with their action tokens ``tokens`` [W-1, n]) and the newest frame's
+        prefix into the stepper's cache in one pass with an explicit 4-D mask (free of host syncs: a CUDA
+        graph replays it) -> the last hidden state [1, 1, D] and the sequence's mask [1, L]."""
+        m = self.model
+        w = states.shape[0]
+        images = list(zip(cameras[::2], cameras[1::2]))
+        seg, seg_mask = m.segments(None, None, input_ids.expand(w - 1, -1), attention_mask.expand(w - 1, -1),
+                                   states[:-1], m.backbone.embed(tokens), images=[(t[:-1], r) for t, r in images])
+        new_seg, new_mask = m.segments(None, None, input_ids, attention_mask, states[-1:], None,
+                                       images=[(t[-1:], r) for t, r in images])
+        parts = [(seg.reshape(1, -1, seg.shape[-1]), seg_mask.reshape(1, -1)), (new_seg, new_mask)]
+        if m.frame_end_id is None:  # one BOS for the sequence; wrapped frames bring their own
+            parts.insert(0, m.bos(1, seg.device))
+        embeds = torch.cat([e.to(seg.dtype) for e, _ in parts], 1)
+        mask = torch.cat([k.to(new_mask) for _, k in parts], 1)
+        cache = self._stepper.cache
+        cache.reset()
+        attend = m.decoder_mask(mask, None, kv_len=cache.layers[0].max_cache_len, explicit=True)
+        hidden, _ = m.backbone.decode(embeds, attend, m.positions(mask), cache=cache, use_cache=True)
+        return hidden[:, -1:], mask
 
     def _frame_images(self, frames: list[Frame]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``RoboVLM.frame_images`` of ``frames`` (per camera: tokens [k, T, D], mask row [T]). Each frame's images
