@@ -20,8 +20,9 @@ import robovlm_ros.model.cuda_graph as cuda_graph
 from conftest import ALL_FAMILIES, make_batch
 from robovlm_ros.model import PolicyConfig, RoboVLM
 from robovlm_ros.model.cuda_graph import CapturedFunction, host_syncs
-from robovlm_ros.runtime import PolicyRunner
 from robovlm_ros.model.static_decoding import GreedyStepper, static_cache, supports_static_decoding
+from robovlm_ros.runtime import PolicyRunner
+
 
 class _RecordedGraph:
     """torch.cuda.CUDAGraph's stand-in: the ops recorded at capture, replayed on the same tensors."""
@@ -153,7 +154,7 @@ def test_a_sliding_window_decoder_keeps_its_own_mask():
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_the_vla_pass_is_fit_for_a_graph_with_a_bidirectional_prefix(attn):
+def test_the_vlm_pass_is_fit_for_a_graph_with_a_bidirectional_prefix(attn):
     """PaliGemma's prefix-LM option and both attention implementations build their 4-D masks from shapes."""
     model = RoboVLM(PolicyConfig.tiny("paligemma", prefix_attention="bidirectional")).eval()
     model.backbone.hf.set_attn_implementation(attn)
@@ -185,7 +186,7 @@ def test_the_decoding_prefix_is_fit_for_a_cuda_graph(family):
         assert found == [], found
 
 
-@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES if f not in EAGER_VISION])
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_the_decoding_step_is_fit_for_a_cuda_graph(family):
     """GreedyStepper's step (embed -> decoder over a preallocated cache -> argmax over the bins) is what the
     GPU replays per token; it too must stay free of host syncs."""
