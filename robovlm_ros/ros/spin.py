@@ -43,7 +43,8 @@ class _StopRequest:
 def _stop_with_parent() -> None:
     """On Linux, ask for SIGTERM when the process that started this one dies. ``ros2 launch`` stopped with
     SIGTERM (a supervisor, systemd's default) exits without stopping its nodes; a policy node left behind
-    would keep commanding the arm with nobody in charge of it."""
+    would keep commanding the arm with nobody in charge of it. (Strictly, the kernel signals when the
+    starting *thread* ends: a supervisor that starts nodes from a short-lived thread stops them with it.)"""
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
