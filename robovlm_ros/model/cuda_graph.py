@@ -9,10 +9,11 @@ A graph replays exactly what was captured: the same kernels on the same memory. 
 captured when it is fit for that, and the graph is only used once it has been shown to compute what the
 function computes:
 
-* ``host_syncs`` runs the function once under a dispatch mode that records every op that makes the host
-  wait for the device (``.item()``, ``nonzero``, boolean indexing, ``if tensor:``) or copies host data
-  onto it: such an op fails a capture, or bakes one call's value into every replay. A function with one
-  is not captured (the log names the op and where it is called from) and runs eagerly.
+* ``host_syncs`` runs the function (after one plain call, which does any one-off initialisation) under
+  a dispatch mode that records every op that makes the host wait for the device (``.item()``,
+  ``nonzero``, boolean indexing, ``if tensor:``) or copies host data onto it: such an op fails a capture,
+  or bakes one call's value into every replay. A function with one is not captured (the log names the op
+  and where it is called from) and runs eagerly.
 * after the capture the graph is replayed on *different* inputs (the floating-point inputs redrawn) and
   compared with the eager function on the same inputs: a graph that kept something of the capture's
   inputs fails this, is dropped, and the function runs eagerly (warned, once).
@@ -182,6 +183,7 @@ class CapturedFunction:
     def _capture(self, entry: _Entry, args: Sequence[torch.Tensor]):
         """Scan, capture, verify on redrawn inputs; returns fn(*args) (the graph's if it is kept)."""
         self.captures += 1
+        self.fn(*args)  # one-off work (lazy buffers, a position table grown) happens here, not in the scan
         eager, found = host_syncs(self.fn, *args)
         if found:
             self._refuse(entry, "it syncs with the host (" + "; ".join(found[:3]) + ")")
