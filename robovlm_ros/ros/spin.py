@@ -18,10 +18,8 @@ from rclpy.signals import SignalHandlerOptions
 from std_srvs.srv import Trigger
 
 TEARDOWN_LIMIT_S = 10.0  # an executable that has not finished its teardown by then exits hard
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
 SPIN_POLL_S = 0.1  # how soon the spin loop sees a stop request
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class _StopRequest:
@@ -61,8 +59,9 @@ def run_node(make_node: Callable[[], Node], name: str, args=None) -> int:
     SIGINT, SIGTERM and the death of the parent process (``_stop_with_parent``) stop the node the same
     way: the spin ends between two callbacks (``_StopRequest``), the node's ``on_exit`` (the policy node's
     last hold command) runs while ROS is still up, then the node is destroyed. rclpy's own signal handler
-    would shut the context down first, so nothing could be published any more. A node that cannot start (bad parameters, missing checkpoint)
-    is reported as a fatal log line and exit status 1 rather than a traceback.
+    would shut the context down first, so nothing could be published any more. A node that cannot start
+    (bad parameters, missing checkpoint) is reported as a fatal log line and exit status 1 rather than a
+    traceback.
     """
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     stop = _StopRequest()
@@ -80,13 +79,15 @@ def run_node(make_node: Callable[[], Node], name: str, args=None) -> int:
         rclpy.try_shutdown()
         return 1
     executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    stop.spinning = True
     try:
+        executor.add_node(node)
+        stop.spinning = True
         while stop.signal is None and rclpy.ok():
             executor.spin_once(timeout_sec=SPIN_POLL_S)
         if stop.signal is not None:
             node.get_logger().info(f"stopping ({stop.signal})")
+    except KeyboardInterrupt as e:  # a signal in the instant before the spin loop took over
+        node.get_logger().info(f"stopping ({e})")
     except ExternalShutdownException:
         pass
     finally:
