@@ -24,6 +24,7 @@ from robovlm_ros.model import PolicyConfig, RoboVLM  # noqa: E402
 from robovlm_ros.ros.policy_node import PolicyNode  # noqa: E402
 from robovlm_ros.ros.spin import BackgroundExecutor  # noqa: E402
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATE = 10.0
 LIMIT = 0.05
 
@@ -226,17 +227,21 @@ def test_float64_array_commands(system):
     assert wait_for(lambda: list(robot.received["arm"][-1][1].data) == [0.0] * 6, 2.0)
 
 
+def _executable_args(ns: str, checkpoint, *ros_args: str) -> list[str]:
+    """The plain policy node as its own process: namespaced topics, the tiny checkpoint, running at once."""
+    return [sys.executable, "-m", "robovlm_ros.ros.policy_node", "--ros-args", *ros_args, "-r", f"__ns:=/{ns}",
+            "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", "-p", "instruction:=pick up the red block",
+            "-p", "autostart:=true", "-p", f"camera_topic:=/{ns}/camera/image_raw",
+            "-p", f"gripper_camera_topic:=/{ns}/gripper_camera/image_raw",
+            "-p", f"joint_states_topic:=/{ns}/joint_states", "-p", f"arm_command_topic:=/{ns}/arm_cmd",
+            "-p", f"gripper_command_topic:=/{ns}/grip_cmd"]
+
+
 def test_plain_executable_with_params_file(executor, checkpoint, tmp_path):
     """`policy_node --ros-args --params-file config/policy.yaml` outside the launch system."""
     ns = f"x{uuid.uuid4().hex[:8]}"
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = [sys.executable, "-m", "robovlm_ros.ros.policy_node", "--ros-args", "--params-file",
-            os.path.join(repo, "config", "policy.yaml"), "-r", f"__ns:=/{ns}",
-            "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", "-p", "instruction:=pick up the red block",
-            "-p", "autostart:=true", "-p", f"camera_topic:=/{ns}/camera/image_raw",
-            "-p", f"gripper_camera_topic:=/{ns}/gripper_camera/image_raw", "-p", f"joint_states_topic:=/{ns}/joint_states",
-            "-p", f"arm_command_topic:=/{ns}/arm_cmd", "-p", f"gripper_command_topic:=/{ns}/grip_cmd"]
-    proc = subprocess.Popen(args, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = _executable_args(ns, checkpoint, "--params-file", os.path.join(REPO, "config", "policy.yaml"))
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     robot = FakeRobot("fake_robot", ns, TwistStamped, Float64MultiArray)
     executor.add(robot)
     try:
@@ -250,7 +255,7 @@ def test_plain_executable_with_params_file(executor, checkpoint, tmp_path):
     assert wait_for(lambda: not twist_vec(robot.received["arm"][-1][1]).any(), 5.0)
 
     bad = subprocess.run([sys.executable, "-m", "robovlm_ros.ros.policy_node", "--ros-args", "-p",
-                          f"checkpoint:={tmp_path / 'missing'}"], cwd=repo, capture_output=True, text=True, timeout=120)
+                          f"checkpoint:={tmp_path / 'missing'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "does not exist" in bad.stdout + bad.stderr
 
 
@@ -259,17 +264,10 @@ def test_a_node_whose_parent_dies_stops_and_holds_the_arm(executor, checkpoint):
     our nodes ask the kernel for SIGTERM when their parent dies, so a policy node never drives the arm on
     its own. A parent process starts the node and is killed outright; the node stops, its last command a hold."""
     ns = f"x{uuid.uuid4().hex[:8]}"
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    node_args = [sys.executable, "-m", "robovlm_ros.ros.policy_node", "--ros-args", "-r", f"__ns:=/{ns}",
-                 "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", "-p", "instruction:=pick up the red block",
-                 "-p", "autostart:=true", "-p", f"camera_topic:=/{ns}/camera/image_raw",
-                 "-p", f"gripper_camera_topic:=/{ns}/gripper_camera/image_raw",
-                 "-p", f"joint_states_topic:=/{ns}/joint_states", "-p", f"arm_command_topic:=/{ns}/arm_cmd",
-                 "-p", f"gripper_command_topic:=/{ns}/grip_cmd"]
     parent_code = ("import subprocess, sys, time; p = subprocess.Popen(sys.argv[1:]); print(p.pid, flush=True); "
                    "time.sleep(600)")
-    parent = subprocess.Popen([sys.executable, "-c", parent_code, *node_args], cwd=repo, stdout=subprocess.PIPE,
-                              text=True)
+    parent = subprocess.Popen([sys.executable, "-c", parent_code, *_executable_args(ns, checkpoint)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
     node_pid = int(parent.stdout.readline())
     robot = FakeRobot("fake_robot", ns, TwistStamped, Float64MultiArray)
     executor.add(robot)
