@@ -84,7 +84,7 @@ def _targets(report: dict, w: int, size, device: str) -> dict:
 
 
 def _graph_note(result: dict) -> str:
-    """How a CUDA step row ran its VLM pass: the graph's replays, or why it ran without one."""
+    """How a CUDA step row ran its VLM pass and head: the graphs' replays, or why they did not run."""
     g = result.get("graph")
     if g is None:
         return ""
