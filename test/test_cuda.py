@@ -142,6 +142,30 @@ def test_the_graphed_continuous_step_acts_as_the_eager_step(family, dtype):
     assert len(np.unique(actions[True][:, 0])) > 3  # actions vary: the comparison is not trivial
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="one CUDA device: the policy's is the current one")
+@pytest.mark.parametrize("space", ["continuous", "discrete"])
+def test_graphs_run_on_the_policys_device_not_the_current_one(space):
+    """A policy on the last GPU (the thread's current device stays cuda:0): its graphs are captured and
+    replayed there, and act as the same policy without graphs (captured on cuda:0's stream, a graph would
+    record nothing and replay nothing)."""
+    device = f"cuda:{torch.cuda.device_count() - 1}"
+    actions, runners = {}, {}
+    for graphs in (False, True):
+        runner = runners[graphs] = PolicyRunner(tiny_model(space, use_hand_rgb=True), device=device, dtype="float32",
+                                                execute_steps=1, cuda_graphs=graphs)
+        runner.set_instruction("pick up the red block")
+        actions[graphs] = np.stack([runner.step(o) for o in observations(6)])
+    assert torch.cuda.current_device() == 0
+    np.testing.assert_allclose(actions[True], actions[False], rtol=0, atol=1e-4)
+    assert len(np.unique(actions[True][:, 0])) > 3  # actions vary: the comparison is not trivial
+    if space == "continuous":
+        report = runners[True].policy.graph_report()
+        assert report["frame_refused"] is None and report["frame_replays"] >= 5, report
+    else:
+        decoder = runners[True].model._static_decoder
+        assert decoder._stepper.graph is not None and decoder._prefix.replays >= 5
+
+
 def test_captured_functions_refuse_what_a_graph_cannot_replay_and_follow_moved_weights():
     from robovlm_ros.model.cuda_graph import CapturedFunction
 

@@ -10,6 +10,7 @@ GPU (test_cuda.py); here, on the CPU:
   graphed step; what only a GPU shows (capture errors, kernels' numerics) is test_cuda.py's.
 """
 import contextlib
+import logging
 
 import numpy as np
 import pytest
@@ -25,12 +26,15 @@ from robovlm_ros.runtime import PolicyRunner
 
 
 class _RecordedGraph:
-    """torch.cuda.CUDAGraph's stand-in: the ops recorded at capture, replayed on the same tensors."""
+    """torch.cuda.CUDAGraph's stand-in: the ops recorded at capture, replayed on the same tensors, on the
+    device it was captured on (as cudaGraphLaunch needs: a graph of cuda:1's kernels on cuda:0's stream fails)."""
 
     def __init__(self):
-        self.ops = []
+        self.ops, self.device = [], None
 
     def replay(self):
+        assert _current_device and _current_device[-1] == self.device, \
+            f"captured on {self.device}, replayed on {_current_device[-1:] or 'the current device'}"
         for func, args, kwargs, out in self.ops:
             new = func(*args, **kwargs)
             for o, n in zip(*((x if isinstance(x, (tuple, list)) else (x,)) for x in (out, new))):
@@ -38,10 +42,24 @@ class _RecordedGraph:
                     o.copy_(n)
 
 
+_current_device: list[torch.device] = []  # torch.cuda.device's stand-in: the devices entered
+
+
+@contextlib.contextmanager
+def _device(device):
+    _current_device.append(torch.device(device))
+    try:
+        yield
+    finally:
+        _current_device.pop()
+
+
 class _Record(TorchDispatchMode):
     def __init__(self, graph: _RecordedGraph):
         super().__init__()
+        assert _current_device, "a graph captured on the thread's current device, not its inputs'"
         self.graph = graph
+        graph.device = _current_device[-1]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -55,7 +73,8 @@ def recorded_graphs(monkeypatch):
         def wait_stream(self, other):
             pass
 
-    monkeypatch.setattr(cuda_graph, "_on_cuda", lambda args: True)
+    monkeypatch.setattr(cuda_graph, "on_cuda", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "device", _device)
     monkeypatch.setattr(torch.cuda, "Stream", Stream)
     monkeypatch.setattr(torch.cuda, "current_stream", Stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
@@ -206,6 +225,29 @@ def test_the_decoding_step_is_fit_for_a_cuda_graph(family):
     assert stepper.index.item() == 2  # the step ran: it wrote the second token
 
 
+@pytest.mark.parametrize("n", [2, 3, 7])
+def test_the_decoding_steps_capture_stays_inside_the_cache(recorded_graphs, n):
+    """Capturing runs the step a few times from the start (warm-up, then the capture itself): never past the
+    n - 1 steps the cache and the token buffer have room for (on CUDA an index past them is a device-side
+    assert that ends the process's CUDA context). The graph is kept and decodes what the eager step decodes."""
+    model = RoboVLM(PolicyConfig.tiny("paligemma", action_space="discrete")).eval()
+    length = 12
+    runs = {}
+    for graphs in (False, True):
+        stepper = GreedyStepper(model, static_cache(model, length + n), 1, length + n, n, torch.float32,
+                                torch.device("cpu"), use_graph=graphs)
+        torch.manual_seed(0)
+        embeds, mask = torch.randn(1, length, model.backbone.hidden_size), torch.ones(1, length, dtype=torch.long)
+        with torch.no_grad():
+            hidden, _ = model.extend(embeds, model.decoder_mask(mask, length, kv_len=length + n), stepper.cache)
+            stepper.start(stepper.first_token(hidden), mask)
+            if stepper.use_graph:
+                stepper.capture()
+                assert stepper.graph is not None, "the capture failed"
+            runs[graphs] = stepper.decode_rest()
+    assert torch.equal(runs[True], runs[False]) and runs[True].shape == (1, n)
+
+
 def test_a_captured_function_replays_only_what_follows_its_inputs(recorded_graphs):
     x = torch.randn(64, 64)
     syncs = CapturedFunction(lambda x: x * x.sum().item(), "sync")
@@ -268,6 +310,35 @@ def test_graphed_discrete_decoding_acts_as_the_growing_cache(recorded_graphs, fa
         assert torch.equal(graphed, growing)
         assert len(torch.unique(graphed)) > 5
     assert model._static_decoder._prefix.replays == 3 and model._static_decoder._prefix.refused is None
+    assert model._static_decoder._stepper.graph is not None  # the decoding step replayed too, not eager
+
+
+def test_a_decoding_graph_that_decodes_otherwise_is_dropped(recorded_graphs, monkeypatch, caplog):
+    """The decoding step's graph is kept only if, from the same start, it decodes the step's own tokens: one
+    that recorded nothing (as a capture on another device than the step's would) decodes eagerly, warned."""
+    from test_runtime import tiny_model
+
+    real = cuda_graph.capture
+
+    def records_nothing(fn, device, warmups=2):
+        graph, out = real(fn, device, warmups)
+        if fn.__name__ == "_step":  # the decoding step's capture only (the prefix's graph stays)
+            graph.ops = []
+        return graph, out
+
+    monkeypatch.setattr(cuda_graph, "capture", records_nothing)
+    model = tiny_model("discrete", family="paligemma", use_hand_rgb=True).eval()
+    batch = make_batch(model, b=1)
+    del batch["actions"]
+    model.decoding = "dynamic"
+    growing = model.predict(batch, normalized=True)
+    model.decoding = "static"
+    with caplog.at_level(logging.WARNING):
+        static = model.predict(batch, normalized=True)
+    assert torch.equal(static, growing) and len(torch.unique(static)) > 5
+    decoder = model._static_decoder
+    assert decoder._stepper.graph is None and "decoded other tokens" in caplog.text
+    assert decoder._prefix.replays == 1  # the prefix's graph was kept: only the bad one is dropped
 
 
 def test_switching_between_instructions_replays_their_graphs(recorded_graphs):
@@ -328,3 +399,4 @@ def test_a_full_discrete_pre_window_is_one_graphed_prefix(recorded_graphs, famil
     prefix = runners["static"].policy._window_prefix
     full_steps = 9 - runners["static"].config.window_size + 1
     assert prefix.captures == 1 and prefix.replays == full_steps and prefix.refused is None
+    assert runners["static"].policy._stepper.graph is not None  # the decoding step's graph, kept

@@ -19,6 +19,9 @@ function computes:
   inputs fails this, is dropped, and the function runs eagerly (warned, once).
 * a graph is bound to its inputs' shapes and to the model's weights (their addresses: ``guard``); a new
   shape is captured anew (a few shapes keep their graphs, ``max_graphs``), moved weights free them all.
+* a graph is captured and replayed on the device its inputs are on (``capture``, ``replay``), not on the
+  thread's current device: a policy on ``cuda:1`` captured on ``cuda:0``'s stream would record nothing
+  (its kernels run on cuda:1's stream) and replay nothing.
 
 Off CUDA the function simply runs: the CPU path is the eager function itself.
 """
@@ -92,8 +95,40 @@ def host_syncs(fn: Callable, *args):
     return out, scan.found
 
 
-def _on_cuda(args) -> bool:
-    return all(a.is_cuda for a in args if a is not None)
+def on_cuda(device: torch.device) -> bool:
+    """Whether work on ``device`` is captured as CUDA graphs (the tests' CPU stand-in for capture says yes)."""
+    return device.type == "cuda"
+
+
+def _device_of(args) -> torch.device | None:
+    """The one device of the tensors in ``args`` (None: no tensor, or several devices)."""
+    devices = {a.device for a in args if a is not None}
+    return devices.pop() if len(devices) == 1 else None
+
+
+def capture(fn: Callable[[], object], device: torch.device, warmups: int = 2):
+    """One call of ``fn`` captured as a CUDA graph on ``device`` -> (graph, the call's outputs). ``warmups``
+    calls run first on the capture's own side stream (lazy initialisation, allocations, the stream's cuBLAS
+    workspace happen there, not inside the capture); ``fn``'s side effects happen warmups + 1 times."""
+    with torch.cuda.device(device):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmups):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the policy node captures in its inference thread while other threads run; their CUDA
+        # calls must not break the capture ("global" would), and cannot enter it
+        with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+            out = fn()
+    return graph, out
+
+
+def replay(graph, device: torch.device) -> None:
+    """Replay ``graph`` on the current stream of ``device``, the one it was captured on."""
+    with torch.cuda.device(device):
+        graph.replay()
 
 
 def _outputs(out) -> tuple[torch.Tensor, ...]:
@@ -151,7 +186,8 @@ class CapturedFunction:
         return None if self._last is None else self._last.refused
 
     def __call__(self, *args: torch.Tensor | None):
-        if not _on_cuda(args) or not self.enabled():
+        device = _device_of(args)
+        if device is None or not on_cuda(device) or not self.enabled():
             return self.fn(*args)
         guarded = self.guard()
         if guarded != self._guarded:  # graphs over the old weights must never replay
@@ -164,7 +200,7 @@ class CapturedFunction:
                 self._entries.popitem(last=False)
             entry = self._entries[key] = _Entry()
             self._last = entry
-            return self._capture(entry, args)
+            return self._capture(entry, args, device)
         self._entries.move_to_end(key)
         self._last = entry
         if entry.graph is None:
@@ -172,7 +208,7 @@ class CapturedFunction:
         for static, a in zip(entry.inputs, args):
             if a is not None:
                 static.copy_(a)
-        entry.graph.replay()
+        replay(entry.graph, device)
         self.replays += 1
         return tuple(o.clone() for o in entry.out) if isinstance(entry.out, tuple) else entry.out.clone()
 
@@ -180,7 +216,7 @@ class CapturedFunction:
         entry.refused = why
         log.warning("%s runs without a CUDA graph: %s", self.name, why)
 
-    def _capture(self, entry: _Entry, args: Sequence[torch.Tensor]):
+    def _capture(self, entry: _Entry, args: Sequence[torch.Tensor], device: torch.device):
         """Scan, capture, verify on redrawn inputs; returns fn(*args) (the graph's if it is kept)."""
         self.captures += 1
         self.fn(*args)  # one-off work (lazy buffers, a position table grown) happens here, not in the scan
@@ -189,8 +225,9 @@ class CapturedFunction:
             self._refuse(entry, "it syncs with the host (" + "; ".join(found[:3]) + ")")
             return eager
         try:
-            graph, static, out = self._record(args)
-            same = self._verify(graph, static, out)
+            static = tuple(None if a is None else a.clone() for a in args)
+            graph, out = capture(lambda: self.fn(*static), device)
+            same = self._verify(graph, static, out, device)
         except Exception as e:  # noqa: BLE001 - the eager function still works; say why it is slower
             self._refuse(entry, f"capture failed ({type(e).__name__}: {e})")
             return self.fn(*args)
@@ -200,23 +237,7 @@ class CapturedFunction:
         entry.graph, entry.inputs, entry.out = graph, static, out
         return self(*args)  # the real inputs through the graph (also rewrites any state the check touched)
 
-    def _record(self, args):
-        """Warm up on a side stream (lazy initialisation, allocations), then capture one call."""
-        static = tuple(None if a is None else a.clone() for a in args)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self.fn(*static)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: the policy node captures in its inference thread while other threads run; their CUDA
-        # calls must not break the capture ("global" would), and cannot enter it
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            out = self.fn(*static)
-        return graph, static, out
-
-    def _verify(self, graph, static, out) -> bool:
+    def _verify(self, graph, static, out, device: torch.device) -> bool:
         """The graph replayed on inputs unlike the capture's (every floating-point input redrawn within its own
         range) equals the eager function on them."""
         for s in static:
@@ -225,6 +246,6 @@ class CapturedFunction:
                 scale = s.float().abs().max().clamp(min=1e-3)
                 s.copy_((torch.rand(s.shape, generator=draw, device=s.device) * 2 - 1) * scale)
         redrawn = tuple(None if s is None else s.clone() for s in static)
-        graph.replay()
+        replay(graph, device)
         replayed = tuple(o.clone() for o in _outputs(out))
         return _close(replayed, self.fn(*redrawn))

@@ -21,6 +21,7 @@ import logging
 import torch
 from transformers import StaticCache
 
+from . import cuda_graph
 from .action_tokenizer import next_action_token
 from .cuda_graph import CapturedFunction
 
@@ -40,11 +41,12 @@ def static_cache(model, max_len: int) -> StaticCache:
 class GreedyStepper:
     """Greedy decoding of ``n_tokens`` into ``cache`` (a StaticCache of ``max_len`` slots, batch N):
     ``first_token`` picks the first from the prefix's hidden state, ``start`` sets the step's state,
-    ``decode_rest`` runs the other n - 1 steps (graph replays once ``capture`` has succeeded)."""
+    ``decode_rest`` runs the other n - 1 steps (graph replays once ``capture`` has succeeded). ``use_graph``
+    (on CUDA, ``cuda_graph.on_cuda``): the caller calls ``capture`` after its first ``start``."""
 
     def __init__(self, model, cache: StaticCache, batch: int, max_len: int, n_tokens: int,
                  dtype: torch.dtype, device: torch.device, use_graph: bool):
-        self.model, self.cache, self.n_tokens, self.dtype = model, cache, n_tokens, dtype
+        self.model, self.cache, self.n_tokens, self.dtype, self.device = model, cache, n_tokens, dtype, device
         self.allowed = model.action_tokenizer.token_ids.to(device)
         self.token = torch.zeros(batch, dtype=torch.long, device=device)         # the token to feed
         self.position = torch.zeros(batch, 1, dtype=torch.long, device=device)   # its position id
@@ -95,32 +97,51 @@ class GreedyStepper:
         if self.graph is not None and self.model.backbone.graph_inputs() != self._graph_inputs:
             # a buffer the graph reads was replaced since the capture: decode eagerly, capture again next time
             self.graph, self.use_graph = None, True
+        return self._decode(self.graph)
+
+    def _decode(self, graph) -> torch.Tensor:
         for _ in range(self.n_tokens - 1):
-            if self.graph is not None:
-                self.graph.replay()
+            if graph is not None:
+                cuda_graph.replay(graph, self.device)
             else:
                 self._step()
         return self.out.clone()
 
     def capture(self) -> None:
-        """Capture the step as a CUDA graph, after ``start``. The warm-up steps (on a side stream:
-        allocations, lazy inits) write into the cache, so the caller fills it again afterwards.
-        A capture that fails leaves the eager step, with a warning."""
+        """Capture the step as a CUDA graph, after ``start``, and keep it only if the graph decodes the eager
+        step's tokens from this start (a graph that recorded nothing, or baked in a value, must not drive the
+        arm). The step's state (cache included) is restored afterwards: ``decode_rest`` follows as if nothing
+        had run. A capture that fails or decodes otherwise leaves the eager step, with a warning."""
         self.use_graph = False  # one try
+        saved = self._state()
         try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._step()
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # as cuda_graph.CapturedFunction
-                self._step()
-            self.graph = graph
-            self._graph_inputs = self.model.backbone.graph_inputs()
+            # warm-up and capture steps write slots after the start: no more than decode_rest's n - 1
+            graph, _ = cuda_graph.capture(self._step, self.device, warmups=min(2, self.n_tokens - 2))
         except Exception as e:  # noqa: BLE001 - decoding still works eagerly; say why it is slower
             log.warning("CUDA graph capture of the decoding step failed (%s); decoding eagerly", e)
+            self._restore(saved)
+            return
+        runs = []
+        for g in (graph, None):
+            self._restore(saved)
+            runs.append(self._decode(g))
+        self._restore(saved)
+        if torch.equal(*runs):
+            self.graph, self._graph_inputs = graph, self.model.backbone.graph_inputs()
+        else:
+            log.warning("the CUDA graph of the decoding step decoded other tokens than the step; decoding eagerly")
+
+    def _state(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(tensor, copy) of everything the step writes: its own buffers and the cache layers' tensors."""
+        tensors = [self.token, self.position, self.slot, self.out, self.index, self.keep, self.mask]
+        for layer in self.cache.layers:
+            tensors += [t for t in vars(layer).values() if isinstance(t, torch.Tensor)]
+        return [(t, t.clone()) for t in tensors]
+
+    @staticmethod
+    def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for t, copy in saved:
+            t.copy_(copy)
 
 
 class StaticGreedyDecoder:
@@ -137,7 +158,7 @@ class StaticGreedyDecoder:
         self._frames_key: tuple | None = None
 
     def _stepper_for(self, n: int, length: int, n_tokens: int, dtype: torch.dtype, device: torch.device):
-        graphs = device.type == "cuda" and self.model.cuda_graphs
+        graphs = cuda_graph.on_cuda(device) and self.model.cuda_graphs
         key = (n, length, n_tokens, dtype, device, graphs)
         if key != self._key:  # one shape at a time: a new shape frees the old cache and graphs
             self._stepper = GreedyStepper(self.model, static_cache(self.model, length + n_tokens), n,
@@ -152,7 +173,6 @@ class StaticGreedyDecoder:
         self._prefill(embeds, mask)
         if stepper.use_graph:
             stepper.capture()
-            self._prefill(embeds, mask)
         return stepper.decode_rest()
 
     @torch.no_grad()
@@ -173,7 +193,6 @@ class StaticGreedyDecoder:
         self._start(*self._prefix(*args))
         if stepper.use_graph:
             stepper.capture()
-            self._start(*self._prefix(*args))
         return stepper.decode_rest()
 
     def _frame_prefix(self, rgb, hand_rgb, input_ids, attention_mask, state):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import cuda_graph
 from .cuda_graph import CapturedFunction
 from .decoding import decode_chunk, greedy_decode, static_decoding_on
 from .normalization import snap_gripper
@@ -206,10 +207,8 @@ class WindowPredictor:
             seq.mask = torch.cat([seq.mask, new_mask], 1)
             hidden, _ = m.extend(new_seg, seq.mask, seq.cache)
             stepper.start(stepper.first_token(hidden), seq.mask)
-            if stepper.use_graph:  # first decoding: capture, then rebuild the cache the warm-up wrote into
+            if stepper.use_graph:  # first decoding: the decoding step's graph, captured once
                 stepper.capture()
-                self._seq = None
-                return self._pre(window, text)
             tokens = stepper.decode_rest()
             seq.mask = torch.cat([seq.mask, seq.mask.new_ones(1, m.n_action_slots - 1)], 1)  # as greedy_decode
         # feed the last token (and the frame end) too, so the cache holds the complete segment for the next frame
@@ -227,7 +226,7 @@ class WindowPredictor:
         m = self.model
         if not self.use_cache or not static_decoding_on(m, seg.device):
             return None
-        graphs = seg.is_cuda and m.cuda_graphs
+        graphs = cuda_graph.on_cuda(seg.device) and m.cuda_graphs
         key = (s_f, seg.dtype, seg.device, graphs)
         if key != self._static_key:
             max_len = 1 + m.config.window_size * s_f
@@ -249,9 +248,8 @@ class WindowPredictor:
         args = (ids, am, torch.stack([f.state for f in window]),
                 torch.stack([f.action_tokens for f in window[:-1]]), *cameras)
         stepper.start(*self._first_token(stepper, *self._window_prefix(*args)))
-        if stepper.use_graph:  # the decoding step's graph, captured once: then the cache is filled again
+        if stepper.use_graph:  # the decoding step's graph, captured once
             stepper.capture()
-            stepper.start(*self._first_token(stepper, *self._window_prefix(*args)))
         return stepper.decode_rest()[0]
 
     @staticmethod
