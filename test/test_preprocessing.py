@@ -26,6 +26,40 @@ def test_action_tokens_are_least_used_ids_and_round_trip():
         ActionTokenizer(vocab_size=100)
 
 
+def test_robovlms_bins_of_float32_actions_are_the_float64_bins_without_float64():
+    """RoboVLMs bins in float64 (numpy digitize); MPS has no float64, so float32 actions are binned against
+    float32 edges rounded up: the same bins, also for values one float32 step around every edge."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    tok = ActionTokenizer(vocab_size=640, n_bins=256, style="robovlms", token_end=600)
+    edges = np.linspace(-1.0, 1.0, 256)
+    near = edges.astype(np.float32)
+    values = np.concatenate([near, np.nextafter(near, np.float32(np.inf)), np.nextafter(near, np.float32(-np.inf)),
+                             np.random.default_rng(0).uniform(-1.2, 1.2, 4000).astype(np.float32)])
+    x = torch.from_numpy(values)
+    expected = np.digitize(np.clip(values.astype(np.float64), -1.0, 1.0), edges) - 1  # RoboVLMs' formula
+    assert (np.abs(edges - near.astype(np.float64)) > 0).sum() > 100  # most edges are not float32 numbers
+
+    class Float64Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in (out, *args)):
+                self.seen.append(func.__name__)
+            return out
+
+    with Float64Ops() as mode:
+        bins = tok.bins(x)
+    assert mode.seen == []
+    np.testing.assert_array_equal(bins.numpy(), expected)
+    np.testing.assert_array_equal(tok.bins(x.double()).numpy(), expected)  # float64 actions: float64 edges
+    np.testing.assert_array_equal(tok.bins(x.bfloat16()).numpy(),
+                                  np.digitize(np.clip(x.bfloat16().double().numpy(), -1, 1), edges) - 1)
+
+
 def test_clip_normalisation_matches_robovlms_and_inverts():
     n = Normalizer(mode="clip", clip_bound=0.65)
     raw = torch.tensor([[0.65, -0.65, 0.325, 0.0, 1.3, -2.0, -0.3]])

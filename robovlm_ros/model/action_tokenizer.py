@@ -10,7 +10,10 @@ Two binnings (PolicyConfig.bin_style):
   edges ``linspace(low, high, n_bins)``, a value's bin is ``digitize(value, edges) - 1`` (0 ..
   n_bins - 1; the last bin holds only ``high`` itself, e.g. an open gripper) and bin ``k`` is token
   ``token_end - 1 - k``; a token decodes to the centre of interval ``min(k, n_bins - 2)``. Edges and
-  centres are computed in float64, as RoboVLMs' numpy code does.
+  centres are computed in float64, as RoboVLMs' numpy code does. Float32 (and bf16 / fp16) actions are
+  binned against float32 edges rounded up, which gives the float64 bins exactly (a float32 ``x`` is at least
+  ``e`` exactly when it is at least the smallest float32 not below ``e``): no float64 on the device, which
+  MPS does not have.
 """
 from __future__ import annotations
 
@@ -27,7 +30,10 @@ class ActionTokenizer:
                 raise ValueError(f"robovlms action bins need action_token_end in [{n_bins}, {vocab_size}], "
                                  f"not {token_end}")
             ids = list(range(token_end - 1, token_end - 1 - n_bins, -1))
-            self._edges = torch.from_numpy(np.linspace(low, high, n_bins))  # float64 [n_bins]
+            edges = np.linspace(low, high, n_bins)  # float64 [n_bins]
+            up = edges.astype(np.float32)
+            up = np.where(up.astype(np.float64) < edges, np.nextafter(up, np.float32(np.inf)), up)
+            self._edges, self._edges32 = torch.from_numpy(edges), torch.from_numpy(up)
             centers = (self._edges[:-1] + self._edges[1:]) / 2  # [n_bins - 1]
             self.centers = torch.cat([centers, centers[-1:]]).float()  # bin n_bins-1 decodes as n_bins-2
         else:
@@ -46,7 +52,9 @@ class ActionTokenizer:
         """float [...] -> bin index [...] in [0, n_bins) (values outside [low, high] are clipped first)."""
         x = actions.clamp(self.low, self.high)
         if self.style == "robovlms":
-            return torch.searchsorted(self._edges.to(x.device), x.double(), right=True) - 1
+            if x.dtype == torch.float64:  # only where the device has float64
+                return torch.searchsorted(self._edges.to(x.device), x, right=True) - 1
+            return torch.searchsorted(self._edges32.to(x.device), x.float(), right=True) - 1
         return ((x - self.low) / (self.high - self.low) * self.n_bins).long().clamp(0, self.n_bins - 1)
 
     def encode(self, actions: torch.Tensor) -> torch.Tensor:
