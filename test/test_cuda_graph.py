@@ -205,6 +205,16 @@ def test_the_decoding_prefix_is_fit_for_a_cuda_graph(family):
         assert found == [], found
 
 
+class _OpNames(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func._schema.name.split("::")[-1])
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_the_decoding_step_is_fit_for_a_cuda_graph(family):
     """GreedyStepper's step (embed -> decoder over a preallocated cache -> argmax over the bins) is what the
@@ -221,8 +231,13 @@ def test_the_decoding_step_is_fit_for_a_cuda_graph(family):
         model.extend(embeds, model.decoder_mask(mask, length, kv_len=length + n), stepper.cache)
         stepper.start(torch.tensor([model.action_tokenizer.token_ids[0]]), mask)
         found = host_syncs(stepper._step)[1]
+        with _OpNames() as ops:
+            stepper._step()
     assert found == [], found
-    assert stepper.index.item() == 2  # the step ran: it wrote the second token
+    assert stepper.index.item() == 3  # the steps ran: they wrote the second and third tokens
+    # the additive mask goes to every layer as is: no layer turns a boolean mask into one (three kernels per
+    # layer and token when sdpa gets a boolean mask)
+    assert "where" not in ops.names and "scalar_tensor" not in ops.names, ops.names
 
 
 @pytest.mark.parametrize("n", [2, 3, 7])

@@ -397,7 +397,9 @@ class RoboVLM(nn.Module):
         pretrained prefix-LM; ``kv_len`` (default L) for a preallocated cache's slots. ``explicit``: the 4-D
         mask also when causal, for full-attention decoders (a sliding-window layer needs the family's own
         mask); transformers takes it as is, where from a 2-D mask it first reads on the host whether any
-        token is padding (to skip the mask), which a CUDA graph cannot replay."""
+        token is padding (to skip the mask), which a CUDA graph cannot replay. An explicit mask is additive
+        (0 or the dtype's min) for every attention implementation: sdpa would convert a boolean one in every
+        layer (three kernels each)."""
         bidirectional = prefix is not None and self.config.prefix_attention != "causal"
         if not (bidirectional or (explicit and self.backbone.full_attention)):
             return mask
@@ -410,8 +412,8 @@ class RoboVLM(nn.Module):
         pad = torch.zeros(n, kv, dtype=torch.bool, device=mask.device)
         pad[:, :length] = mask > 0
         allowed = allowed[None, None] & pad[:, None, None, :]
-        if self.backbone.language_model.config._attn_implementation == "sdpa":
-            return allowed
+        if self.backbone.language_model.config._attn_implementation == "sdpa" and not explicit:
+            return allowed  # training's prefix-LM mask: a quarter of a float one's memory
         dtype = self.backbone.embed_tokens.weight.dtype
         return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
 

@@ -53,10 +53,9 @@ class GreedyStepper:
         self.slot = torch.zeros(1, dtype=torch.long, device=device)              # its cache slot
         self.out = torch.zeros(batch, n_tokens, dtype=torch.long, device=device)
         self.index = torch.zeros(1, dtype=torch.long, device=device)             # where in ``out`` it goes
-        self.keep = torch.zeros(batch, 1, 1, max_len, dtype=torch.bool, device=device)  # [N, 1, q=1, L_max]
-        # sdpa takes a boolean mask (True = attend); eager attention adds a float one
-        self._sdpa = model.backbone.language_model.config._attn_implementation == "sdpa"
-        self.mask = self.keep if self._sdpa else torch.zeros(self.keep.shape, dtype=dtype, device=device)
+        # additive (0 = attend, the dtype's min = not), as eager attention adds it and as sdpa would turn a boolean
+        # mask into, in every layer: three kernels per layer and token saved
+        self.mask = torch.zeros(batch, 1, 1, max_len, dtype=dtype, device=device)  # [N, 1, q=1, L_max]
         self.graph: torch.cuda.CUDAGraph | None = None
         self._graph_inputs: tuple = ()  # Backbone.graph_inputs at capture
         self.use_graph = use_graph and n_tokens > 1
@@ -73,16 +72,14 @@ class GreedyStepper:
         self.position.copy_(self.model.backbone.next_position(mask))
         self.slot.fill_(length)
         self.index.fill_(1)
-        self.keep.zero_()
-        self.keep[:, 0, 0, :length] = mask.bool()
+        self.mask.fill_(torch.finfo(self.dtype).min)
+        self.mask[:, 0, 0, :length].masked_fill_(mask.bool(), 0.0)
 
     def _step(self) -> None:
         """Feed ``token`` at ``slot``; write the next token to ``out[:, index]``. In-place only, so
         that a captured graph replays it."""
         bb = self.model.backbone
-        self.keep.index_fill_(-1, self.slot, True)
-        if not self._sdpa:
-            self.mask.copy_(torch.where(self.keep, 0.0, torch.finfo(self.dtype).min))
+        self.mask.index_fill_(-1, self.slot, 0.0)
         embeds = bb.embed(self.token[:, None]).to(self.dtype)
         hidden, _ = bb.decode(embeds, self.mask, self.position, cache=self.cache, use_cache=True)
         nxt = self.first_token(hidden)
@@ -133,7 +130,7 @@ class GreedyStepper:
 
     def _state(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(tensor, copy) of everything the step writes: its own buffers and the cache layers' tensors."""
-        tensors = [self.token, self.position, self.slot, self.out, self.index, self.keep, self.mask]
+        tensors = [self.token, self.position, self.slot, self.out, self.index, self.mask]
         for layer in self.cache.layers:
             tensors += [t for t in vars(layer).values() if isinstance(t, torch.Tensor)]
         return [(t, t.clone()) for t in tensors]
