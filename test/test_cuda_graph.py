@@ -389,6 +389,8 @@ def test_a_full_pre_window_is_one_graphed_pass(recorded_graphs, layout):
     passes = runners[True].policy._window_features
     full_steps = 9 - runners[True].config.window_size + 1  # steps 4..9 of window 4
     assert passes.captures == 1 and passes.replays == full_steps and passes.refused is None
+    report = runners[True].policy.graph_report()  # each step's new frame: its images encoded by a replay
+    assert report["images_replays"] == 9 and report["images_refused"] is None, report
 
 
 ROBOVLMS_LAYOUT = {"frame_end": "<eos>", "bin_style": "robovlms", "action_token_end": 600}
@@ -415,3 +417,5 @@ def test_a_full_discrete_pre_window_is_one_graphed_prefix(recorded_graphs, famil
     full_steps = 9 - runners["static"].config.window_size + 1
     assert prefix.captures == 1 and prefix.replays == full_steps and prefix.refused is None
     assert runners["static"].policy._stepper.graph is not None  # the decoding step's graph, kept
+    report = runners["static"].policy.graph_report()
+    assert report["images_replays"] == 9 and report["prefix_replays"] == full_steps, report

@@ -84,13 +84,14 @@ def _targets(report: dict, w: int, size, device: str) -> dict:
 
 
 def _graph_note(result: dict) -> str:
-    """How a CUDA step row ran its VLM pass and head: the graphs' replays, or why they did not run."""
+    """How a CUDA step row ran its graphed parts (WindowPredictor.graph_report): their replays, or why not."""
     g = result.get("graph")
     if g is None:
         return ""
-    replays = f"CUDA graphs: VLM {g['frame_replays']}, head {g['head_replays']} replays"
-    return f"  ({replays}{'; ' + g['refused'] if g['refused'] else ''})" if g["frame_replays"] or g["head_replays"] \
-        else f"  (no CUDA graph: {g['refused'] or 'disabled'})"
+    replays = ", ".join(f"{k[: -len('_replays')]} {n}" for k, n in g.items() if k.endswith("_replays"))
+    if not replays:
+        return f"  (no CUDA graph: {g['refused'] or 'disabled'})"
+    return f"  (CUDA graph replays: {replays}{'; ' + g['refused'] if g['refused'] else ''})"
 
 
 def _print(report: dict, device: str) -> None:

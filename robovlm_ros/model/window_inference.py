@@ -9,7 +9,8 @@
 * pre history: the window is one causal sequence ``[BOS] seg_1 ... seg_n``. While frames are only
   appended, the KV cache of the frames already in the sequence is reused; once the window slides
   (the oldest frame leaves), every remaining frame's keys/values change, so it is rebuilt (through the
-  decoder only: each frame's image tokens are kept from when it joined). A full window slides at every
+  decoder only: each frame's image tokens are kept from when it joined; a new frame's images are encoded by
+  one CUDA graph replay on CUDA). A full window slides at every
   step, so there it is one pass without incremental bookkeeping, a CUDA graph on CUDA: continuous, the
   whole window; discrete with the preallocated cache, the earlier frames and the newest prefix into the
   cache, then the chunk's decoding graph. Frames wrapped
@@ -75,6 +76,9 @@ class WindowPredictor:
         # continuous: the head over the window's features, a graph per window length (the window fills first)
         self._head = CapturedFunction(self._head_chunk, "the policy head", guard=model.graph_guard,
                                       enabled=lambda: model.cuda_graphs, max_graphs=model.config.window_size)
+        # pre: a new frame's images through the vision tower (and projector), a graph on CUDA
+        self._frame_encoder = CapturedFunction(self._encode, "the frame's image encoding", guard=model.graph_guard,
+                                               enabled=lambda: model.cuda_graphs, max_graphs=2)
         self.reset()
 
     def reset(self) -> None:
@@ -127,16 +131,23 @@ class WindowPredictor:
         return snap_gripper(torch.cat([arm[0, -1], grip[0, -1, :, None]], dim=-1))
 
     def graph_report(self) -> dict:
-        """The cached continuous step's CUDA graphs: the VLM passes and head calls they served, and why one
-        is not used if it is not."""
-        return {"frame_replays": self._frame_features.replays, "frame_refused": self._frame_features.refused,
-                "head_replays": self._head.replays, "head_refused": self._head.refused}
+        """The cached step's CUDA-graphed parts (``frame``: a post frame's VLM pass, ``window``: a full continuous
+        pre window's pass, ``images``: a pre frame's image encoding, ``head``, ``prefix``: a full discrete pre
+        window's decoding prefix): ``<part>_replays``, the calls their graphs served, and ``<part>_refused``,
+        why the part's newest input signature runs eagerly (None: it replays a graph, or nothing ran on CUDA)."""
+        parts = {"frame": self._frame_features, "window": self._window_features, "images": self._frame_encoder,
+                 "head": self._head, "prefix": self._window_prefix}
+        report = {}
+        for name, part in parts.items():
+            report[f"{name}_replays"] = 0 if part is None else part.replays
+            report[f"{name}_refused"] = None if part is None else part.refused
+        return report
 
     def _post(self, window: list[Frame], text) -> torch.Tensor:
         new = [f for f in window if f.serial not in self._feats]
         if not new:
             groups = []
-        elif new[0].rgb.is_cuda:  # one frame per call: a graph is bound to its batch size, one serves every step
+        elif cuda_graph.on_cuda(new[0].rgb.device):  # one frame per call: a graph is bound to its batch size, one serves every step
             groups = [[f] for f in new]
         else:
             groups = [new]
@@ -285,11 +296,17 @@ class WindowPredictor:
         new = [f for f in frames if f.serial not in self._images]
         if new:
             hand = None if new[0].hand_rgb is None else torch.stack([f.hand_rgb for f in new])
-            encoded = self.model.frame_images(torch.stack([f.rgb for f in new]), hand)
+            flat = self._frame_encoder(torch.stack([f.rgb for f in new]), hand)
+            encoded = list(zip(flat[::2], flat[1::2]))
             for i, f in enumerate(new):
                 self._images[f.serial] = [(tokens[i], row) for tokens, row in encoded]
         kept = [self._images[f.serial] for f in frames]
         return [(torch.stack([per_frame[c][0] for per_frame in kept]), kept[0][c][1]) for c in range(len(kept[0]))]
+
+    def _encode(self, rgb: torch.Tensor, hand_rgb: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """``RoboVLM.frame_images`` of k frames (rgb / hand_rgb [k, 3, S, S]) flat, as a graph returns them:
+        per camera its tokens [k, T, D] and mask row [T]."""
+        return tuple(x for tokens_and_row in self.model.frame_images(rgb, hand_rgb) for x in tokens_and_row)
 
     def _segments(self, frames: list[Frame], text, action_part):
         """Frame segments of ``frames``: embeds [k, S_f, D], mask [k, S_f]."""

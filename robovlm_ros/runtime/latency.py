@@ -65,9 +65,10 @@ def _steady_runner(model: RoboVLM, use_cache: bool, device: str, dtype: str, com
 def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype: str = "auto",
                  compile: bool = False, cuda_graphs: bool = True) -> dict:
     """The runner's step on 640x480 camera images, once the window is full (the steady state). On CUDA
-    with the cache (continuous actions), ``graph``: how many of the timed steps' VLM passes and head calls
-    replayed a CUDA graph, and why not if so (a row measured without its graph says so, rather than passing
-    for one)."""
+    with the cache, ``graph``: per graphed part of the step (WindowPredictor.graph_report) how many of the
+    timed steps' calls replayed a CUDA graph, and why a part did not (a row measured without its graph says
+    so, rather than passing for one). Discrete decoding's own graphs (the step, a post prefix) are not
+    counted here."""
     runner, rng = _steady_runner(model, use_cache, device, dtype, compile, cuda_graphs)
     before = runner.policy.graph_report()
     times = []
@@ -77,11 +78,10 @@ def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype
         runner.step(o)
         times.append(time.perf_counter() - t0)
     result = percentiles(times)
-    if runner.device.type == "cuda" and use_cache and model.config.action_space == "continuous":
+    if runner.device.type == "cuda" and use_cache:
         report = runner.policy.graph_report()
-        result["graph"] = {"frame_replays": report["frame_replays"] - before["frame_replays"],
-                           "head_replays": report["head_replays"] - before["head_replays"],
-                           "refused": report["frame_refused"] or report["head_refused"]}
+        result["graph"] = {k: report[k] - before[k] for k in report if k.endswith("_replays") and report[k] > before[k]}
+        result["graph"]["refused"] = next((v for k, v in report.items() if k.endswith("_refused") and v), None)
     return result
 
 
@@ -273,7 +273,8 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
         if profile:
             profiled("discrete_pre", pre, step[f"discrete_pre{w}_cache"]["p50_ms"])
         pre.decoding = "dynamic"
-        take(step, f"discrete_pre{w}_cache_no_graph", step_latency(pre, True, pre_steps, device, dtype))
+        take(step, f"discrete_pre{w}_cache_no_graph", step_latency(pre, True, pre_steps, device, dtype,
+                                                                   cuda_graphs=False))
         del pre
     # one decoding step: the 70-token decoding less the 7-token one (the same prefix, run the same way: on CUDA
     # replayed as a graph, which the eager "prefix" row is not), over the 63 tokens between them
