@@ -372,6 +372,44 @@ def test_switching_between_instructions_replays_their_graphs(recorded_graphs):
     assert frames.captures == 2 and frames.replays == 9 and frames.refused is None
 
 
+@pytest.mark.parametrize("space,history", [("continuous", "post"), ("continuous", "pre"), ("discrete", "post"),
+                                           ("discrete", "pre")])
+def test_the_warm_up_captures_every_graph_an_episode_needs(recorded_graphs, space, history):
+    """After ``warmup()`` the robot's steps replay graphs and capture none (at real size a capture costs several
+    steps' time, and a compiled shape seconds, while the arm waits): the warm-up predicts at every window
+    length and once after the window slid."""
+    from test_runtime import observations, tiny_model
+
+    model = tiny_model(space, history, use_hand_rgb=True, window_size=4)
+    model.decoding = "static"  # the CUDA default
+    runner = PolicyRunner(model, device="cpu", execute_steps=2)
+    runner.set_instruction("pick up the red block")
+
+    def graphs() -> dict:
+        report = runner.policy.graph_report()
+        found = {k: v for k, v in report.items() if k.endswith(("_captures", "_replays"))}
+        stepper = runner.policy._stepper if history == "pre" else getattr(runner.model._static_decoder, "_stepper", None)
+        found["decoding_step"] = None if stepper is None else id(stepper.graph)
+        if space == "discrete" and history == "post":
+            prefix = runner.model._static_decoder._prefix
+            found["prefix_captures"], found["prefix_replays"] = prefix.captures, prefix.replays
+        return found
+
+    runner.warmup()
+    assert runner.instruction == "pick up the red block" and len(runner._window) == 0  # state restored
+    warm = graphs()
+    for episode in range(2):
+        runner.reset()
+        for o in observations(9, seed=episode):
+            runner.step(o)
+    after = graphs()
+    assert {k: v for k, v in after.items() if "_replays" not in k} == {k: v for k, v in warm.items() if "_replays" not in k}
+    assert sum(v for k, v in after.items() if k.endswith("_replays")) > sum(
+        v for k, v in warm.items() if k.endswith("_replays"))  # the episodes replayed graphs
+    if space == "discrete":
+        assert after["decoding_step"] != id(None)  # the decoding step's graph was captured in the warm-up
+
+
 @pytest.mark.parametrize("layout", [{}, {"frame_end": "<eos>"}], ids=["bos", "wrapped"])
 def test_a_full_pre_window_is_one_graphed_pass(recorded_graphs, layout):
     """Continuous ``pre``: once the window is full every step slides it, nothing cached can be reused, and the

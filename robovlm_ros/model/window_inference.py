@@ -133,13 +133,15 @@ class WindowPredictor:
     def graph_report(self) -> dict:
         """The cached step's CUDA-graphed parts (``frame``: a post frame's VLM pass, ``window``: a full continuous
         pre window's pass, ``images``: a pre frame's image encoding, ``head``, ``prefix``: a full discrete pre
-        window's decoding prefix): ``<part>_replays``, the calls their graphs served, and ``<part>_refused``,
-        why the part's newest input signature runs eagerly (None: it replays a graph, or nothing ran on CUDA)."""
+        window's decoding prefix): ``<part>_replays``, the calls their graphs served, ``<part>_captures``, the
+        input signatures captured (or tried), and ``<part>_refused``, why the part's newest input signature runs
+        eagerly (None: it replays a graph, or nothing ran on CUDA)."""
         parts = {"frame": self._frame_features, "window": self._window_features, "images": self._frame_encoder,
                  "head": self._head, "prefix": self._window_prefix}
         report = {}
         for name, part in parts.items():
             report[f"{name}_replays"] = 0 if part is None else part.replays
+            report[f"{name}_captures"] = 0 if part is None else part.captures
             report[f"{name}_refused"] = None if part is None else part.refused
         return report
 
@@ -294,11 +296,14 @@ class WindowPredictor:
         are encoded once, when first needed, and kept while it is in the window (a sliding ``pre`` window runs
         every remaining frame through the decoder again, not through the vision tower)."""
         new = [f for f in frames if f.serial not in self._images]
-        if new:
-            hand = None if new[0].hand_rgb is None else torch.stack([f.hand_rgb for f in new])
-            flat = self._frame_encoder(torch.stack([f.rgb for f in new]), hand)
+        # on CUDA one frame per call: a graph is bound to its batch size, one serves every step (frames that
+        # joined without a prediction, execute_steps > 1, are encoded one after the other)
+        groups = [[f] for f in new] if new and cuda_graph.on_cuda(new[0].rgb.device) else [new] if new else []
+        for group in groups:
+            hand = None if group[0].hand_rgb is None else torch.stack([f.hand_rgb for f in group])
+            flat = self._frame_encoder(torch.stack([f.rgb for f in group]), hand)
             encoded = list(zip(flat[::2], flat[1::2]))
-            for i, f in enumerate(new):
+            for i, f in enumerate(group):
                 self._images[f.serial] = [(tokens[i], row) for tokens, row in encoded]
         kept = [self._images[f.serial] for f in frames]
         return [(torch.stack([per_frame[c][0] for per_frame in kept]), kept[0][c][1]) for c in range(len(kept[0]))]

@@ -71,16 +71,18 @@ class PolicyRunner:
     def warmup(self) -> float:
         """Run the policy on blank inputs so one-off initialisation (kernels, allocator, lazy imports, CUDA
         graph capture, compilation) happens before the robot depends on it; returns the seconds it took.
-        With an instruction set it warms up with that one (a graph is bound to the instruction's token
-        count). State is restored."""
+        A chunk is predicted at every window length and once more after the window slid: every input shape
+        an episode meets (a graph and a compiled kernel are bound to their shapes; the window fills first,
+        and the node predicts whenever a chunk runs low, so at any length). With an instruction set it warms
+        up with that one (a graph is bound to the instruction's token count). State is restored."""
         t0 = time.perf_counter()
         s = self.config.image_size
         blank = {"rgb": np.zeros((s, s, 3), np.uint8), "hand_rgb": np.zeros((s, s, 3), np.uint8),
                  "state": np.zeros(self.config.action_dim)}
         saved = (self.instruction, self._text)
         self.set_instruction(self.instruction or "warm up")
-        for _ in range(2):
-            self.policy.predict(list(self._window) + [self._frame(blank)], self._text)
+        for _ in range(self.config.window_size + 1):
+            self.predict_chunk(blank)
         self.instruction, self._text = saved
         self.last_chunk = self.last_inference_s = None
         self.reset()
