@@ -206,13 +206,18 @@ def test_the_decoding_prefix_is_fit_for_a_cuda_graph(family):
 
 
 class _OpNames(TorchDispatchMode):
+    """The ops a call runs and the shapes of their tensor outputs."""
+
     def __init__(self):
         super().__init__()
-        self.names = []
+        self.names, self.shapes = [], []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
         self.names.append(func._schema.name.split("::")[-1])
-        return func(*args, **(kwargs or {}))
+        self.shapes += [tuple(o.shape) for o in (out if isinstance(out, (tuple, list)) else (out,))
+                        if isinstance(o, torch.Tensor)]
+        return out
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
@@ -238,6 +243,10 @@ def test_the_decoding_step_is_fit_for_a_cuda_graph(family):
     # the additive mask goes to every layer as is: no layer turns a boolean mask into one (three kernels per
     # layer and token when sdpa gets a boolean mask)
     assert "where" not in ops.names and "scalar_tensor" not in ops.names, ops.names
+    # the logits of the action bins only, not of the whole vocabulary (a fifth of PaliGemma's weight bytes)
+    vocab = model.backbone.lm_head.weight.shape[0]
+    assert isinstance(model.backbone.lm_head, torch.nn.Linear) and vocab > model.config.n_bins
+    assert not any(shape and shape[-1] == vocab for shape in ops.shapes), "the whole vocabulary's logits"
 
 
 @pytest.mark.parametrize("n", [2, 3, 7])

@@ -180,16 +180,21 @@ def prefix_latency(model: RoboVLM, reps: int) -> dict:
 
 
 def decoder_weight_bytes(model: RoboVLM) -> int:
-    """Bytes of weights one decoding step reads: every decoder layer, the final norm and the LM head (the
-    token table only by the row it looks up, left out; a tied LM head is counted once, as the head)."""
+    """Bytes of weights one decoding step reads: every decoder layer and the final norm, and of a linear LM
+    head only the action bins' rows (``next_action_token``); the token table only by the row it looks up,
+    left out (a head tied to it counts as the head)."""
     bb = model.backbone
-    table = bb.embed_tokens.weight
-    seen, total = set(), 0
-    for p in list(bb.language_model.parameters()) + list(bb.lm_head.parameters()):
-        if id(p) in seen or (p is table and p is not bb.lm_head.weight):
-            continue
-        seen.add(id(p))
-        total += p.numel() * p.element_size()
+    table, head = bb.embed_tokens.weight, bb.lm_head
+    seen, total = {id(table), id(head.weight)}, 0
+    for p in bb.language_model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * p.element_size()
+    linear = isinstance(head, torch.nn.Linear)
+    rows = model.action_tokenizer.token_ids.numel() if linear else head.weight.shape[0]
+    for p in (head.weight, getattr(head, "bias", None)):
+        if p is not None:
+            total += rows * (p.numel() // p.shape[0]) * p.element_size()
     return total
 
 
