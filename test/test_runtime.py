@@ -198,7 +198,8 @@ def test_runner_actions_respect_limits_and_instruction_rules():
 def test_each_frame_goes_through_the_vision_tower_once(space):
     """``pre`` history: once the window slides, every remaining frame is run through the decoder again (its
     position in the sequence changed), but its images are not encoded again: each step encodes only the new
-    frame's two camera images. Counted at the vision tower itself."""
+    frame's two camera images, in one call (one batch: one pass's kernels, not two). Counted at the vision
+    tower itself."""
     model = tiny_model(space, "pre", use_hand_rgb=True)  # window 4
     encoded = []
     model.backbone.vision_modules[0].register_forward_hook(lambda mod, args, out: encoded.append(len(args[0])))
@@ -206,11 +207,11 @@ def test_each_frame_goes_through_the_vision_tower_once(space):
     runner.set_instruction("pick up the red block")
     per_step = []
     for o in observations(9):
-        before = sum(encoded)
+        before = len(encoded)
         runner.step(o)
-        per_step.append(sum(encoded) - before)
+        per_step.append(encoded[before:])
     assert [f.serial for f in runner._window] == list(range(6, 10))  # the window slid (frames 6..9 of 9)
-    assert per_step == [2] * 9, per_step
+    assert per_step == [[2]] * 9, per_step  # one call of two images per step
 
 
 def test_reset_gives_the_same_actions_as_a_fresh_runner():

@@ -194,14 +194,17 @@ class RoboVLM(nn.Module):
 
     def frame_images(self, rgb, hand_rgb) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The image tokens of N frames in their sequence order: [(tokens [N, T, D], mask row [T])] per camera
-        (``encode_images``); what ``frame_segments`` takes as ``images`` to skip encoding them again."""
-        images = [self.encode_images(rgb)]
-        if self.config.use_hand_rgb:
-            if hand_rgb is None:
-                raise ValueError("this policy uses the gripper camera: batch needs 'hand_rgb'")
-            hand = self.encode_images(hand_rgb)
-            images = [hand] + images if self.config.image_order == "hand_first" else images + [hand]
-        return images
+        (``encode_images``); what ``frame_segments`` takes as ``images`` to skip encoding them again. The two
+        cameras go through the vision tower as one batch [2N, 3, S, S]: one pass's kernels, not two (at real size
+        the tower is about half of a step's kernel launches)."""
+        if not self.config.use_hand_rgb:
+            return [self.encode_images(rgb)]
+        if hand_rgb is None:
+            raise ValueError("this policy uses the gripper camera: batch needs 'hand_rgb'")
+        n = rgb.shape[0]
+        both, row = self.encode_images(torch.cat([rgb, hand_rgb.to(rgb.dtype)]))
+        static, hand = (both[:n], row), (both[n:], row)
+        return [hand, static] if self.config.image_order == "hand_first" else [static, hand]
 
     def frame_segments(self, rgb, hand_rgb, input_ids, attention_mask, state, action_part, images=None):
         """Embeddings and mask of N frame segments.
