@@ -142,7 +142,7 @@ def test_the_graphed_continuous_step_acts_as_the_eager_step(family, dtype):
     assert len(np.unique(actions[True][:, 0])) > 3  # actions vary: the comparison is not trivial
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="one CUDA device: the policy's is the current one")
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="fewer than two CUDA devices")
 @pytest.mark.parametrize("space", ["continuous", "discrete"])
 def test_graphs_run_on_the_policys_device_not_the_current_one(space):
     """A policy on the last GPU (the thread's current device stays cuda:0): its graphs are captured and
