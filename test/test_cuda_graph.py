@@ -440,6 +440,27 @@ def test_a_full_pre_window_is_one_graphed_pass(recorded_graphs, layout):
     assert report["images_replays"] == 9 and report["images_refused"] is None, report
 
 
+@pytest.mark.parametrize("space", ["continuous", "discrete"])
+def test_frames_joined_without_a_prediction_go_through_one_by_one(recorded_graphs, space):
+    """``pre`` history, execute_steps 2: two frames join between predictions. On CUDA each goes through the vision
+    tower and the decoder alone (the shapes the warm-up met: one graph, one compiled kernel per shape); the
+    actions equal the recomputing runner's while the window of 6 fills and slides."""
+    from test_runtime import observations, tiny_model
+
+    actions, runners = {}, {}
+    for use_cache in (True, False):
+        model = tiny_model(space, "pre", use_hand_rgb=True, window_size=6)
+        model.decoding = "static"
+        runner = runners[use_cache] = PolicyRunner(model, device="cpu", execute_steps=2, use_cache=use_cache)
+        runner.set_instruction("pick up the red block")
+        actions[use_cache] = np.stack([runner.step(o) for o in observations(12)])
+    np.testing.assert_allclose(actions[True], actions[False], rtol=0, atol=1e-5)
+    assert len(np.unique(actions[True][:, 0])) > 3  # actions vary: the comparison is not trivial
+    report = runners[True].policy.graph_report()
+    # one frame per replay, one signature: frames 1..11 (the 12th joined after the last prediction)
+    assert report["images_replays"] == 11 and report["images_captures"] == 1, report
+
+
 ROBOVLMS_LAYOUT = {"frame_end": "<eos>", "bin_style": "robovlms", "action_token_end": 600}
 
 

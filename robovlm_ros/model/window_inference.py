@@ -53,6 +53,15 @@ class _Sequence:
     feats: list[torch.Tensor] = field(default_factory=list)  # continuous: [latent, D] per frame
 
 
+def _per_call(frames: list[Frame]) -> list[list[Frame]]:
+    """``frames`` in the groups one call takes: on CUDA one frame per call, since a CUDA graph and a compiled
+    kernel are bound to their shapes and the warm-up meets one new frame per step (frames that joined without
+    a prediction, execute_steps > 1, would make other shapes); elsewhere all at once."""
+    if not frames:
+        return []
+    return [[f] for f in frames] if cuda_graph.on_cuda(frames[0].rgb.device) else [frames]
+
+
 class WindowPredictor:
     """Created by ``RoboVLM.window_predictor``; ``predict(window, text)`` gives the chunk of
     ``window[-1]``. The window holds ``Frame``s, oldest first; ``reset`` at a new episode."""
@@ -147,14 +156,8 @@ class WindowPredictor:
 
     def _post(self, window: list[Frame], text) -> torch.Tensor:
         new = [f for f in window if f.serial not in self._feats]
-        if not new:
-            groups = []
-        elif cuda_graph.on_cuda(new[0].rgb.device):  # one frame per call: a graph is bound to its batch size, one serves every step
-            groups = [[f] for f in new]
-        else:
-            groups = [new]
         ids, am = text
-        for group in groups:
+        for group in _per_call(new):
             n = len(group)
             hand = None if group[0].hand_rgb is None else torch.stack([f.hand_rgb for f in group])
             feats = self._frame_features(torch.stack([f.rgb for f in group]), hand, ids.expand(n, -1),
@@ -197,8 +200,8 @@ class WindowPredictor:
                 mask = torch.zeros(1, 0, dtype=torch.long, device=device)
             seq = self._seq = _Sequence(cache=cache, mask=mask)
         todo = window[len(seq.serials):]
-        given = todo if continuous else todo[:-1]  # frames whose action part is known: one decoder pass
-        if given:
+        # frames whose action part is known: one decoder pass (per frame on CUDA)
+        for given in _per_call(todo if continuous else todo[:-1]):
             if continuous:
                 act = m.action_tokens[None].expand(len(given), -1, -1)
             else:
@@ -295,11 +298,7 @@ class WindowPredictor:
         """``RoboVLM.frame_images`` of ``frames`` (per camera: tokens [k, T, D], mask row [T]). Each frame's images
         are encoded once, when first needed, and kept while it is in the window (a sliding ``pre`` window runs
         every remaining frame through the decoder again, not through the vision tower)."""
-        new = [f for f in frames if f.serial not in self._images]
-        # on CUDA one frame per call: a graph is bound to its batch size, one serves every step (frames that
-        # joined without a prediction, execute_steps > 1, are encoded one after the other)
-        groups = [[f] for f in new] if new and cuda_graph.on_cuda(new[0].rgb.device) else [new] if new else []
-        for group in groups:
+        for group in _per_call([f for f in frames if f.serial not in self._images]):
             hand = None if group[0].hand_rgb is None else torch.stack([f.hand_rgb for f in group])
             flat = self._frame_encoder(torch.stack([f.rgb for f in group]), hand)
             encoded = list(zip(flat[::2], flat[1::2]))
