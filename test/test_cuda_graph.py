@@ -365,6 +365,22 @@ def test_a_decoding_graph_that_decodes_otherwise_is_dropped(recorded_graphs, mon
     assert decoder._prefix.replays == 1  # the prefix's graph was kept: only the bad one is dropped
 
 
+def test_the_bench_times_the_prefix_as_decoding_runs_it(recorded_graphs):
+    """bench's "prefix" row: with the preallocated cache (the CUDA default) the prefix is the decoding's own,
+    one graph replay per call into the decoder's cache, and its first token equals the full decoding's."""
+    from robovlm_ros.runtime.latency import _batch, prefix_latency
+
+    model = RoboVLM(PolicyConfig.tiny("paligemma", action_space="discrete", use_hand_rgb=True)).eval()
+    model.decoding = "static"
+    row = prefix_latency(model, 4)
+    decoder = model._static_decoder
+    assert row["n"] == 4 and decoder._prefix.replays == 5  # the warm-up call and the 4 timed ones
+    first = decoder._stepper.out[:, 0].clone()
+    model.predict(_batch(model), normalized=True)  # the whole decoding, from the same prefix
+    assert decoder._prefix.replays == 6 and torch.equal(decoder._stepper.out[:, 0], first)
+    assert len(torch.unique(decoder._stepper.out)) > 3  # it decoded on from there
+
+
 def test_switching_between_instructions_replays_their_graphs(recorded_graphs):
     """A graph per instruction length: going back to an earlier task replays its graph, not a new capture."""
     from test_runtime import observations, tiny_model

@@ -53,7 +53,8 @@ def static_decoding_on(model, device: torch.device) -> bool:
     return static and supports_static_decoding(model.backbone)
 
 
-def _static_decoder(model) -> StaticGreedyDecoder:
+def static_decoder(model) -> StaticGreedyDecoder:
+    """The model's decoder into a preallocated cache (made once, kept on the model: its cache and graphs)."""
     if model._static_decoder is None:
         model._static_decoder = StaticGreedyDecoder(model)
     return model._static_decoder
@@ -64,7 +65,7 @@ def greedy_tokens(model, embeds, mask, n_tokens: int, use_cache: bool = True) ->
     on CUDA they are decoded into a preallocated cache by a captured CUDA graph (``decoding`` "auto"),
     elsewhere into the growing cache."""
     if use_cache and static_decoding_on(model, embeds.device):
-        return _static_decoder(model)(embeds, mask, n_tokens)
+        return static_decoder(model)(embeds, mask, n_tokens)
     return greedy_decode(model, embeds, mask, n_tokens, use_cache=use_cache)[0]
 
 
@@ -82,7 +83,7 @@ def decode_chunk(model, batch: dict, use_cache: bool = True, history: list[torch
         last = {k: v[:, -1:] for k, v in batch.items() if k in ("rgb", "hand_rgb", "state")}
         last.update(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         if use_cache and static_decoding_on(model, last["rgb"].device):  # the prefix, too, replayed on CUDA
-            return _static_decoder(model).frames(last, n)
+            return static_decoder(model).frames(last, n)
         embeds, mask, _ = model.sequences(last, None)
         return greedy_tokens(model, embeds, mask, n, use_cache=use_cache)
     known = batch.get("actions")

@@ -176,6 +176,15 @@ class StaticGreedyDecoder:
     def frames(self, batch: dict, n_tokens: int) -> torch.Tensor:
         """One frame per sequence (post history: rgb / hand_rgb [N, 1, 3, S, S], state [N, 1, 7], input_ids /
         attention_mask [N, L]) -> the tokens decoded after its prefix [N, n_tokens]."""
+        stepper = self.prefix(batch, n_tokens)
+        if stepper.use_graph:
+            stepper.capture()
+        return stepper.decode_rest()
+
+    @torch.no_grad()
+    def prefix(self, batch: dict, n_tokens: int) -> GreedyStepper:
+        """``frames``' first part: the prefix (images encoded, the sequence run into the preallocated cache; one
+        CUDA graph replay on CUDA) and its first token into the stepper, returned to decode the rest."""
         m = self.model
         one = lambda k: None if batch.get(k) is None else batch[k][:, 0]  # noqa: E731
         args = (one("rgb"), one("hand_rgb"), batch["input_ids"], batch["attention_mask"], one("state"))
@@ -186,11 +195,8 @@ class StaticGreedyDecoder:
             self._prefix = CapturedFunction(self._frame_prefix, "the decoding prefix", guard=m.graph_guard,
                                             enabled=lambda: m.cuda_graphs)
             self._frames_key = key
-        stepper = self._stepper
         self._start(*self._prefix(*args))
-        if stepper.use_graph:
-            stepper.capture()
-        return stepper.decode_rest()
+        return self._stepper
 
     def _frame_prefix(self, rgb, hand_rgb, input_ids, attention_mask, state):
         """The frames' prefix into the cache, free of host syncs (a CUDA graph replays it): the last hidden

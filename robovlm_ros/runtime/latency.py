@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..model import RoboVLM
+from ..model.decoding import static_decoder, static_decoding_on
 from .runner import PolicyRunner
 
 
@@ -168,9 +169,14 @@ def decode_latency(model: RoboVLM, use_cache: bool, reps: int) -> dict:
 @torch.no_grad()
 def prefix_latency(model: RoboVLM, reps: int) -> dict:
     """The prefix alone: the newest frame's images encoded and [BOS] images text run through the decoder into
-    a fresh KV cache (what every decoding starts with; the continuous step adds its action tokens and head)."""
+    the KV cache (what every decoding starts with; the continuous step adds its action tokens and head), as
+    decoding runs it: with the preallocated cache (the CUDA default) one CUDA graph replay and the first token
+    picked, else eagerly into a fresh cache."""
     batch = _batch(model)
     last = {k: v[:, -1:] if k in ("rgb", "hand_rgb", "state") else v for k, v in batch.items()}
+    if static_decoding_on(model, batch["rgb"].device) and model.config.history_type == "post":
+        decoder = static_decoder(model)
+        return _timed(lambda: decoder.prefix(last, model.n_action_slots), reps, batch["rgb"].is_cuda)
 
     def prefix():
         embeds, mask, _ = model.sequences(last, None)
