@@ -287,8 +287,8 @@ def policy_latency(make: Callable[..., RoboVLM], window: int, steps: int, reps: 
         take(step, f"discrete_pre{w}_cache_no_graph", step_latency(pre, True, pre_steps, device, dtype,
                                                                    cuda_graphs=False))
         del pre
-    # one decoding step: the 70-token decoding less the 7-token one (the same prefix, run the same way: on CUDA
-    # replayed as a graph, which the eager "prefix" row is not), over the 63 tokens between them
+    # one decoding step: the 70-token decoding less the 7-token one (the same prefix, run the same way), over the
+    # 63 tokens between them: nothing but decoding steps differs
     one_tokens = disc.config.action_dim
     step_ms = ((decode["kv_cache"]["p50_ms"] - decode["one_action_kv_cache"]["p50_ms"])
                / (disc.n_action_slots - one_tokens))
