@@ -381,6 +381,32 @@ def test_the_bench_times_the_prefix_as_decoding_runs_it(recorded_graphs):
     assert len(torch.unique(decoder._stepper.out)) > 3  # it decoded on from there
 
 
+def test_no_graph_is_captured_or_replayed_under_autocast(recorded_graphs):
+    """Training's validation predicts inside autocast (bf16-mixed), whose low-precision weight copies live for
+    one autocast block: a graph captured there would read freed memory, or stale weights, later. Under
+    autocast decoding runs eagerly (it follows weights changed in place); afterwards graphs are captured."""
+    from test_runtime import tiny_model
+
+    model = tiny_model("discrete", family="paligemma", use_hand_rgb=True).eval()
+    model.decoding = "static"
+    batch = make_batch(model, b=1)
+    del batch["actions"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.predict(batch, normalized=True)
+        with torch.no_grad():
+            for p in model.backbone.language_model.parameters():
+                p.mul_(-1.5)  # a training step: the same tensors, new values
+        again = model.predict(batch, normalized=True)
+        model.cuda_graphs = False
+        eager = model.predict(batch, normalized=True)
+        model.cuda_graphs = True
+    assert torch.equal(again, eager)
+    decoder = model._static_decoder
+    assert decoder._prefix.captures == 0 and decoder._stepper.graph is None
+    model.predict(batch, normalized=True)  # outside autocast: captured as usual
+    assert decoder._prefix.replays == 1 and decoder._stepper.graph is not None
+
+
 def test_switching_between_instructions_replays_their_graphs(recorded_graphs):
     """A graph per instruction length: going back to an earlier task replays its graph, not a new capture."""
     from test_runtime import observations, tiny_model
@@ -433,6 +459,31 @@ def test_the_warm_up_captures_every_graph_an_episode_needs(recorded_graphs, spac
         v for k, v in warm.items() if k.endswith("_replays"))  # the episodes replayed graphs
     if space == "discrete":
         assert after["decoding_step"] != id(None)  # the decoding step's graph was captured in the warm-up
+
+
+@pytest.mark.parametrize("space,history", [("continuous", "post"), ("continuous", "pre"), ("discrete", "post"),
+                                           ("discrete", "pre")])
+def test_the_warm_up_meets_every_input_shape_an_episode_has(recorded_graphs, space, history):
+    """What is not a graph may be compiled (``compile``), and a compiled kernel is bound to its input shapes too:
+    the vision tower's and each decoder pass's inputs over two episodes (execute_steps 2: frames also join
+    without a prediction) all had their shape in the warm-up."""
+    from test_runtime import observations, tiny_model
+
+    model = tiny_model(space, history, use_hand_rgb=True, window_size=4)
+    model.decoding = "static"  # the CUDA default
+    seen = []
+    for module in (model.backbone.vision_modules[0], model.backbone.decoder_layers[0]):
+        module.register_forward_pre_hook(lambda mod, args: seen.append((type(mod).__name__, tuple(args[0].shape))))
+    runner = PolicyRunner(model, device="cpu", execute_steps=2)
+    runner.set_instruction("pick up the red block")
+    runner.warmup()
+    warm = set(seen)
+    seen.clear()
+    for episode in range(2):
+        runner.reset()
+        for o in observations(9, seed=episode):
+            runner.step(o)
+    assert len(warm) >= 2 and set(seen) <= warm, sorted(set(seen) - warm)  # (a graph replay runs no module)
 
 
 @pytest.mark.parametrize("layout", [{}, {"frame_end": "<eos>"}], ids=["bos", "wrapped"])

@@ -100,6 +100,13 @@ def on_cuda(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def graphable(device: torch.device) -> bool:
+    """Whether a call on ``device`` may capture or replay a graph now: on CUDA, and not under autocast (its
+    low-precision weight copies live for one autocast block, as in a Lightning validation step, so a graph
+    captured there would later read freed memory, and one captured without it would replay other kernels)."""
+    return on_cuda(device) and not torch.is_autocast_enabled(device.type)
+
+
 def _device_of(args) -> torch.device | None:
     """The one device of the tensors in ``args`` (None: no tensor, or several devices)."""
     devices = {a.device for a in args if a is not None}
@@ -187,7 +194,7 @@ class CapturedFunction:
 
     def __call__(self, *args: torch.Tensor | None):
         device = _device_of(args)
-        if device is None or not on_cuda(device) or not self.enabled():
+        if device is None or not graphable(device) or not self.enabled():
             return self.fn(*args)
         guarded = self.guard()
         if guarded != self._guarded:  # graphs over the old weights must never replay

@@ -38,6 +38,13 @@ def static_cache(model, max_len: int) -> StaticCache:
     return StaticCache(config=model.backbone.language_model.config, max_cache_len=max_len)
 
 
+def cache_precision(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype on ``device`` (None: off). A StaticCache takes the dtype of the first keys written into
+    it, so one filled under autocast (a validation step) cannot take full-precision keys later: part of a
+    cache's key."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+
+
 class GreedyStepper:
     """Greedy decoding of ``n_tokens`` into ``cache`` (a StaticCache of ``max_len`` slots, batch N):
     ``first_token`` picks the first from the prefix's hidden state, ``start`` sets the step's state,
@@ -94,7 +101,7 @@ class GreedyStepper:
         if self.graph is not None and self.model.backbone.graph_inputs() != self._graph_inputs:
             # a buffer the graph reads was replaced since the capture: decode eagerly, capture again next time
             self.graph, self.use_graph = None, True
-        return self._decode(self.graph)
+        return self._decode(self.graph if cuda_graph.graphable(self.device) else None)
 
     def _decode(self, graph) -> torch.Tensor:
         for _ in range(self.n_tokens - 1):
@@ -109,6 +116,8 @@ class GreedyStepper:
         step's tokens from this start (a graph that recorded nothing, or baked in a value, must not drive the
         arm). The step's state (cache included) is restored afterwards: ``decode_rest`` follows as if nothing
         had run. A capture that fails or decodes otherwise leaves the eager step, with a warning."""
+        if not cuda_graph.graphable(self.device):  # under autocast: eager now, capture at a later call
+            return
         self.use_graph = False  # one try
         saved = self._state()
         try:
@@ -156,7 +165,7 @@ class StaticGreedyDecoder:
 
     def _stepper_for(self, n: int, length: int, n_tokens: int, dtype: torch.dtype, device: torch.device):
         graphs = cuda_graph.on_cuda(device) and self.model.cuda_graphs
-        key = (n, length, n_tokens, dtype, device, graphs)
+        key = (n, length, n_tokens, dtype, device, graphs, cache_precision(device))
         if key != self._key:  # one shape at a time: a new shape frees the old cache and graphs
             self._stepper = GreedyStepper(self.model, static_cache(self.model, length + n_tokens), n,
                                           length + n_tokens, n_tokens, dtype, device, graphs)
@@ -188,7 +197,7 @@ class StaticGreedyDecoder:
         m = self.model
         one = lambda k: None if batch.get(k) is None else batch[k][:, 0]  # noqa: E731
         args = (one("rgb"), one("hand_rgb"), batch["input_ids"], batch["attention_mask"], one("state"))
-        key = tuple(None if a is None else (a.shape, a.dtype, a.device) for a in args) + (n_tokens,)
+        key = tuple(None if a is None else (a.shape, a.dtype, a.device) for a in args) + (n_tokens, cache_precision(args[2].device))
         if key != self._frames_key or self._prefix is None:
             embeds, _, _ = m.sequences(batch, None)  # once per input shape: the prefix's length
             self._stepper_for(embeds.shape[0], embeds.shape[1], n_tokens, embeds.dtype, embeds.device)

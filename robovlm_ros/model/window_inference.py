@@ -32,7 +32,7 @@ from . import cuda_graph
 from .cuda_graph import CapturedFunction
 from .decoding import decode_chunk, greedy_decode, static_decoding_on
 from .normalization import snap_gripper
-from .static_decoding import GreedyStepper, static_cache
+from .static_decoding import GreedyStepper, cache_precision, static_cache
 
 
 @dataclass
@@ -243,7 +243,7 @@ class WindowPredictor:
         if not self.use_cache or not static_decoding_on(m, seg.device):
             return None
         graphs = cuda_graph.on_cuda(seg.device) and m.cuda_graphs
-        key = (s_f, seg.dtype, seg.device, graphs)
+        key = (s_f, seg.dtype, seg.device, graphs, cache_precision(seg.device))
         if key != self._static_key:
             max_len = 1 + m.config.window_size * s_f
             self._stepper = GreedyStepper(m, static_cache(m, max_len), 1, max_len, m.n_action_slots,

@@ -71,10 +71,12 @@ class PolicyRunner:
     def warmup(self) -> float:
         """Run the policy on blank inputs so one-off initialisation (kernels, allocator, lazy imports, CUDA
         graph capture, compilation) happens before the robot depends on it; returns the seconds it took.
-        A chunk is predicted at every window length and once more after the window slid: every input shape
-        an episode meets (a graph and a compiled kernel are bound to their shapes; the window fills first,
-        and the node predicts whenever a chunk runs low, so at any length). With an instruction set it warms
-        up with that one (a graph is bound to the instruction's token count). State is restored."""
+        A chunk is predicted at every window length and once more after the window slid, then once after a
+        frame that joined without a prediction (execute_steps > 1; discrete ``pre`` history feeds it with the
+        actions it executed): every input shape an episode meets (a graph and a compiled kernel are bound to
+        their shapes; the window fills first, and the node predicts whenever a chunk runs low, so at any
+        length). With an instruction set it warms up with that one (a graph is bound to the instruction's
+        token count). State is restored."""
         t0 = time.perf_counter()
         s = self.config.image_size
         blank = {"rgb": np.zeros((s, s, 3), np.uint8), "hand_rgb": np.zeros((s, s, 3), np.uint8),
@@ -82,6 +84,11 @@ class PolicyRunner:
         saved = (self.instruction, self._text)
         self.set_instruction(self.instruction or "warm up")
         for _ in range(self.config.window_size + 1):
+            self.predict_chunk(blank)
+        if self.config.window_size > 1:
+            self.reset()
+            self.predict_chunk(blank)
+            self.observe(blank)
             self.predict_chunk(blank)
         self.instruction, self._text = saved
         self.last_chunk = self.last_inference_s = None
