@@ -132,10 +132,11 @@ def capture(fn: Callable[[], object], device: torch.device, warmups: int = 2):
     return graph, out
 
 
-def replay(graph, device: torch.device) -> None:
-    """Replay ``graph`` on the current stream of ``device``, the one it was captured on."""
+def replay(graph, device: torch.device, times: int = 1) -> None:
+    """Replay ``graph`` ``times`` times on the current stream of ``device``, the one it was captured on."""
     with torch.cuda.device(device):
-        graph.replay()
+        for _ in range(times):
+            graph.replay()
 
 
 def _outputs(out) -> tuple[torch.Tensor, ...]:

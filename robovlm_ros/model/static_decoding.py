@@ -104,10 +104,10 @@ class GreedyStepper:
         return self._decode(self.graph if cuda_graph.graphable(self.device) else None)
 
     def _decode(self, graph) -> torch.Tensor:
-        for _ in range(self.n_tokens - 1):
-            if graph is not None:
-                cuda_graph.replay(graph, self.device)
-            else:
+        if graph is not None:
+            cuda_graph.replay(graph, self.device, times=self.n_tokens - 1)
+        else:
+            for _ in range(self.n_tokens - 1):
                 self._step()
         return self.out.clone()
 
