@@ -123,8 +123,8 @@ class RoboVLM(nn.Module):
         # how KV-cached decoding stores its cache: "auto" = preallocated + CUDA graph on CUDA, growing
         # elsewhere; "static" / "dynamic" force one (greedy_tokens)
         self.decoding = "auto"
-        # on CUDA, replay the cached continuous step's frame (post history) and the decoding step as CUDA graphs
-        # (model/cuda_graph.py, static_decoding.py); False: eager kernels only
+        # on CUDA (not under autocast), replay the step's VLM passes, image encoding, head, decoding prefix and
+        # decoding step as CUDA graphs (model/cuda_graph.py, static_decoding.py); False: eager kernels only
         self.cuda_graphs = True
         self._static_decoder = None  # decoding.greedy_tokens' StaticGreedyDecoder, made when first used
         apply_adaptation(self)
