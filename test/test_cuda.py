@@ -46,6 +46,22 @@ def test_cached_stepping_on_cuda_equals_recomputing(tmp_path, space, history):
     assert len(np.unique(cached[:, 0])) > 3  # actions vary: the comparison is not trivial
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_camera_frames_normalised_on_the_gpu_equal_the_cpus(dtype):
+    """The runner sends frames to the GPU as uint8 and normalises them there (processing.images): bit for bit
+    what the CPU computes, and what training saw (with a Python 255.0, CUDA's reciprocal product differs)."""
+    clip = dict(image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+    obs = observations(1, size=(480, 640))[0]
+    frames = {}
+    for device in ("cpu", "cuda"):
+        runner = PolicyRunner(tiny_model(use_hand_rgb=True, **clip), device=device, dtype=dtype)
+        frames[device] = [x.cpu() for x in runner.preprocess(obs)]
+        assert frames[device][0].dtype == getattr(torch, dtype)
+    for cpu, cuda in zip(frames["cpu"], frames["cuda"]):
+        assert torch.equal(cpu, cuda)
+    assert len(torch.unique(frames["cuda"][0])) > 20  # varied pixels: the comparison is not trivial
+
+
 def test_cuda_float32_matches_the_cpu(tmp_path):
     tiny_model().save_pretrained(tmp_path / "ckpt")
     cpu = run_steps(tmp_path / "ckpt", "cpu", "float32")

@@ -4,6 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from robovlm_ros.model import Normalizer, PolicyConfig, RoboVLM
 from robovlm_ros.model.action_tokenizer import ActionTokenizer
@@ -100,6 +101,28 @@ def test_image_preprocessing_resizes_and_normalises():
         proc.images(np.zeros((32, 32, 3), np.float32))
     with pytest.raises(ValueError, match="RGB"):
         proc.images(np.zeros((32, 32, 4), np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(480, 640, 3), (2, 3, 48, 64, 3), (32, 32, 3)])
+def test_images_normalised_on_a_device_equal_the_plain_formula(shape, dtype):
+    """What the runner sends to the policy (``images(frames, device, dtype)``: resized as uint8, normalised in
+    place where the policy runs) equals the plain formula over the resized frames, bit for bit (test_cuda checks
+    the GPU's equals the CPU's): the cheaper path changes no value training saw."""
+    cfg = PolicyConfig.tiny("llava", image_mean=[0.48145466, 0.4578275, 0.40821073],
+                            image_std=[0.26862954, 0.26130258, 0.27577711])
+    proc = RoboVLM(cfg).processor
+    frames = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    x = torch.from_numpy(frames).reshape(-1, *shape[-3:]).permute(0, 3, 1, 2)
+    if x.shape[-2:] != (32, 32):
+        x = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+    mean, std = torch.tensor(cfg.image_mean).view(3, 1, 1), torch.tensor(cfg.image_std).view(3, 1, 1)
+    expected = ((x.float() / 255.0 - mean) / std).reshape(*shape[:-3], 3, 32, 32).to(dtype or torch.float32)
+    out = proc.images(frames, "cpu", dtype) if dtype else proc.images(frames)
+    assert out.dtype == expected.dtype and out.is_contiguous()
+    assert torch.equal(out, expected)
+    assert len(torch.unique(out[..., 0, :, :])) > 10  # varied pixels: the comparison is not trivial
+    assert np.array_equal(frames, np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))  # input untouched
 
 
 def test_image_preprocessing_stays_on_the_cpu_whatever_device_the_policy_was_built_under():

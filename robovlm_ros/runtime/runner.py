@@ -109,13 +109,13 @@ class PolicyRunner:
         """An observation as the policy takes it, on its device: rgb [3, S, S], hand_rgb [3, S, S] or None,
         normalised state [7] (model.processor, then moved; what every step does before the policy)."""
         p = self.model.processor
-        to = lambda x: x.to(device=self.device, dtype=self.dtype)  # noqa: E731
+        images = lambda x: p.images(x, self.device, self.dtype)  # noqa: E731  (normalised on the device)
         hand = None
         if self.config.use_hand_rgb:
             if obs.get("hand_rgb") is None:
                 raise ValueError("this policy uses the gripper camera: the observation needs 'hand_rgb'")
-            hand = to(p.images(obs["hand_rgb"]))
-        return to(p.images(obs["rgb"])), hand, to(p.state(obs["state"]))
+            hand = images(obs["hand_rgb"])
+        return images(obs["rgb"]), hand, p.state(obs["state"]).to(device=self.device, dtype=self.dtype)
 
     def _frame(self, obs) -> Frame:
         frame = self.preprocess(obs)
