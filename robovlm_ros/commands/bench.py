@@ -2,7 +2,7 @@
 
 Measures (a small random-weight policy by default, or a checkpoint's architecture):
   * policy step p50/p99 for window 1 and window W, with and without the cross-step cache (post history), and
-    the preprocessing every step does (two 640x480 frames resized and normalised, moved to the device);
+    the preprocessing every step does (two 640x480 frames resized, moved to the device, normalised);
   * discrete decoding of a whole chunk (10 actions, 70 tokens) with and without the KV cache, of one
     action (7 tokens), and the prefix alone (images + text into the KV cache); a decoding step's weight
     reads against the device's memory bandwidth; on CUDA also the cached step without its CUDA graph and

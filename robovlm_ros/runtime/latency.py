@@ -87,8 +87,9 @@ def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype
 
 
 def preprocess_latency(model: RoboVLM, steps: int, device: str, dtype: str = "auto") -> dict:
-    """The runner's preprocessing of one observation (two 640x480 camera frames resized and normalised on
-    the CPU, where they arrive, then moved to the device; the state): part of every step, not of the policy."""
+    """The runner's preprocessing of one observation (two 640x480 camera frames resized on the CPU, where
+    they arrive, moved to the device as uint8 and normalised there; the state): part of every step, not of
+    the policy."""
     runner = PolicyRunner(model, device=device, dtype=dtype, execute_steps=1)
     rng = np.random.default_rng(0)
     frames = [_obs(rng, (480, 640)) for _ in range(steps + 1)]
