@@ -162,7 +162,9 @@ def _tiny_paligemma(vocab: int, z: BackboneSize) -> dict:
         num_hidden_layers=z.layers, num_attention_heads=z.heads, num_key_value_heads=1, head_dim=z.d // z.heads,
         max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
-    vision = _vision(z, model_type="siglip_vision_model", projection_dim=z.d)
+    # PaliGemma's SigLIP has no pooling head (its config.json: vision_use_head false; SiglipVisionConfig's
+    # default builds one, which PaliGemma never reads)
+    vision = _vision(z, model_type="siglip_vision_model", projection_dim=z.d, vision_use_head=False)
     return dict(text_config=text, vision_config=vision, projection_dim=z.d, hidden_size=z.d,
                 image_token_id=vocab - 1, tie_word_embeddings=False)
 

@@ -40,7 +40,7 @@ PRESETS: dict[str, Preset] = {
                               max_position_embeddings=8192, pad_token_id=0, bos_token_id=2, eos_token_id=1),
              vision_config=dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304,
                                 num_hidden_layers=27, num_attention_heads=16, image_size=224, patch_size=14,
-                                projection_dim=2048),
+                                projection_dim=2048, vision_use_head=False),
              projection_dim=2048, hidden_size=2048, image_token_id=257152, tie_word_embeddings=True),
         image_size=224, parameters=2.92e9, source="google/paligemma-3b-pt-224"),
     "qwen2-vl-2b": Preset(
