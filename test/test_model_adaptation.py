@@ -1,9 +1,11 @@
 """LoRA, freezing and gradient checkpointing."""
 import pytest
 import torch
+from torch import nn
 
-from conftest import make_batch
+from conftest import ALL_FAMILIES, make_batch
 from robovlm_ros.model import PolicyConfig, RoboVLM
+from robovlm_ros.model.adaptation import frozen_matmul_weights_to
 
 OWN_MODULES = ("action_tokens", "head.", "state_", "resampler.", "image_start_end")
 
@@ -81,3 +83,56 @@ def test_vision_frozen_language_model_trained():
         if name.startswith(("backbone.hf.model.vision_tower", "backbone.hf.model.multi_modal_projector")):
             assert not p.requires_grad and p.grad is None
     assert model.backbone.decoder_layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def _autocast_lora_losses(family, store_frozen_in=None, steps=3):
+    """Losses of ``steps`` LoRA steps under CPU bf16 autocast (what bf16-mixed training runs), the frozen
+    linear / conv weights first stored in ``store_frozen_in`` if given."""
+    torch.manual_seed(0)
+    model = RoboVLM(PolicyConfig.tiny(family, use_hand_rgb=True, use_state=True, lora={"r": 4},
+                                      train_vision=False)).train()
+    converted = frozen_matmul_weights_to(model, store_frozen_in) if store_frozen_in else []
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    batch = make_batch(model, b=2)
+    losses = []
+    for _ in range(steps):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(batch)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses, model, converted
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_frozen_matrix_weights_stored_in_bf16_train_as_autocast_does(family):
+    """bf16-mixed training keeps frozen linear / conv weights in bf16 (train/module.py): the values autocast
+    rounds them to at every use, so the losses are those of the fp32 weights, bit for bit."""
+    reference, _, _ = _autocast_lora_losses(family)
+    losses, model, converted = _autocast_lora_losses(family, torch.bfloat16)
+    assert losses == reference
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    shared = {id(p) for m in model.modules() if not isinstance(m, kinds) for p in m.parameters(recurse=False)}
+    frozen = {id(p) for m in model.modules() if isinstance(m, kinds) for p in m.parameters(recurse=False)
+              if not p.requires_grad and id(p) not in shared}  # a tied LM head (Kosmos-2) is shared
+    assert {id(p) for p, _ in converted} == frozen and all(old == torch.float32 for _, old in converted)
+    assert all(p.dtype == torch.bfloat16 for p, _ in converted)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)  # LoRA, head: fp32
+    norms = [p for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.Embedding)) for p in m.parameters()]
+    assert norms and all(p.dtype == torch.float32 for p in norms)
+    if family == "paligemma":  # a rounding autocast does not do changes them: the equality is not vacuous
+        assert _autocast_lora_losses(family, torch.float16)[0] != reference
+
+
+def test_a_weight_shared_with_an_embedding_stays_in_float32():
+    """A language-model head tied to the embedding table: the embedding looks rows up unrounded, outside
+    autocast's casts, so the shared weight keeps its dtype; trainable weights keep theirs."""
+    emb, head, other, trained = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False), nn.Linear(4, 4), nn.Linear(4, 4)
+    head.weight = emb.weight
+    model = nn.ModuleDict(dict(emb=emb, head=head, other=other, trained=trained)).requires_grad_(False)
+    trained.requires_grad_(True)
+    converted = frozen_matmul_weights_to(model, torch.bfloat16)
+    assert {id(p) for p, _ in converted} == {id(other.weight), id(other.bias)}
+    assert other.weight.dtype == other.bias.dtype == torch.bfloat16
+    assert emb.weight.dtype == head.weight.dtype == trained.weight.dtype == torch.float32

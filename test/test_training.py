@@ -117,12 +117,14 @@ def test_validation_reports_held_out_r2_and_gripper_accuracy(tmp_path, dataset):
     assert float(logged["val/gripper_accuracy"]) == pytest.approx(np.mean((pred[:, 6] > 0) == (target[:, 6] > 0)))
 
 
-def test_resume_continues_with_the_same_loss_curve_and_keeps_the_log(tmp_path, dataset):
-    full = load_train_config(write_config(tmp_path / "a.yaml", dataset, tmp_path / "full", optim={"max_steps": 22},
-                                          trainer={"checkpoint_every": 7}))
+@pytest.mark.parametrize("setup", [{}, {"model": {"lora": {"r": 4}}, "trainer": {"precision": "bf16-mixed"}}],
+                         ids=["fp32", "lora-bf16-mixed"])  # the second restores frozen weights stored in bf16
+def test_resume_continues_with_the_same_loss_curve_and_keeps_the_log(tmp_path, dataset, setup):
+    sections = dict(optim={"max_steps": 22}, trainer={"checkpoint_every": 7, **setup.get("trainer", {})},
+                    **{k: v for k, v in setup.items() if k != "trainer"})
+    full = load_train_config(write_config(tmp_path / "a.yaml", dataset, tmp_path / "full", **sections))
     train(full)
-    part = load_train_config(write_config(tmp_path / "b.yaml", dataset, tmp_path / "part", optim={"max_steps": 22},
-                                          trainer={"checkpoint_every": 7}))
+    part = load_train_config(write_config(tmp_path / "b.yaml", dataset, tmp_path / "part", **sections))
     part.optim.max_steps = 12  # "interrupted" after 12 steps: mid-epoch (11 batches per epoch), 5 past a checkpoint
     train(part)
     ckpts = tmp_path / "part" / "checkpoints"
@@ -253,6 +255,36 @@ def test_bf16_mixed_precision_and_gradient_accumulation(tmp_path, dataset):
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["global_step"] == 3
     assert state["robovlm_ros"]["batches_seen"] == 6  # two batches per optimiser step
+
+
+def test_bf16_mixed_training_keeps_frozen_matrix_weights_in_bf16_and_trains_the_same(tmp_path, dataset):
+    """LoRA under bf16-mixed: the frozen linear weights are stored in bf16 while fitting (the resumable
+    checkpoint shows it), the losses equal those of a run that keeps them in float32, and the exported
+    policy is float32 again, with the weights as trained (bf16-rounded), and loads in the runner."""
+    import torch
+    from safetensors.torch import load_file
+
+    runs = {}
+    for keep_bf16 in (True, False):
+        out = tmp_path / f"run_{keep_bf16}"
+        cfg = load_train_config(write_config(tmp_path / f"cfg_{keep_bf16}.yaml", dataset, out,
+                                             model={"lora": {"r": 4}}, optim={"max_steps": 4},
+                                             trainer={"precision": "bf16-mixed", "checkpoint_every": 4,
+                                                      "frozen_in_compute_dtype": keep_bf16}))
+        export = train(cfg)
+        fitted = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        runs[keep_bf16] = losses(out), fitted, load_file(os.path.join(export, "model.safetensors")), export
+    (curve, fitted, exported, export), (curve_fp32, fitted_fp32, exported_fp32, _) = runs[True], runs[False]
+    assert len(curve) == 4 and curve == curve_fp32
+    base = [k for k in fitted if k.endswith("base_layer.weight")]
+    assert base and all(fitted[k].dtype == torch.bfloat16 and fitted_fp32[k].dtype == torch.float32 for k in base)
+    assert all(v.dtype == torch.float32 for k, v in fitted.items() if "lora_" in k or k.startswith("policy.head."))
+    assert all(v.dtype == torch.float32 for v in exported.values())
+    for k in base:  # the exported frozen weights: the float32 originals rounded as training used them
+        name = k.removeprefix("policy.")
+        assert torch.equal(exported[name], exported_fp32[name].to(torch.bfloat16).float())
+    runner = PolicyRunner(export, device="cpu", dtype="float32")  # loads strictly, every weight in float32
+    assert all(p.dtype == torch.float32 for p in runner.model.parameters())
 
 
 def test_training_normalises_with_the_datasets_own_statistics(tmp_path, dataset):

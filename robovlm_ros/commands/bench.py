@@ -150,7 +150,8 @@ def run_training(args) -> int:
     report = {"backbone": _backbone_name(args), "device": args.device,
               "cuda": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "torch": torch.__version__, **training_cost(config, args.batch, args.train_steps, args.device,
-                                                            args.precision, args.strategy)}
+                                                            args.precision, args.strategy,
+                                                            frozen_in_compute_dtype=not args.frozen_fp32)}
     report["step_ms"] = percentiles(report.pop("step_s"))
     if args.activations:  # one more forward + backward, outside Lightning
         from ..model import RoboVLM
@@ -164,6 +165,7 @@ def run_training(args) -> int:
           f"{args.precision}, strategy {args.strategy}, gradient checkpointing {args.gradient_checkpointing}")
     print(f"step p50 {report['step_ms']['p50_ms']:.1f} ms, p99 {report['step_ms']['p99_ms']:.1f} ms"
           + (f", peak memory {report['peak_memory_gb']:.2f} GB" if report["peak_memory_gb"] is not None else "")
+          + f", parameters {report['parameter_gb']:.2f} GB while training"
           + (f", activations kept for backward {report['saved_activation_gb']:.2f} GB"
              if "saved_activation_gb" in report else ""))
     if args.json:
@@ -281,4 +283,7 @@ def add_parser(sub) -> None:
     t.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. fsdp")
     t.add_argument("--activations", action="store_true",
                    help="also measure the activation bytes a forward keeps for backward")
+    t.add_argument("--frozen-fp32", action="store_true",
+                   help="keep frozen weights in float32 under mixed precision (training's "
+                        "frozen_in_compute_dtype: false), to compare")
     p.set_defaults(func=run)

@@ -11,10 +11,17 @@ Rules (PolicyConfig fields):
     only those (plus the rules above);
   * ``gradient_checkpointing`` turns on transformers' non-reentrant checkpointing of each layer
     (activations are recomputed in backward; only active in train mode).
+
+Under mixed precision, training stores frozen matrix weights in the compute dtype
+(``frozen_matmul_weights_to``): the values autocast would compute with anyway, in half the memory.
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+# the modules whose weights autocast casts to its dtype at every use (matrix products and convolutions)
+_AUTOCAST_CAST = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _set(module: nn.Module, flag: bool) -> None:
@@ -60,3 +67,26 @@ def apply_adaptation(model) -> None:
     if cfg.gradient_checkpointing:
         # non-reentrant: works when no decoder input requires grad (frozen embeddings)
         bb.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def frozen_matmul_weights_to(model: nn.Module, dtype: torch.dtype) -> list[tuple[nn.Parameter, torch.dtype]]:
+    """Store the frozen weights (and biases) of linear and convolution layers in ``dtype``; returns each
+    converted parameter with its former dtype (to convert back). Under autocast to ``dtype`` this changes
+    no value the model computes: autocast rounds these weights to ``dtype`` at every use, the same
+    rounding, while fp32 copies of weights that never train cost twice the memory and a cast per use. A
+    weight another kind of module shares (a language-model head tied to the embedding table) stays as it
+    is: the other module computes with it unrounded. Only for training under autocast: outside it a
+    linear layer would get inputs of another dtype."""
+    owners: dict[int, set] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), set()).add(isinstance(module, _AUTOCAST_CAST))
+    converted = []
+    for module in model.modules():
+        if not isinstance(module, _AUTOCAST_CAST):
+            continue
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad and p.is_floating_point() and p.dtype != dtype and owners[id(p)] == {True}:
+                converted.append((p, p.dtype))
+                p.data = p.data.to(dtype)
+    return converted

@@ -40,6 +40,9 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     precision: str = "32-true"    # 32-true | bf16-mixed | 16-mixed
+    # mixed precision: frozen linear/conv weights stored in the compute dtype (the values autocast uses
+    # anyway; half their memory). Not with FSDP / DeepSpeed, which keep their own dtypes
+    frozen_in_compute_dtype: bool = True
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = 1

@@ -47,6 +47,10 @@ class _StepTimer(L.Callback):
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()
 
+    def on_train_start(self, trainer, module) -> None:
+        # what the parameters occupy while training (frozen weights may be stored in the compute dtype)
+        self.parameter_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         self._sync(trainer)
         self._t0 = time.perf_counter()
@@ -57,7 +61,7 @@ class _StepTimer(L.Callback):
 
 
 def training_cost(config: PolicyConfig, batch_size: int, steps: int = 5, device: str = "cpu",
-                  precision: str = "32-true", strategy: str = "auto") -> dict:
+                  precision: str = "32-true", strategy: str = "auto", frozen_in_compute_dtype: bool = True) -> dict:
     """``steps`` optimiser steps of the policy ``config`` builds, on synthetic batches, through the same
     LightningModule as ``robovlm-ros train``: step times (the first step, with its one-off setup, left out)
     and, on CUDA, the peak memory allocated."""
@@ -67,7 +71,7 @@ def training_cost(config: PolicyConfig, batch_size: int, steps: int = 5, device:
     batches = [synthetic_batch(model, batch_size=batch_size, seed=i) for i in range(steps)]
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    module = PolicyModule(model, OptimConfig(lr=1e-5, max_steps=steps))
+    module = PolicyModule(model, OptimConfig(lr=1e-5, max_steps=steps), frozen_in_compute_dtype)
     timer = _StepTimer()
     trainer = L.Trainer(max_steps=steps, accelerator="cuda" if cuda else "cpu", devices=1, precision=precision,
                         strategy=strategy, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -82,5 +86,6 @@ def training_cost(config: PolicyConfig, batch_size: int, steps: int = 5, device:
            "parameters": n_params, "trainable_parameters": n_train, "batch_size": batch_size,
            "window": config.window_size, "precision": precision, "strategy": strategy,
            "gradient_checkpointing": config.gradient_checkpointing, "lora": config.lora,
+           "frozen_in_compute_dtype": frozen_in_compute_dtype, "parameter_gb": timer.parameter_bytes / 1e9,
            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}
     return out

@@ -9,7 +9,11 @@ from torchmetrics.classification import BinaryAccuracy
 from torchmetrics.regression import R2Score
 
 from ..model import RoboVLM
+from ..model.adaptation import frozen_matmul_weights_to
 from .config import OptimConfig
+
+# autocast's compute dtype per Lightning precision (the mixed ones)
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def lr_lambda(optim: OptimConfig):
@@ -25,14 +29,35 @@ def lr_lambda(optim: OptimConfig):
 
 
 class PolicyModule(L.LightningModule):
-    def __init__(self, policy: RoboVLM, optim: OptimConfig):
+    def __init__(self, policy: RoboVLM, optim: OptimConfig, frozen_in_compute_dtype: bool = True):
         super().__init__()
         self.policy, self.optim = policy, optim
+        self.frozen_in_compute_dtype = frozen_in_compute_dtype
+        self._converted: list = []  # frozen weights stored in the compute dtype while fitting
         self.batches_seen = 0  # where the sample stream stands, for an exact resume (see ResumableSampler)
         # how well held-out actions are predicted, scale-free: the loss cannot say whether 0.03 is good,
         # R^2 per arm dimension can (0 = no better than the mean action, 1 = exact); the gripper is +-1
         self.val_r2 = R2Score(multioutput="raw_values")
         self.val_gripper = BinaryAccuracy()
+
+    def setup(self, stage: str) -> None:
+        # before the strategy wraps the model and before a resumed run's weights are restored into it.
+        # Sharded strategies (FSDP, DeepSpeed) keep their own parameter dtypes: left to them.
+        dtype = AUTOCAST_DTYPES.get(str(self.trainer.precision))
+        plain = isinstance(self.trainer.strategy, (L.pytorch.strategies.SingleDeviceStrategy,
+                                                   L.pytorch.strategies.DDPStrategy))
+        if stage == "fit" and self.frozen_in_compute_dtype and dtype is not None and plain:
+            self._converted = frozen_matmul_weights_to(self.policy, dtype)
+            n = sum(p.numel() for p, _ in self._converted)
+            if n:
+                self.print(f"frozen linear/conv weights kept in {str(dtype).removeprefix('torch.')} while training: "
+                           f"{n / 1e6:.1f} M values, {n * 2 / 1e9:.2f} GB less than in float32")
+
+    def on_fit_end(self) -> None:
+        # the exported policy (and the model object) in its dtypes again; the values stay rounded, as trained
+        for p, dtype in self._converted:
+            p.data = p.data.to(dtype)
+        self._converted = []
 
     def forward(self, batch):
         return self.policy(batch)

@@ -44,7 +44,7 @@ def build(cfg: TrainConfig):
         model = finetune_from(cfg.init_checkpoint, policy_cfg, normalizer)
     else:
         model = RoboVLM(policy_cfg, normalizer=normalizer)
-    return model, PolicyModule(model, cfg.optim), PolicyDataModule(cfg.data, model, cfg.seed, sources)
+    return model, PolicyModule(model, cfg.optim, cfg.trainer.frozen_in_compute_dtype), PolicyDataModule(cfg.data, model, cfg.seed, sources)
 
 
 def finetune_from(checkpoint: str, policy_cfg, normalizer: Normalizer) -> RoboVLM:
