@@ -30,12 +30,14 @@ class _RecordedGraph:
     device it was captured on (as cudaGraphLaunch needs: a graph of cuda:1's kernels on cuda:0's stream fails)."""
 
     def __init__(self):
-        self.ops, self.device = [], None
+        self.ops, self.addresses, self.device = [], [], None
 
     def replay(self):
         assert _current_device and _current_device[-1] == self.device, \
             f"captured on {self.device}, replayed on {_current_device[-1:] or 'the current device'}"
-        for func, args, kwargs, out in self.ops:
+        for (func, args, kwargs, out), addresses in zip(self.ops, self.addresses):
+            for t, ptr in addresses:  # a GPU graph would read the old, freed memory
+                assert t.data_ptr() == ptr, f"{func} replayed over a tensor that moved since the capture"
             new = func(*args, **kwargs)
             for o, n in zip(*((x if isinstance(x, (tuple, list)) else (x,)) for x in (out, new))):
                 if isinstance(o, torch.Tensor) and o.data_ptr() != n.data_ptr():  # not in place, not a view
@@ -64,7 +66,19 @@ class _Record(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.graph.ops.append((func, args, kwargs or {}, out))
+        self.graph.addresses.append(list(_tensor_addresses(args, kwargs or {})))
         return out
+
+
+def _tensor_addresses(args, kwargs):
+    """(tensor, data_ptr) of every tensor an op reads, nested lists included."""
+    stack = [*args, *kwargs.values()]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            yield x, x.data_ptr()
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
 
 
 @pytest.fixture
@@ -335,6 +349,48 @@ def test_graphed_discrete_decoding_acts_as_the_growing_cache(recorded_graphs, fa
         assert len(torch.unique(graphed)) > 5
     assert model._static_decoder._prefix.replays == 3 and model._static_decoder._prefix.refused is None
     assert model._static_decoder._stepper.graph is not None  # the decoding step replayed too, not eager
+
+
+@pytest.mark.parametrize("history", ["post", "pre"])
+def test_moved_weights_are_never_read_through_an_old_decoding_graph(recorded_graphs, history):
+    """After the weights move (here float64 and back: every tensor at a new address, as ``.cpu().cuda()``
+    does) no graph of the old addresses replays: the stand-in fails a replay over a moved tensor, as a GPU
+    would read freed memory. The decoding step's graph is captured anew and decodes what it did."""
+    from test_runtime import observations, tiny_model
+
+    model = tiny_model("discrete", history, family="paligemma", use_hand_rgb=True).eval()
+    model.decoding = "static"
+    runner = PolicyRunner(model, device="cpu", execute_steps=1)
+    runner.set_instruction("pick up the red block")
+    obs = observations(3)
+    before = [runner.predict_chunk(o) for o in obs[:3]]
+    stepper = (runner.policy._stepper if history == "pre" else model._static_decoder._stepper)
+    assert stepper.graph is not None
+    runner.model.to(torch.float64).to(torch.float32)
+    runner.reset()
+    after = [runner.predict_chunk(o) for o in obs[:3]]
+    np.testing.assert_array_equal(np.stack(after), np.stack(before))
+    stepper = (runner.policy._stepper if history == "pre" else model._static_decoder._stepper)
+    assert stepper.graph is not None  # captured again over the new addresses, and replayed
+
+
+@pytest.mark.parametrize("part", ["embeddings", "last decoder layer", "lm head", "vision tower", "head",
+                                  "action tokens"])
+def test_the_graph_guard_sees_any_part_of_the_policy_move(part):
+    """A graph is bound to the addresses of every weight it reads: moving one part alone (a user's
+    ``policy.head.to(...)``) changes the guard, so graphs over the old addresses are dropped."""
+    from test_runtime import tiny_model
+
+    model = tiny_model("continuous", family="paligemma", head="lstm")
+    bb = model.backbone
+    module = {"embeddings": bb.embed_tokens, "last decoder layer": bb.decoder_layers[-1], "lm head": bb.lm_head,
+              "vision tower": bb.vision_modules[0], "head": model.head}.get(part)
+    before = model.graph_guard()
+    if module is None:
+        model.action_tokens.data = model.action_tokens.data.clone()
+    else:
+        module.to(torch.float64).to(torch.float32)
+    assert model.graph_guard() != before
 
 
 def test_a_decoding_graph_that_decodes_otherwise_is_dropped(recorded_graphs, monkeypatch, caplog):

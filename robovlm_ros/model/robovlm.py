@@ -298,11 +298,17 @@ class RoboVLM(nn.Module):
         return unflatten(hidden)[:, :, -self.config.latent_num:]
 
     def graph_guard(self) -> tuple:
-        """What a CUDA graph of the policy is bound to besides its inputs' shapes (cuda_graph.CapturedFunction):
-        where the weights live (moved or cast: new addresses) and buffers the backbone may replace."""
-        act = getattr(self, "action_tokens", None)
-        return (self.backbone.embed_tokens.weight.data_ptr(), None if act is None else act.data_ptr(),
-                *self.backbone.graph_inputs())
+        """What a CUDA graph of the policy is bound to besides its inputs' shapes (cuda_graph.CapturedFunction,
+        the decoding step's graph): where the weights live (moved, cast or loaded with ``assign``: new
+        addresses) and buffers the backbone may replace. Sampled, to stay cheap at every call: a weight of each
+        part a move or a load would touch (embeddings, first and last decoder layer, LM head, vision tower,
+        action tokens, head); a single parameter swapped by hand (``.data =``) is not seen."""
+        bb = self.backbone
+        parts = (bb.decoder_layers[0], bb.decoder_layers[-1], bb.lm_head, *bb.vision_modules[:1],
+                 getattr(self, "head", None))
+        sampled = [bb.embed_tokens.weight, getattr(self, "action_tokens", None)]
+        sampled += [next(part.parameters(), None) for part in parts if part is not None]
+        return (*(None if p is None else p.data_ptr() for p in sampled), *bb.graph_inputs())
 
     @staticmethod
     def single_frames(rgb, hand_rgb, input_ids, attention_mask, state) -> dict:

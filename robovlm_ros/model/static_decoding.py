@@ -64,7 +64,7 @@ class GreedyStepper:
         # mask into, in every layer: three kernels per layer and token saved
         self.mask = torch.zeros(batch, 1, 1, max_len, dtype=dtype, device=device)  # [N, 1, q=1, L_max]
         self.graph: torch.cuda.CUDAGraph | None = None
-        self._graph_inputs: tuple = ()  # Backbone.graph_inputs at capture
+        self._guard: tuple = ()  # the model's graph_guard at capture: its weights' and buffers' addresses
         self.use_graph = use_graph and n_tokens > 1
 
     def first_token(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -98,8 +98,9 @@ class GreedyStepper:
 
     def decode_rest(self) -> torch.Tensor:
         """The other n - 1 tokens -> all n [N, n_tokens]."""
-        if self.graph is not None and self.model.backbone.graph_inputs() != self._graph_inputs:
-            # a buffer the graph reads was replaced since the capture: decode eagerly, capture again next time
+        if self.graph is not None and self.model.graph_guard() != self._guard:
+            # weights moved or a buffer the graph reads was replaced since the capture (the graph would read
+            # freed memory): decode eagerly, capture again next time
             self.graph, self.use_graph = None, True
         return self._decode(self.graph if cuda_graph.graphable(self.device) else None)
 
@@ -133,7 +134,7 @@ class GreedyStepper:
             runs.append(self._decode(g))
         self._restore(saved)
         if torch.equal(*runs):
-            self.graph, self._graph_inputs = graph, self.model.backbone.graph_inputs()
+            self.graph, self._guard = graph, self.model.graph_guard()
         else:
             log.warning("the CUDA graph of the decoding step decoded other tokens than the step; decoding eagerly")
 
