@@ -88,7 +88,9 @@ def recorded_graphs(monkeypatch):
             pass
 
     monkeypatch.setattr(cuda_graph, "on_cuda", lambda device: True)
+    monkeypatch.setattr(cuda_graph, "_disabled", None)
     monkeypatch.setattr(torch.cuda, "device", _device)
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda stream: None)
     monkeypatch.setattr(torch.cuda, "Stream", Stream)
     monkeypatch.setattr(torch.cuda, "current_stream", Stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
@@ -133,6 +135,22 @@ def test_the_scan_names_every_kind_of_host_sync_and_its_line():
         out, found = host_syncs(fn, x)
         assert torch.equal(out, fn(x))  # the scanned call computes the same
         assert f"{what} at test/test_cuda_graph.py:{_line(fn)}" in found, (fn.__name__, found)
+
+
+def test_the_scan_names_copies_between_the_host_and_the_device_a_scalar_too():
+    """From pageable host memory a copy waits for the device, which fails a capture, a one-value copy as
+    well (the meta device stands in for the GPU here)."""
+    x = torch.randn(4, 3, device="meta")
+
+    def scalar_up(x):
+        return x * torch.tensor(2.0).to(x.device)
+
+    def rows_up(x):
+        return x + torch.ones(3).to(x.device)
+
+    for fn in (scalar_up, rows_up):
+        assert f"a copy from host memory at test/test_cuda_graph.py:{_line(fn)}" in host_syncs(fn, x)[1]
+    assert host_syncs(lambda x: x * 2.0 + x.new_ones(3), x)[1] == []  # a Python number is a kernel argument
 
 
 def test_the_scan_passes_what_a_graph_can_replay():
@@ -391,6 +409,61 @@ def test_the_graph_guard_sees_any_part_of_the_policy_move(part):
     else:
         module.to(torch.float64).to(torch.float32)
     assert model.graph_guard() != before
+
+
+def test_a_failed_capture_turns_graphs_off_and_leaves_the_thread_on_its_stream(recorded_graphs, monkeypatch,
+                                                                              caplog):
+    """torch.cuda.graph ends a capture before it leaves the capture's stream: when ending fails (an op the
+    scan missed), the thread stays on the side stream and PyTorch may stay mid-capture. The thread gets its
+    stream back, the call runs eagerly and no graph is captured or replayed any more in the process, which
+    the log says once, as an error; the policy still computes what it should."""
+    from test_runtime import observations, tiny_model
+
+    current = {"stream": "main"}  # the thread's current stream
+
+    class Stream:
+        def __init__(self, name="side"):
+            self.name = name
+
+        def wait_stream(self, other):
+            pass
+
+    @contextlib.contextmanager
+    def stream(s):  # torch.cuda.stream: current for the block, the previous one restored after it
+        previous, current["stream"] = current["stream"], s.name
+        yield
+        current["stream"] = previous
+
+    class FailingCapture:  # torch.cuda.graph whose capture_end raises in __exit__, before its stream is left
+        def __init__(self, graph, stream=None, **options):
+            self.stream = stream
+
+        def __enter__(self):
+            current["stream"] = self.stream.name
+
+        def __exit__(self, *exc):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: Stream(current["stream"]))
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda s: current.__setitem__("stream", s.name))
+    monkeypatch.setattr(torch.cuda, "graph", FailingCapture)
+    lin = torch.nn.Linear(8, 8)
+    graphed = CapturedFunction(lambda x: torch.tanh(lin(x)), "a step")
+    x = torch.randn(2, 8)
+    with torch.no_grad(), caplog.at_level(logging.ERROR, logger="robovlm_ros.model.cuda_graph"):
+        torch.testing.assert_close(graphed(x), torch.tanh(lin(x)))
+        assert current["stream"] == "main"
+        assert "capture failed" in graphed.refused and cuda_graph._disabled is not None
+        runner = PolicyRunner(tiny_model("discrete", family="paligemma", use_hand_rgb=True), device="cpu",
+                              execute_steps=1)
+        runner.set_instruction("pick up the red block")
+        actions = [runner.step(o) for o in observations(3)]
+    assert runner.model._static_decoder is None or runner.model._static_decoder._stepper.graph is None
+    assert all(v == 0 for k, v in runner.policy.graph_report().items() if k.endswith(("_replays", "_captures")))
+    assert len(np.unique(np.stack(actions)[:, 0])) > 1
+    assert sum("CUDA graphs are off" in r.message for r in caplog.records) == 1
 
 
 def test_a_decoding_graph_that_decodes_otherwise_is_dropped(recorded_graphs, monkeypatch, caplog):

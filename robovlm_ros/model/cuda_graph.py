@@ -11,9 +11,11 @@ function computes:
 
 * ``host_syncs`` runs the function (after one plain call, which does any one-off initialisation) under
   a dispatch mode that records every op that makes the host wait for the device (``.item()``,
-  ``nonzero``, boolean indexing, ``if tensor:``) or copies host data onto it: such an op fails a capture,
-  or bakes one call's value into every replay. A function with one is not captured (the log names the op
-  and where it is called from) and runs eagerly.
+  ``nonzero``, boolean indexing, ``if tensor:``) or copies between the host and the device: such an op
+  fails a capture, or bakes one call's value into every replay. A function with one is not captured (the
+  log names the op and where it is called from) and runs eagerly.
+* a capture that fails anyway turns graphs off for the rest of the process (an error in the log): PyTorch
+  may be left mid-capture in its allocator, where later captures fail too.
 * after the capture the graph is replayed on *different* inputs (the floating-point inputs redrawn) and
   compared with the eager function on the same inputs: a graph that kept something of the capture's
   inputs fails this, is dropped, and the function runs eagerly (warned, once).
@@ -52,10 +54,6 @@ def _caller() -> str:
     return "?"
 
 
-def _on_host(x) -> bool:
-    return isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dim() > 0
-
-
 class _HostSyncScan(TorchDispatchMode):
     """Records (op, caller) for every op that syncs with the host or brings host data into the call."""
 
@@ -80,10 +78,13 @@ class _HostSyncScan(TorchDispatchMode):
         out = func(*args, **kwargs)
         if name.startswith("lift_fresh") and out.dim() > 0:  # torch.tensor(python data) on every call
             self._note("a tensor made from host data")
-        elif name in ("_to_copy", "copy_") and isinstance(out, torch.Tensor) and out.device.type == "cuda":
+        elif name in ("_to_copy", "copy_") and isinstance(out, torch.Tensor):
+            # between devices, a scalar too: from pageable host memory or to the host, a copy waits for the
+            # device, which fails a capture
             src = args[1] if name == "copy_" else args[0]
-            if _on_host(src):
-                self._note("a copy from host memory")
+            if isinstance(src, torch.Tensor) and src.device != out.device:
+                self._note("a copy from host memory" if src.device.type == "cpu" else
+                           "a copy to host memory" if out.device.type == "cpu" else "a copy between devices")
         return out
 
 
@@ -100,11 +101,22 @@ def on_cuda(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+_disabled: str | None = None  # why graphs are off for the rest of the process (a capture failed)
+
+
 def graphable(device: torch.device) -> bool:
-    """Whether a call on ``device`` may capture or replay a graph now: on CUDA, and not under autocast (its
-    low-precision weight copies live for one autocast block, as in a Lightning validation step, so a graph
-    captured there would later read freed memory, and one captured without it would replay other kernels)."""
-    return on_cuda(device) and not torch.is_autocast_enabled(device.type)
+    """Whether a call on ``device`` may capture or replay a graph now: on CUDA, not after a failed capture,
+    and not under autocast (its low-precision weight copies live for one autocast block, as in a Lightning
+    validation step, so a graph captured there would later read freed memory, and one captured without it
+    would replay other kernels)."""
+    return on_cuda(device) and _disabled is None and not torch.is_autocast_enabled(device.type)
+
+
+def _disable(why: str) -> None:
+    global _disabled
+    if _disabled is None:
+        _disabled = why
+        log.error("CUDA graphs are off for the rest of this process, the policy runs eagerly (slower): %s", why)
 
 
 def _device_of(args) -> torch.device | None:
@@ -118,17 +130,26 @@ def capture(fn: Callable[[], object], device: torch.device, warmups: int = 2):
     calls run first on the capture's own side stream (lazy initialisation, allocations, the stream's cuBLAS
     workspace happen there, not inside the capture); ``fn``'s side effects happen warmups + 1 times."""
     with torch.cuda.device(device):
+        current = torch.cuda.current_stream()
         side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        side.wait_stream(current)
         with torch.cuda.stream(side):
             for _ in range(warmups):
                 fn()
-        torch.cuda.current_stream().wait_stream(side)
+        current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: the policy node captures in its inference thread while other threads run; their CUDA
-        # calls must not break the capture ("global" would), and cannot enter it
-        with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
-            out = fn()
+        try:
+            # thread_local: the policy node captures in its inference thread while other threads run; their
+            # CUDA calls must not break the capture ("global" would), and cannot enter it
+            with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+                out = fn()
+        except BaseException as e:
+            # torch.cuda.graph ends the capture before it leaves the side stream: when ending fails (an op the
+            # capture refused), the thread stays on that stream and the allocator may still route allocations
+            # into the dead graph's pool, so later captures cannot start. Back to the stream; no more graphs.
+            torch.cuda.set_stream(current)
+            _disable(f"a capture failed ({type(e).__name__}: {e})")
+            raise
     return graph, out
 
 
