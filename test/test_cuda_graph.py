@@ -384,12 +384,14 @@ def test_moved_weights_are_never_read_through_an_old_decoding_graph(recorded_gra
     before = [runner.predict_chunk(o) for o in obs[:3]]
     stepper = (runner.policy._stepper if history == "pre" else model._static_decoder._stepper)
     assert stepper.graph is not None
+    held = [p.data for p in runner.model.parameters()]  # the old storages stay: new addresses for the new ones
     runner.model.to(torch.float64).to(torch.float32)
     runner.reset()
     after = [runner.predict_chunk(o) for o in obs[:3]]
     np.testing.assert_array_equal(np.stack(after), np.stack(before))
     stepper = (runner.policy._stepper if history == "pre" else model._static_decoder._stepper)
     assert stepper.graph is not None  # captured again over the new addresses, and replayed
+    del held
 
 
 @pytest.mark.parametrize("part", ["embeddings", "last decoder layer", "lm head", "vision tower", "head",
@@ -404,11 +406,13 @@ def test_the_graph_guard_sees_any_part_of_the_policy_move(part):
     module = {"embeddings": bb.embed_tokens, "last decoder layer": bb.decoder_layers[-1], "lm head": bb.lm_head,
               "vision tower": bb.vision_modules[0], "head": model.head}.get(part)
     before = model.graph_guard()
+    held = [p.data for p in model.parameters()]  # the old storages stay: the new ones get other addresses
     if module is None:
         model.action_tokens.data = model.action_tokens.data.clone()
     else:
         module.to(torch.float64).to(torch.float32)
     assert model.graph_guard() != before
+    del held
 
 
 def test_a_failed_capture_turns_graphs_off_and_leaves_the_thread_on_its_stream(recorded_graphs, monkeypatch,
