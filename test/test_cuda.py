@@ -230,13 +230,15 @@ def test_training_on_the_gpu_exports_a_checkpoint_the_cpu_runs_alike(tmp_path, p
     np.testing.assert_allclose(out["cuda"], out["cpu"], rtol=0, atol=1e-4)
 
 
-def test_lstm_heads_keep_cudnn_packed_weights_after_moving_to_the_gpu():
-    # the runner re-packs nn.LSTM weights after moving the policy (RoboVLM.pack_rnn_weights): unpacked, every call on CUDA copies them (the H200
-    # bench warned "RNN module weights are not part of single contiguous chunk of memory" at each step)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lstm_heads_keep_cudnn_packed_weights_after_moving_to_the_gpu(dtype):
+    # unpacked, every call on CUDA copies an LSTM's weights into one buffer (the H200 bench warned "RNN module
+    # weights are not part of single contiguous chunk of memory" at each step, bf16): the runner packs them,
+    # bf16 too, which torch's flatten_parameters leaves out (RoboVLM.pack_rnn_weights, heads.pack_rnn)
     model = tiny_model("continuous", "post", head="lstm")
     lstms = [m for m in model.modules() if isinstance(m, torch.nn.LSTM)]
     assert lstms, "the tiny policy has no LSTM head: nothing is checked"
-    runner = PolicyRunner(model, device="cuda", dtype="bfloat16", execute_steps=1)
+    runner = PolicyRunner(model, device="cuda", dtype=dtype, execute_steps=1)
     runner.set_instruction("pick up the red block")
     for lstm in lstms:
         storages = {w.untyped_storage().data_ptr() for w in lstm._flat_weights}

@@ -17,6 +17,30 @@ from torch import nn
 HEAD_KINDS = ("mlp", "lstm", "gpt")
 
 
+def pack_rnn(rnn: nn.RNNBase) -> None:
+    """Put an RNN's weights on CUDA into cuDNN's one contiguous buffer (``flatten_parameters``), bf16 too.
+    torch packs after ``.to()`` only dtypes its Python gate (``torch.backends.cudnn.is_acceptable``) lists,
+    not bf16, while its C++ runs a bf16 RNN through cuDNN: unpacked, every call copies the weights into one
+    buffer and warns ("not part of single contiguous chunk of memory", at every step of the H200 bench).
+    The same packing as torch's, without that gate; where cuDNN refuses it the weights stay as they were."""
+    rnn.flatten_parameters()
+    weights = rnn._flat_weights
+    if not weights or not all(isinstance(w, torch.Tensor) and w.is_cuda and w.dtype == torch.bfloat16
+                              for w in weights):
+        return
+    if len({w.data_ptr() for w in weights}) != len(weights) or not torch._use_cudnn_rnn_flatten_weight():
+        return  # aliased weights: torch's own copying path
+    from torch.backends.cudnn import rnn as cudnn_rnn
+
+    try:
+        with torch.cuda.device_of(weights[0]), torch.no_grad():
+            torch._cudnn_rnn_flatten_weight(weights, (4 if rnn.bias else 2) + (rnn.proj_size > 0), rnn.input_size,
+                                            cudnn_rnn.get_cudnn_mode(rnn.mode), rnn.hidden_size, rnn.proj_size,
+                                            rnn.num_layers, rnn.batch_first, bool(rnn.bidirectional))
+    except RuntimeError:
+        pass  # a torch / cuDNN without bf16 RNNs: it runs them unpacked, as before
+
+
 def pool_latents(features: torch.Tensor) -> torch.Tensor:
     """[B, W, latent_num, D] -> [B, W, D]: max over the action tokens, as RoboVLMs does."""
     return features.max(dim=2).values

@@ -30,7 +30,7 @@ from .action_tokenizer import ActionTokenizer
 from .adaptation import apply_adaptation
 from .backbones import Backbone, config_to_dict, family_spec, preprocessor_defaults
 from .config import PolicyConfig
-from .heads import build_head
+from .heads import build_head, pack_rnn
 from .normalization import Normalizer
 from .processing import PolicyProcessor
 from .resampler import PerceiverResampler
@@ -499,13 +499,13 @@ class RoboVLM(nn.Module):
             self.train(was_training)
 
     def pack_rnn_weights(self) -> None:
-        """nn.LSTM packs its weights into cuDNN's one contiguous buffer only when it is built: after .to() /
-        .cuda() they are separate, and every call on CUDA copies them into one (and warns). The runner calls
-        this after moving the policy (a no-op off CUDA). Not done in ``_apply``: a sharded (FSDP) module's
-        weights are views that must not be re-packed."""
+        """The RNNs' weights (an LSTM head) in cuDNN's one contiguous buffer on CUDA, bf16 included
+        (heads.pack_rnn): unpacked, every call copies them into one (and warns). The runner calls this after
+        moving the policy (a no-op off CUDA). Not done in ``_apply``: a sharded (FSDP) module's weights are
+        views that must not be re-packed."""
         for module in self.modules():
             if isinstance(module, nn.RNNBase):
-                module.flatten_parameters()
+                pack_rnn(module)
 
     def compile_modules(self, mode: str | None = None) -> None:
         """torch.compile, in place and for static shapes, what every step runs: the vision tower, each decoder
