@@ -470,6 +470,48 @@ def test_a_failed_capture_turns_graphs_off_and_leaves_the_thread_on_its_stream(r
     assert sum("CUDA graphs are off" in r.message for r in caplog.records) == 1
 
 
+def test_decodings_at_a_new_length_every_call_capture_no_step_graph(recorded_graphs, monkeypatch):
+    """``model.predict`` with ``pre`` history and no given actions decodes every frame of the window at another
+    length: a step graph per call would cost a capture each (a device sync, warm-ups, the check's decodings)
+    and never replay. The step is captured at the second call with one shape (teacher-forced windows, as in
+    validation), then replayed; the tokens are the growing cache's throughout."""
+    from test_runtime import tiny_model
+
+    real, steps = cuda_graph.capture, []
+
+    def counted(fn, device, warmups=2):
+        steps.extend([fn.__name__] if fn.__name__ == "_step" else [])
+        return real(fn, device, warmups)
+
+    monkeypatch.setattr(cuda_graph, "capture", counted)
+    model = tiny_model("discrete", "pre", family="paligemma", use_hand_rgb=True, window_size=3).eval()
+    batch = make_batch(model, b=1)
+    free = {k: v for k, v in batch.items() if k != "actions"}
+    for b, captures in ((batch, 0), (batch, 1), (batch, 1), (free, 1), (free, 1)):
+        model.decoding = "dynamic"
+        growing = model.predict(b, normalized=True)
+        model.decoding = "static"
+        assert torch.equal(model.predict(b, normalized=True), growing)
+        assert len(steps) == captures
+        if b is batch and captures:  # the teacher-forced shape's graph kept and replayed
+            assert model._static_decoder._stepper.graph is not None
+
+
+def test_compile_modes_that_capture_graphs_of_their_own_are_refused():
+    """torch.compile's reduce-overhead / max-autotune capture CUDA graphs themselves, which would nest inside
+    the policy's own captures."""
+    from test_runtime import tiny_model
+
+    model = tiny_model()
+    for mode in ("reduce-overhead", "max-autotune"):
+        with pytest.raises(ValueError, match="captures CUDA graphs itself"):
+            model.compile_modules(mode)
+    model.cuda_graphs = False
+    model.compile_modules("max-autotune")  # no graphs of the policy's own: theirs are welcome
+    assert model.backbone.decoder_layers[0]._compiled_call_impl is not None
+    torch._dynamo.reset()
+
+
 def test_a_decoding_graph_that_decodes_otherwise_is_dropped(recorded_graphs, monkeypatch, caplog):
     """The decoding step's graph is kept only if, from the same start, it decodes the step's own tokens: one
     that recorded nothing (as a capture on another device than the step's would) decodes eagerly, warned."""

@@ -512,7 +512,11 @@ class RoboVLM(nn.Module):
         layer (one compiled graph serves all layers without a KV cache, one per layer with one) and the head:
         fused kernels for the prefix, the continuous step and decoding. Compilation happens at the first call
         per input shape (PolicyRunner.warmup); ``mode`` as torch.compile's (None: its default, no CUDA graphs,
-        which the preallocated-cache decoding captures itself)."""
+        which the preallocated-cache decoding captures itself; with ``cuda_graphs`` on, modes that capture
+        graphs of their own, nested in ours, are refused)."""
+        if self.cuda_graphs and mode in ("reduce-overhead", "max-autotune"):
+            raise ValueError(f"compile mode {mode!r} captures CUDA graphs itself, inside the policy's own: use "
+                             f"'max-autotune-no-cudagraphs', or turn the policy's cuda_graphs off")
         # where a KV cache is passed, dynamo specialises a decoder layer on its index (the cache is indexed by
         # it): one graph per layer and input shape. Its default limit, 8 per function, would leave all but 8
         # of an 18-layer decoder's graphs eager (seen in the H200 bench: compiled decoding as slow as eager)

@@ -163,6 +163,7 @@ class StaticGreedyDecoder:
         self._stepper: GreedyStepper | None = None
         self._prefix: CapturedFunction | None = None  # frames' prefix, bound to the stepper's cache
         self._frames_key: tuple | None = None
+        self._uses = 0  # calls with the current shape (__call__ captures at the second)
 
     def _stepper_for(self, n: int, length: int, n_tokens: int, dtype: torch.dtype, device: torch.device):
         graphs = cuda_graph.on_cuda(device) and self.model.cuda_graphs
@@ -170,15 +171,19 @@ class StaticGreedyDecoder:
         if key != self._key:  # one shape at a time: a new shape frees the old cache and graphs
             self._stepper = GreedyStepper(self.model, static_cache(self.model, length + n_tokens), n,
                                           length + n_tokens, n_tokens, dtype, device, graphs)
-            self._key, self._prefix, self._frames_key = key, None, None
+            self._key, self._prefix, self._frames_key, self._uses = key, None, None, 0
+        self._uses += 1
         return self._stepper
 
     @torch.no_grad()
     def __call__(self, embeds: torch.Tensor, mask: torch.Tensor, n_tokens: int) -> torch.Tensor:
-        """embeds [N, L, D] the whole prefix, mask [N, L] (1 = real token) -> tokens [N, n_tokens]."""
+        """embeds [N, L, D] the whole prefix, mask [N, L] (1 = real token) -> tokens [N, n_tokens]. The step's
+        graph is captured at the second call in a row with this shape: a capture (a device sync, warm-ups, the
+        check's two decodings) only pays for itself when replayed, and ``pre`` history without given actions
+        decodes every frame at another length (``decode_chunk``: a new shape at every call)."""
         stepper = self._stepper_for(embeds.shape[0], embeds.shape[1], n_tokens, embeds.dtype, embeds.device)
         self._prefill(embeds, mask)
-        if stepper.use_graph:
+        if stepper.use_graph and self._uses > 1:
             stepper.capture()
         return stepper.decode_rest()
 
