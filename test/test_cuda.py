@@ -4,6 +4,8 @@ Run on a GPU machine with ``python -m pytest test/test_cuda.py -m cuda`` (this f
 ROS 2, MuJoCo and rosbags, which a GPU machine's image may lack); CI has no GPU, so there these are skipped.
 """
 import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -180,6 +182,67 @@ def test_graphs_run_on_the_policys_device_not_the_current_one(space):
     else:
         decoder = runners[True].model._static_decoder
         assert decoder._stepper.graph is not None and decoder._prefix.replays >= 5
+
+
+def test_moved_weights_never_replay_an_old_decoding_graph():
+    """After ``.cpu().cuda()`` the weights live at new addresses: the decoding step's graph of the old ones
+    must not replay (it would read freed memory). The old storages are held and zeroed, so a stale graph
+    decodes something else, and the moved weights are changed, so the tokens must follow them."""
+    from robovlm_ros.model.synthetic import synthetic_batch
+
+    model = tiny_model("discrete", family="paligemma", use_hand_rgb=True).cuda().eval()
+    model.decoding = "static"
+    batch = {k: v for k, v in synthetic_batch(model, batch_size=1).items() if k != "actions"}
+    for _ in range(2):  # captured, then replayed
+        model.predict(batch, normalized=True)
+    assert model._static_decoder._stepper.graph is not None
+    held = [p.data for p in model.parameters()]
+    model.cpu().cuda()
+    with torch.no_grad():
+        for old in held:
+            old.zero_()
+        for p in model.parameters():
+            p.mul_(-1.5)
+    model.decoding = "dynamic"
+    expected = model.predict(batch, normalized=True)
+    model.decoding = "static"
+    for _ in range(2):
+        assert torch.equal(model.predict(batch, normalized=True), expected)
+    assert len(torch.unique(expected)) > 3
+
+
+def test_after_a_failed_capture_the_policy_runs_eagerly_on_its_stream(tmp_path):
+    """A capture that fails (here a copy to the host inside it, which the scan would have refused) leaves
+    the thread on its own stream with graphs off, and the policy still steps as on the CPU. In a process of
+    its own: a failed capture may leave PyTorch's allocator mid-capture."""
+    script = tmp_path / "failed_capture.py"
+    script.write_text("""
+import numpy as np, torch
+import robovlm_ros.model.cuda_graph as cuda_graph
+from robovlm_ros.runtime import PolicyRunner
+from test_runtime import observations, tiny_model
+x = torch.randn(64, 64, device="cuda")
+try:
+    cuda_graph.capture(lambda: x * x.cpu().sum().to(x.device), x.device)
+    print("captured")
+except Exception as e:
+    print("failed", type(e).__name__)
+print("stream", torch.cuda.current_stream() == torch.cuda.default_stream(), "off", cuda_graph._disabled is not None)
+actions, replays = {}, {}
+for device in ("cuda", "cpu"):
+    runner = PolicyRunner(tiny_model(), device=device, dtype="float32", execute_steps=1)
+    runner.set_instruction("pick up the red block")
+    actions[device] = np.stack([runner.step(o) for o in observations(4)])
+    replays[device] = runner.policy.graph_report()["frame_replays"]
+print("same", np.allclose(actions["cuda"], actions["cpu"], rtol=0, atol=1e-4), replays["cuda"])
+""")
+    here = os.path.dirname(os.path.abspath(__file__))  # the package and the tests, before what the path has
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(here), here, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    lines = proc.stdout.split("\n")
+    assert proc.returncode == 0 and lines[0].startswith("failed"), proc.stdout + proc.stderr[-3000:]
+    assert lines[1] == "stream True off True" and lines[2] == "same True 0", proc.stdout + proc.stderr[-3000:]
 
 
 def test_captured_functions_refuse_what_a_graph_cannot_replay_and_follow_moved_weights():
