@@ -287,6 +287,18 @@ def test_bf16_mixed_training_keeps_frozen_matrix_weights_in_bf16_and_trains_the_
     assert all(p.dtype == torch.float32 for p in runner.model.parameters())
 
 
+def test_frozen_weights_change_dtype_only_where_the_strategy_trains_the_parameters_themselves():
+    """One device and DDP train the module's parameters as they are; FSDP, DeepSpeed and XLA (the last two
+    derive from DDP) keep their own copies and precisions: their frozen weights are left to them."""
+    from lightning.pytorch import strategies as S
+
+    from robovlm_ros.train.module import plain_parameters
+
+    assert plain_parameters(S.SingleDeviceStrategy) and plain_parameters(S.DDPStrategy)
+    for own in (S.DeepSpeedStrategy, S.FSDPStrategy, S.XLAStrategy, S.SingleDeviceXLAStrategy):
+        assert not plain_parameters(own), own.__name__
+
+
 def test_training_normalises_with_the_datasets_own_statistics(tmp_path, dataset):
     """One home for the statistics: a single dataset's meta/stats.json (written at conversion, over the
     stored float32 values) is what the policy is normalised with, not a second computation."""

@@ -28,6 +28,16 @@ def lr_lambda(optim: OptimConfig):
     return f
 
 
+def plain_parameters(strategy: type) -> bool:
+    """Whether a Lightning strategy trains the module's own parameters as they are (one device, DDP), so
+    their dtypes are ours to choose; FSDP, DeepSpeed and XLA (DeepSpeed and XLA derive from DDP) hold their
+    own copies and precisions."""
+    S = L.pytorch.strategies
+    names = ("DeepSpeedStrategy", "XLAStrategy", "SingleDeviceXLAStrategy", "FSDPStrategy", "ModelParallelStrategy")
+    own = tuple(c for c in (getattr(S, n, None) for n in names) if c)
+    return issubclass(strategy, (S.SingleDeviceStrategy, S.DDPStrategy)) and not issubclass(strategy, own)
+
+
 class PolicyModule(L.LightningModule):
     def __init__(self, policy: RoboVLM, optim: OptimConfig, frozen_in_compute_dtype: bool = True):
         super().__init__()
@@ -44,9 +54,8 @@ class PolicyModule(L.LightningModule):
         # before the strategy wraps the model and before a resumed run's weights are restored into it.
         # Sharded strategies (FSDP, DeepSpeed) keep their own parameter dtypes: left to them.
         dtype = AUTOCAST_DTYPES.get(str(self.trainer.precision))
-        plain = isinstance(self.trainer.strategy, (L.pytorch.strategies.SingleDeviceStrategy,
-                                                   L.pytorch.strategies.DDPStrategy))
-        if stage == "fit" and self.frozen_in_compute_dtype and dtype is not None and plain:
+        if (stage == "fit" and self.frozen_in_compute_dtype and dtype is not None
+                and plain_parameters(type(self.trainer.strategy))):
             self._converted = frozen_matmul_weights_to(self.policy, dtype)
             n = sum(p.numel() for p, _ in self._converted)
             if n:
