@@ -42,6 +42,7 @@ def saved_activation_bytes(model: RoboVLM, batch: dict) -> int:
 class _StepTimer(L.Callback):
     def __init__(self):
         self.times: list[float] = []
+        self.parameter_bytes = 0
 
     def _sync(self, trainer) -> None:
         if trainer.strategy.root_device.type == "cuda":
