@@ -1,4 +1,5 @@
 """What a training step costs (robovlm_ros/train/cost.py, `robovlm-ros bench --training`)."""
+import pytest
 import torch
 
 from robovlm_ros.model import PolicyConfig, RoboVLM
@@ -26,3 +27,15 @@ def test_training_cost_runs_lightning_steps_and_counts_what_trains():
     assert lora["trainable_parameters"] < 0.5 * lora["parameters"]
     assert full["trainable_parameters"] == full["parameters"] < lora["parameters"]  # LoRA adds its adapters
     assert full["peak_memory_gb"] is None  # CPU: no allocator statistics
+
+
+def test_training_cost_reports_the_parameter_bytes_frozen_weights_in_bf16_save():
+    """bench --training's parameter bytes while training: LoRA under bf16-mixed keeps its frozen linear / conv
+    weights in bf16 (2 bytes each instead of 4); --frozen-fp32 keeps the float32 figure to compare."""
+    cfg = PolicyConfig.tiny("paligemma", window_size=2, fwd_pred_next_n=2, lora={"r": 4}, train_vision=False)
+    bf16 = training_cost(cfg, 2, steps=2, precision="bf16-mixed")
+    fp32 = training_cost(cfg, 2, steps=2, precision="bf16-mixed", frozen_in_compute_dtype=False)
+    assert fp32["parameter_gb"] * 1e9 == pytest.approx(4 * fp32["parameters"], rel=1e-9)
+    # the frozen linear / conv values, read off the saving: most of a LoRA policy's weights
+    halved = (fp32["parameter_gb"] - bf16["parameter_gb"]) * 1e9 / 2
+    assert 0.5 * fp32["parameters"] < halved < fp32["parameters"] - fp32["trainable_parameters"]
