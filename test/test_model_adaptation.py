@@ -116,8 +116,9 @@ def test_frozen_matrix_weights_stored_in_bf16_train_as_autocast_does(family):
     shared = {id(p) for m in model.modules() if not isinstance(m, kinds) for p in m.parameters(recurse=False)}
     frozen = {id(p) for m in model.modules() if isinstance(m, kinds) for p in m.parameters(recurse=False)
               if not p.requires_grad and id(p) not in shared}  # a tied LM head (Kosmos-2) is shared
-    assert {id(p) for p, _ in converted} == frozen and all(old == torch.float32 for _, old in converted)
-    assert all(p.dtype == torch.bfloat16 for p, _ in converted)
+    assert {id(p) for p, _ in converted} == frozen
+    assert all(p.dtype == torch.bfloat16 and old.dtype == torch.float32 and torch.equal(p, old.to(p.dtype))
+               for p, old in converted)  # the float32 originals kept, to be restored
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)  # LoRA, head: fp32
     norms = [p for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.Embedding)) for p in m.parameters()]
     assert norms and all(p.dtype == torch.float32 for p in norms)

@@ -260,7 +260,7 @@ def test_bf16_mixed_precision_and_gradient_accumulation(tmp_path, dataset):
 def test_bf16_mixed_training_keeps_frozen_matrix_weights_in_bf16_and_trains_the_same(tmp_path, dataset):
     """LoRA under bf16-mixed: the frozen linear weights are stored in bf16 while fitting (the resumable
     checkpoint shows it), the losses equal those of a run that keeps them in float32, and the exported
-    policy is float32 again, with the weights as trained (bf16-rounded), and loads in the runner."""
+    policy is that run's, bit for bit: float32, the frozen weights unrounded, and it loads in the runner."""
     import torch
     from safetensors.torch import load_file
 
@@ -279,12 +279,55 @@ def test_bf16_mixed_training_keeps_frozen_matrix_weights_in_bf16_and_trains_the_
     base = [k for k in fitted if k.endswith("base_layer.weight")]
     assert base and all(fitted[k].dtype == torch.bfloat16 and fitted_fp32[k].dtype == torch.float32 for k in base)
     assert all(v.dtype == torch.float32 for k, v in fitted.items() if "lora_" in k or k.startswith("policy.head."))
-    assert all(v.dtype == torch.float32 for v in exported.values())
-    for k in base:  # the exported frozen weights: the float32 originals rounded as training used them
-        name = k.removeprefix("policy.")
-        assert torch.equal(exported[name], exported_fp32[name].to(torch.bfloat16).float())
+    assert exported.keys() == exported_fp32.keys()
+    assert all(v.dtype == torch.float32 and torch.equal(v, exported_fp32[k]) for k, v in exported.items())
+    name = base[0].removeprefix("policy.")  # bf16 would have rounded it: the comparison sees the originals
+    assert not torch.equal(exported[name], exported[name].to(torch.bfloat16).float())
     runner = PolicyRunner(export, device="cpu", dtype="float32")  # loads strictly, every weight in float32
     assert all(p.dtype == torch.float32 for p in runner.model.parameters())
+
+
+def test_a_fit_that_fails_gives_the_frozen_weights_back_in_float32(tmp_path):
+    """A fit that raises (an out-of-memory, a crash in a callback) never reaches on_fit_end: the frozen
+    weights stored in bf16 for it are put back all the same, so the policy predicts outside autocast, and a
+    second fit of the same module converts and restores them again."""
+    import lightning as L
+    import torch
+
+    from robovlm_ros.model import PolicyConfig, RoboVLM
+    from robovlm_ros.model.synthetic import synthetic_batch
+    from robovlm_ros.train.config import OptimConfig
+    from robovlm_ros.train.module import PolicyModule
+
+    class Crash(L.Callback):
+        def on_train_batch_end(self, *args):
+            raise RuntimeError("simulated crash")
+
+    model = RoboVLM(PolicyConfig.tiny("paligemma", window_size=2, fwd_pred_next_n=2, lora={"r": 4}))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    module = PolicyModule(model, OptimConfig(lr=1e-3, max_steps=2))
+    batches = [synthetic_batch(model, batch_size=2, seed=i) for i in range(2)]
+    seen = []
+
+    class Watch(L.Callback):
+        def on_train_batch_start(self, trainer, module, *args):
+            seen.append(module.policy.backbone.decoder_layers[0].self_attn.q_proj.base_layer.weight.dtype)
+
+    def fit(*callbacks):
+        trainer = L.Trainer(max_steps=2, accelerator="cpu", precision="bf16-mixed", logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[Watch(), *callbacks], default_root_dir=tmp_path)
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(Crash())
+    assert seen == [torch.bfloat16]  # converted while fitting
+    frozen = [(k, v) for k, v in model.state_dict().items() if "base_layer" in k]
+    assert frozen and all(v.dtype == torch.float32 and torch.equal(v, before[k]) for k, v in frozen)
+    model.eval().predict(synthetic_batch(model, batch_size=1))  # float32 inputs, float32 weights
+    fit()
+    assert seen == [torch.bfloat16] * 3
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values() if v.is_floating_point())
 
 
 def test_frozen_weights_change_dtype_only_where_the_strategy_trains_the_parameters_themselves():

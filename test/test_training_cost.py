@@ -39,3 +39,4 @@ def test_training_cost_reports_the_parameter_bytes_frozen_weights_in_bf16_save()
     # the frozen linear / conv values, read off the saving: most of a LoRA policy's weights
     halved = (fp32["parameter_gb"] - bf16["parameter_gb"]) * 1e9 / 2
     assert 0.5 * fp32["parameters"] < halved < fp32["parameters"] - fp32["trainable_parameters"]
+    assert bf16["frozen_values_in_compute_dtype"] == pytest.approx(halved) and fp32["frozen_values_in_compute_dtype"] == 0

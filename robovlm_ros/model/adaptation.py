@@ -69,14 +69,14 @@ def apply_adaptation(model) -> None:
         bb.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def frozen_matmul_weights_to(model: nn.Module, dtype: torch.dtype) -> list[tuple[nn.Parameter, torch.dtype]]:
+def frozen_matmul_weights_to(model: nn.Module, dtype: torch.dtype) -> list[tuple[nn.Parameter, torch.Tensor]]:
     """Store the frozen weights (and biases) of linear and convolution layers in ``dtype``; returns each
-    converted parameter with its former dtype (to convert back). Under autocast to ``dtype`` this changes
-    no value the model computes: autocast rounds these weights to ``dtype`` at every use, the same
-    rounding, while fp32 copies of weights that never train cost twice the memory and a cast per use. A
-    weight another kind of module shares (a language-model head tied to the embedding table) stays as it
-    is: the other module computes with it unrounded. Only for training under autocast: outside it a
-    linear layer would get inputs of another dtype."""
+    converted parameter with its former tensor, on the CPU (``restore_weights`` puts it back). Under autocast
+    to ``dtype`` this changes no value the model computes: autocast rounds these weights to ``dtype`` at every
+    use, the same rounding, while float32 copies of weights that never train cost twice the device memory
+    and a cast per use. A weight another kind of module shares (a language-model head tied to the embedding
+    table) stays as it is: the other module computes with it unrounded. Only for training under autocast:
+    outside it a linear layer would get inputs of another dtype."""
     owners: dict[int, set] = {}
     for module in model.modules():
         for p in module.parameters(recurse=False):
@@ -87,6 +87,12 @@ def frozen_matmul_weights_to(model: nn.Module, dtype: torch.dtype) -> list[tuple
             continue
         for p in module.parameters(recurse=False):
             if not p.requires_grad and p.is_floating_point() and p.dtype != dtype and owners[id(p)] == {True}:
-                converted.append((p, p.dtype))
+                converted.append((p, p.data.to("cpu")))  # no copy when built on the CPU, as training does
                 p.data = p.data.to(dtype)
     return converted
+
+
+def restore_weights(converted: list[tuple[nn.Parameter, torch.Tensor]]) -> None:
+    """Undo ``frozen_matmul_weights_to``: each parameter gets its former tensor back, on its current device."""
+    for p, original in converted:
+        p.data = original.to(p.device)

@@ -42,7 +42,7 @@ def saved_activation_bytes(model: RoboVLM, batch: dict) -> int:
 class _StepTimer(L.Callback):
     def __init__(self):
         self.times: list[float] = []
-        self.parameter_bytes = 0
+        self.parameter_bytes = self.frozen_converted = 0
 
     def _sync(self, trainer) -> None:
         if trainer.strategy.root_device.type == "cuda":
@@ -51,6 +51,7 @@ class _StepTimer(L.Callback):
     def on_train_start(self, trainer, module) -> None:
         # what the parameters occupy while training (frozen weights may be stored in the compute dtype)
         self.parameter_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+        self.frozen_converted = sum(p.numel() for p, _ in module._converted)  # 0 where it does not apply (FSDP)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         self._sync(trainer)
@@ -87,6 +88,6 @@ def training_cost(config: PolicyConfig, batch_size: int, steps: int = 5, device:
            "parameters": n_params, "trainable_parameters": n_train, "batch_size": batch_size,
            "window": config.window_size, "precision": precision, "strategy": strategy,
            "gradient_checkpointing": config.gradient_checkpointing, "lora": config.lora,
-           "frozen_in_compute_dtype": frozen_in_compute_dtype, "parameter_gb": timer.parameter_bytes / 1e9,
+           "frozen_values_in_compute_dtype": timer.frozen_converted, "parameter_gb": timer.parameter_bytes / 1e9,
            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}
     return out

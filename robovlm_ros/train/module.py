@@ -9,7 +9,7 @@ from torchmetrics.classification import BinaryAccuracy
 from torchmetrics.regression import R2Score
 
 from ..model import RoboVLM
-from ..model.adaptation import frozen_matmul_weights_to
+from ..model.adaptation import frozen_matmul_weights_to, restore_weights
 from .config import OptimConfig
 
 # autocast's compute dtype per Lightning precision (the mixed ones)
@@ -38,6 +38,11 @@ def plain_parameters(strategy: type) -> bool:
     return issubclass(strategy, (S.SingleDeviceStrategy, S.DDPStrategy)) and not issubclass(strategy, own)
 
 
+class _RestoreOnException(L.Callback):
+    def on_exception(self, trainer, module, exception) -> None:
+        module.restore_frozen_weights()
+
+
 class PolicyModule(L.LightningModule):
     def __init__(self, policy: RoboVLM, optim: OptimConfig, frozen_in_compute_dtype: bool = True):
         super().__init__()
@@ -51,8 +56,9 @@ class PolicyModule(L.LightningModule):
         self.val_gripper = BinaryAccuracy()
 
     def setup(self, stage: str) -> None:
-        # before the strategy wraps the model and before a resumed run's weights are restored into it.
-        # Sharded strategies (FSDP, DeepSpeed) keep their own parameter dtypes: left to them.
+        # before the strategy wraps the model and moves it to its device, and before a resumed run's weights are
+        # restored into it. Sharded strategies (FSDP, DeepSpeed) keep their own parameter dtypes: left to them.
+        self.restore_frozen_weights()  # a fit before this one that ended in an exception
         dtype = AUTOCAST_DTYPES.get(str(self.trainer.precision))
         if (stage == "fit" and self.frozen_in_compute_dtype and dtype is not None
                 and plain_parameters(type(self.trainer.strategy))):
@@ -60,13 +66,20 @@ class PolicyModule(L.LightningModule):
             n = sum(p.numel() for p, _ in self._converted)
             if n:
                 self.print(f"frozen linear/conv weights kept in {str(dtype).removeprefix('torch.')} while training: "
-                           f"{n / 1e6:.1f} M values, {n * 2 / 1e9:.2f} GB less than in float32")
+                           f"{n / 1e6:.1f} M values, {n * 2 / 1e9:.2f} GB less device memory than in float32 "
+                           f"(the float32 originals wait in host memory)")
+
+    def restore_frozen_weights(self) -> None:
+        """The frozen weights' float32 originals back (after a fit, or one that failed): the policy computes and
+        exports as before training, the frozen weights unrounded."""
+        restore_weights(self._converted)
+        self._converted = []
 
     def on_fit_end(self) -> None:
-        # the exported policy (and the model object) in its dtypes again; the values stay rounded, as trained
-        for p, dtype in self._converted:
-            p.data = p.data.to(dtype)
-        self._converted = []
+        self.restore_frozen_weights()
+
+    def configure_callbacks(self):
+        return [_RestoreOnException()]  # Lightning calls on_exception on callbacks, not on the module
 
     def forward(self, batch):
         return self.policy(batch)
