@@ -137,9 +137,10 @@ def test_the_scan_names_every_kind_of_host_sync_and_its_line():
         assert f"{what} at test/test_cuda_graph.py:{_line(fn)}" in found, (fn.__name__, found)
 
 
-def test_the_scan_names_copies_between_the_host_and_the_device_a_scalar_too():
+def test_the_scan_names_host_data_reaching_the_device():
     """From pageable host memory a copy waits for the device, which fails a capture, a one-value copy as
-    well (the meta device stands in for the GPU here)."""
+    well; a tensor made from Python data on the device, and a host index into device data, are such copies
+    (the meta device stands in for the GPU here)."""
     x = torch.randn(4, 3, device="meta")
 
     def scalar_up(x):
@@ -148,9 +149,18 @@ def test_the_scan_names_copies_between_the_host_and_the_device_a_scalar_too():
     def rows_up(x):
         return x + torch.ones(3).to(x.device)
 
-    for fn in (scalar_up, rows_up):
-        assert f"a copy from host memory at test/test_cuda_graph.py:{_line(fn)}" in host_syncs(fn, x)[1]
-    assert host_syncs(lambda x: x * 2.0 + x.new_ones(3), x)[1] == []  # a Python number is a kernel argument
+    def made_there(x):
+        return x * torch.tensor(2.0, device=x.device)
+
+    def host_index(x):
+        return x[torch.tensor([0, 2])]
+
+    planted = {scalar_up: "a copy from host memory", rows_up: "a copy from host memory",
+               made_there: "a tensor made from host data", host_index: "host data read by a device op"}
+    for fn, what in planted.items():
+        assert f"{what} at test/test_cuda_graph.py:{_line(fn)}" in host_syncs(fn, x)[1], fn.__name__
+    # a Python number, or a one-value host tensor, is a kernel argument (Gemma scales its embeddings so)
+    assert host_syncs(lambda x: x * 2.0 + x.new_ones(3) * torch.tensor(3.0), x)[1] == []
 
 
 def test_the_scan_passes_what_a_graph_can_replay():
@@ -235,6 +245,35 @@ def test_the_decoding_prefix_is_fit_for_a_cuda_graph(family):
         assert found and all("vision" in f or "backbones.py" in f for f in found), found
     else:
         assert found == [], found
+
+
+@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES if f not in EAGER_VISION])
+def test_on_a_device_the_graphed_passes_bring_no_host_data_in(family, monkeypatch):
+    """On the CPU no copy between host and device can show; with the policy on the meta device standing in for
+    the GPU (shapes without data), the passes the GPU replays as graphs (a frame's VLM pass, the decoding
+    prefix and step) make no tensor from host data, copy none in and read no host tensor."""
+    import robovlm_ros.model.static_decoding as static_decoding
+    from robovlm_ros.model.static_decoding import StaticGreedyDecoder
+
+    monkeypatch.setattr(static_decoding, "cache_precision", lambda device: None)  # meta has no autocast
+    found = {}
+    for space in ("continuous", "discrete"):
+        model = RoboVLM(PolicyConfig.tiny(family, action_space=space, use_hand_rgb=True, use_image_start_end=True,
+                                          image_markers="family")).eval()
+        args, batch = _frame_args(model, b=2)
+        model.to("meta")
+        args = tuple(a.to("meta") for a in args)
+        batch = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()}
+        with torch.no_grad():
+            if space == "continuous":
+                model.frame_action_features(*args)
+                found["frame pass"] = host_syncs(model.frame_action_features, *args)[1]
+            elif supports_static_decoding(model.backbone):
+                decoder = StaticGreedyDecoder(model)
+                decoder.frames({k: v[:, :1] if k in ("rgb", "hand_rgb", "state") else v for k, v in batch.items()}, 3)
+                found["decoding prefix"] = host_syncs(decoder._frame_prefix, *args)[1]
+                found["decoding step"] = host_syncs(decoder._stepper._step)[1]
+    assert "frame pass" in found and found == {k: [] for k in found}, found
 
 
 class _OpNames(TorchDispatchMode):
@@ -394,24 +433,30 @@ def test_moved_weights_are_never_read_through_an_old_decoding_graph(recorded_gra
     del held
 
 
-@pytest.mark.parametrize("part", ["embeddings", "last decoder layer", "lm head", "vision tower", "head",
-                                  "action tokens"])
-def test_the_graph_guard_sees_any_part_of_the_policy_move(part):
+def test_the_graph_guard_sees_any_part_of_the_policy_move():
     """A graph is bound to the addresses of every weight it reads: moving one part alone (a user's
-    ``policy.head.to(...)``) changes the guard, so graphs over the old addresses are dropped."""
+    ``policy.head.to(...)``) changes the guard, so graphs over the old addresses are dropped. Every module of
+    the policy's own, each vision module, the embeddings, first and last decoder layer and LM head."""
     from test_runtime import tiny_model
 
-    model = tiny_model("continuous", family="paligemma", head="lstm")
+    model = tiny_model("continuous", family="paligemma", head="lstm", use_hand_rgb=True, resampler_latents=4,
+                       use_image_start_end=True)
     bb = model.backbone
-    module = {"embeddings": bb.embed_tokens, "last decoder layer": bb.decoder_layers[-1], "lm head": bb.lm_head,
-              "vision tower": bb.vision_modules[0], "head": model.head}.get(part)
-    before = model.graph_guard()
+    parts = {**{name: m for name, m in model.named_children() if name != "backbone"},
+             **{f"vision module {i}": m for i, m in enumerate(bb.vision_modules)}, "embeddings": bb.embed_tokens,
+             "first decoder layer": bb.decoder_layers[0], "last decoder layer": bb.decoder_layers[-1],
+             "lm head": bb.lm_head}
+    parts = {name: m for name, m in parts.items() if next(m.parameters(), None) is not None}
+    assert {"head", "vision module 1", "state_arm"} <= parts.keys(), sorted(parts)  # the parts the review missed
     held = [p.data for p in model.parameters()]  # the old storages stay: the new ones get other addresses
-    if module is None:
-        model.action_tokens.data = model.action_tokens.data.clone()
-    else:
-        module.to(torch.float64).to(torch.float32)
-    assert model.graph_guard() != before
+    for name, module in [*parts.items(), *((n, None) for n, _ in model.named_parameters(recurse=False))]:
+        before = model.graph_guard()
+        if module is None:
+            getattr(model, name).data = getattr(model, name).data.clone()
+        else:
+            module.to(torch.float64).to(torch.float32)
+        assert model.graph_guard() != before, name
+    assert len(parts) > 8
     del held
 
 
@@ -497,18 +542,20 @@ def test_decodings_at_a_new_length_every_call_capture_no_step_graph(recorded_gra
             assert model._static_decoder._stepper.graph is not None
 
 
-def test_compile_modes_that_capture_graphs_of_their_own_are_refused():
+def test_compile_modes_that_capture_graphs_of_their_own_are_refused(monkeypatch):
     """torch.compile's reduce-overhead / max-autotune capture CUDA graphs themselves, which would nest inside
-    the policy's own captures."""
+    the policy's own captures on CUDA; elsewhere, or with the policy's graphs off, they are welcome."""
     from test_runtime import tiny_model
 
     model = tiny_model()
+    model.compile_modules("max-autotune")  # on the CPU: no graphs to nest in
+    assert model.backbone.decoder_layers[0]._compiled_call_impl is not None
+    monkeypatch.setattr(cuda_graph, "on_cuda", lambda device: True)
     for mode in ("reduce-overhead", "max-autotune"):
         with pytest.raises(ValueError, match="captures CUDA graphs itself"):
             model.compile_modules(mode)
     model.cuda_graphs = False
-    model.compile_modules("max-autotune")  # no graphs of the policy's own: theirs are welcome
-    assert model.backbone.decoder_layers[0]._compiled_call_impl is not None
+    model.compile_modules("max-autotune")
     torch._dynamo.reset()
 
 

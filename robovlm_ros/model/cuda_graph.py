@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,18 @@ def _caller() -> str:
         if "/torch/" not in path and not path.endswith("/model/cuda_graph.py"):
             return f"{'/'.join(path.rsplit('/', 2)[-2:])}:{frame.lineno}"
     return "?"
+
+
+def _host_tensors(args, kwargs) -> bool:
+    """Whether an op's arguments (lists included) hold a host tensor of more than one value."""
+    stack = [*args, *kwargs.values()]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dim() > 0:
+            return True
+        if isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return False
 
 
 class _HostSyncScan(TorchDispatchMode):
@@ -76,8 +89,8 @@ class _HostSyncScan(TorchDispatchMode):
         elif name == "repeat_interleave" and func._overloadname != "self_int" and kwargs.get("output_size") is None:
             self._note("repeat_interleave with tensor repeats")  # its output size is read on the host
         out = func(*args, **kwargs)
-        if name.startswith("lift_fresh") and out.dim() > 0:  # torch.tensor(python data) on every call
-            self._note("a tensor made from host data")
+        if name.startswith("lift_fresh") and (out.dim() > 0 or out.device.type != "cpu"):
+            self._note("a tensor made from host data")  # torch.tensor(python data) on every call
         elif name in ("_to_copy", "copy_") and isinstance(out, torch.Tensor):
             # between devices, a scalar too: from pageable host memory or to the host, a copy waits for the
             # device, which fails a capture
@@ -85,13 +98,36 @@ class _HostSyncScan(TorchDispatchMode):
             if isinstance(src, torch.Tensor) and src.device != out.device:
                 self._note("a copy from host memory" if src.device.type == "cpu" else
                            "a copy to host memory" if out.device.type == "cpu" else "a copy between devices")
+        elif isinstance(out, torch.Tensor) and out.device.type != "cpu" and _host_tensors(args, kwargs):
+            # a host tensor (not a one-value scalar, which a kernel takes as an argument) read by a device op,
+            # an index for one: copied in by the op itself
+            self._note("host data read by a device op")
+        return out
+
+
+class _HostDataMade(TorchFunctionMode):
+    """Records ``torch.tensor(data, device=...)`` and the like made on a device from host data: the copy
+    happens below the dispatcher, where the scan's dispatch mode does not see it."""
+
+    MAKERS = (torch.tensor, torch.as_tensor, torch.asarray)
+
+    def __init__(self, scan: _HostSyncScan):
+        super().__init__()
+        self.scan = scan
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        data = args[0] if args else None
+        if (func in self.MAKERS and isinstance(out, torch.Tensor) and out.device.type != "cpu"
+                and not (isinstance(data, torch.Tensor) and data.device == out.device)):
+            self.scan._note("a tensor made from host data")
         return out
 
 
 def host_syncs(fn: Callable, *args):
     """Run ``fn(*args)`` once, recording ops unfit for a CUDA graph: returns (result, ["op at file:line", ...])."""
     scan = _HostSyncScan()
-    with scan:
+    with _HostDataMade(scan), scan:
         out = fn(*args)
     return out, scan.found
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cuda_graph
 from .action_tokenizer import ActionTokenizer
 from .adaptation import apply_adaptation
 from .backbones import Backbone, config_to_dict, family_spec, preprocessor_defaults
@@ -300,15 +301,15 @@ class RoboVLM(nn.Module):
     def graph_guard(self) -> tuple:
         """What a CUDA graph of the policy is bound to besides its inputs' shapes (cuda_graph.CapturedFunction,
         the decoding step's graph): where the weights live (moved, cast or loaded with ``assign``: new
-        addresses) and buffers the backbone may replace. Sampled, to stay cheap at every call: a weight of each
-        part a move or a load would touch (embeddings, first and last decoder layer, LM head, vision tower,
-        action tokens, head); a single parameter swapped by hand (``.data =``) is not seen."""
+        addresses) and buffers the backbone may replace. Sampled, to stay cheap at every call: the first weight
+        of each part a move or a load touches (the policy's own modules and parameters, each vision module,
+        the embeddings, the first and last decoder layer, the LM head); a middle decoder layer moved alone, or
+        a parameter swapped by hand (``.data =``), is not seen."""
         bb = self.backbone
-        parts = (bb.decoder_layers[0], bb.decoder_layers[-1], bb.lm_head, *bb.vision_modules[:1],
-                 getattr(self, "head", None))
-        sampled = [bb.embed_tokens.weight, getattr(self, "action_tokens", None)]
-        sampled += [next(part.parameters(), None) for part in parts if part is not None]
-        return (*(None if p is None else p.data_ptr() for p in sampled), *bb.graph_inputs())
+        parts = [*self.children(), *bb.vision_modules, bb.embed_tokens, bb.decoder_layers[0], bb.decoder_layers[-1],
+                 bb.lm_head]
+        sampled = [*self.parameters(recurse=False), *(next(part.parameters(), None) for part in parts)]
+        return (*(p.data_ptr() for p in sampled if p is not None), *bb.graph_inputs())
 
     @staticmethod
     def single_frames(rgb, hand_rgb, input_ids, attention_mask, state) -> dict:
@@ -514,7 +515,8 @@ class RoboVLM(nn.Module):
         per input shape (PolicyRunner.warmup); ``mode`` as torch.compile's (None: its default, no CUDA graphs,
         which the preallocated-cache decoding captures itself; with ``cuda_graphs`` on, modes that capture
         graphs of their own, nested in ours, are refused)."""
-        if self.cuda_graphs and mode in ("reduce-overhead", "max-autotune"):
+        on_cuda = cuda_graph.on_cuda(next(self.parameters()).device)
+        if self.cuda_graphs and on_cuda and mode in ("reduce-overhead", "max-autotune"):
             raise ValueError(f"compile mode {mode!r} captures CUDA graphs itself, inside the policy's own: use "
                              f"'max-autotune-no-cudagraphs', or turn the policy's cuda_graphs off")
         # where a KV cache is passed, dynamo specialises a decoder layer on its index (the cache is indexed by
