@@ -457,6 +457,9 @@ def test_the_graph_guard_sees_any_part_of_the_policy_move():
             module.to(torch.float64).to(torch.float32)
         assert model.graph_guard() != before, name
     assert len(parts) > 8
+    before = model.graph_guard()  # a load with assign: new Parameter objects in the modules
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    assert model.graph_guard() != before
     del held
 
 

@@ -127,6 +127,7 @@ class RoboVLM(nn.Module):
         # on CUDA (not under autocast), replay the step's VLM passes, image encoding, head, decoding prefix and
         # decoding step as CUDA graphs (model/cuda_graph.py, static_decoding.py); False: eager kernels only
         self.cuda_graphs = True
+        self._guard_slots: list | None = None  # graph_guard's sampled weights: (owning module, name)
         self._static_decoder = None  # decoding.greedy_tokens' StaticGreedyDecoder, made when first used
         apply_adaptation(self)
 
@@ -305,11 +306,20 @@ class RoboVLM(nn.Module):
         of each part a move or a load touches (the policy's own modules and parameters, each vision module,
         the embeddings, the first and last decoder layer, the LM head); a middle decoder layer moved alone, or
         a parameter swapped by hand (``.data =``), is not seen."""
-        bb = self.backbone
-        parts = [*self.children(), *bb.vision_modules, bb.embed_tokens, bb.decoder_layers[0], bb.decoder_layers[-1],
-                 bb.lm_head]
-        sampled = [*self.parameters(recurse=False), *(next(part.parameters(), None) for part in parts)]
-        return (*(p.data_ptr() for p in sampled if p is not None), *bb.graph_inputs())
+        if self._guard_slots is None:  # where each sampled weight is held: read at every call (a few us)
+            bb = self.backbone
+            parts = [*self.children(), *bb.vision_modules, bb.embed_tokens, bb.decoder_layers[0],
+                     bb.decoder_layers[-1], bb.lm_head]
+            slots = [(self, name) for name, _ in self.named_parameters(recurse=False)]  # action tokens, markers
+            for part in parts:
+                name = next((n for n, _ in part.named_parameters()), None)
+                if name is not None:
+                    path, _, leaf = name.rpartition(".")
+                    slots.append((part.get_submodule(path), leaf))
+            self._guard_slots = slots
+        # looked up in the owning module at every call: a move swaps .data, a load with assign the Parameter
+        return (*(owner._parameters[leaf].data_ptr() for owner, leaf in self._guard_slots),
+                *self.backbone.graph_inputs())
 
     @staticmethod
     def single_frames(rgb, hand_rgb, input_ids, attention_mask, state) -> dict:
