@@ -304,8 +304,8 @@ class RoboVLM(nn.Module):
         the decoding step's graph): where the weights live (moved, cast or loaded with ``assign``: new
         addresses) and buffers the backbone may replace. Sampled, to stay cheap at every call: the first weight
         of each part a move or a load touches (the policy's own modules and parameters, each vision module,
-        the embeddings, the first and last decoder layer, the LM head); a middle decoder layer moved alone, or
-        a parameter swapped by hand (``.data =``), is not seen."""
+        the embeddings, the first and last decoder layer, the LM head); a middle decoder layer moved alone, an
+        unsampled parameter swapped by hand (``.data =``) or a module replaced after the first call is not seen."""
         if self._guard_slots is None:  # where each sampled weight is held: read at every call (a few us)
             bb = self.backbone
             parts = [*self.children(), *bb.vision_modules, bb.embed_tokens, bb.decoder_layers[0],
