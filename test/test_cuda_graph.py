@@ -364,10 +364,11 @@ def test_a_captured_function_replays_only_what_follows_its_inputs(recorded_graph
     assert graphed.refused is None and graphed.replays == 4
 
 
-@pytest.mark.parametrize("family", ["paligemma", "smolvlm", "kosmos2", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["paligemma", "smolvlm", "kosmos2", "qwen2_vl", "qwen2_5_vl"])
 def test_the_runners_graphed_step_acts_as_its_eager_step(recorded_graphs, family):
     """The cached continuous step with its VLM pass replayed (recorded) equals the eager runner over 9 steps,
-    the window filling; Qwen2-VL's is refused with the reason and runs eagerly."""
+    the window filling; Qwen's whole pass is refused with the reason: its images are encoded eagerly and the
+    decoder's pass over them replayed."""
     from test_runtime import observations, tiny_model
 
     actions, reports = {}, {}
@@ -380,10 +381,13 @@ def test_the_runners_graphed_step_acts_as_its_eager_step(recorded_graphs, family
     np.testing.assert_allclose(actions[True], actions[False], rtol=0, atol=1e-6)
     assert len(np.unique(actions[True][:, 0])) > 3  # actions vary: the comparison is not trivial
     assert reports[False]["frame_replays"] == 0
-    if family in EAGER_VISION:
+    if family in EAGER_VISION:  # the images eagerly, the decoder's pass over them replayed from the 2nd step
         assert reports[True]["frame_replays"] == 0 and "vision_utils.py" in reports[True]["frame_refused"]
+        assert "vision_utils.py" in reports[True]["images_refused"]
+        assert reports[True]["frame_decoder_replays"] == 8 and reports[True]["frame_decoder_refused"] is None
     else:
         assert reports[True]["frame_replays"] == 9 and reports[True]["frame_refused"] is None
+        assert reports[True]["frame_decoder_captures"] == 0
     # the head: a graph per window length (1 to 4 while the window fills), every step replayed
     assert reports[True]["head_replays"] == 9 and reports[True]["head_refused"] is None
 
@@ -648,15 +652,16 @@ def test_switching_between_instructions_replays_their_graphs(recorded_graphs):
     assert frames.captures == 2 and frames.replays == 9 and frames.refused is None
 
 
-@pytest.mark.parametrize("space,history", [("continuous", "post"), ("continuous", "pre"), ("discrete", "post"),
-                                           ("discrete", "pre")])
-def test_the_warm_up_captures_every_graph_an_episode_needs(recorded_graphs, space, history):
+@pytest.mark.parametrize("space,history,family", [("continuous", "post", "llava"), ("continuous", "pre", "llava"),
+                                                  ("discrete", "post", "llava"), ("discrete", "pre", "llava"),
+                                                  ("continuous", "post", "qwen2_vl")])
+def test_the_warm_up_captures_every_graph_an_episode_needs(recorded_graphs, space, history, family):
     """After ``warmup()`` the robot's steps replay graphs and capture none (at real size a capture costs several
     steps' time, and a compiled shape seconds, while the arm waits): the warm-up predicts at every window
-    length and once after the window slid."""
+    length and once after the window slid. Qwen: its split pass (images eagerly, the decoder's pass a graph)."""
     from test_runtime import observations, tiny_model
 
-    model = tiny_model(space, history, use_hand_rgb=True, window_size=4)
+    model = tiny_model(space, history, family=family, use_hand_rgb=True, window_size=4)
     model.decoding = "static"  # the CUDA default
     runner = PolicyRunner(model, device="cpu", execute_steps=2)
     runner.set_instruction("pick up the red block")

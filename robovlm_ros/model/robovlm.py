@@ -256,30 +256,32 @@ class RoboVLM(nn.Module):
         """Position ids of a sequence from its mask (Backbone.positions): [N, L], or [3, N, L]."""
         return self.backbone.positions(mask)
 
-    def sequences(self, batch: dict, action_part: torch.Tensor | None):
-        """Assemble the VLM input for a batch.  action_part [B, W, n_action_slots, D] or None.
+    def sequences(self, batch: dict, action_part: torch.Tensor | None, images=None):
+        """Assemble the VLM input for a batch.  action_part [B, W, n_action_slots, D] or None; ``images``: the
+        B*W frames' ``frame_images`` when encoded apart (the batch's rgb / hand_rgb are then not read).
 
         Returns embeds [N_seq, L_seq, D], mask [N_seq, L_seq] and a function mapping decoder output
         [N_seq, L_seq, D] back to per-frame segments [B, W, S_f, D].
         """
-        rgb = batch["rgb"]
-        b, w = rgb.shape[:2]
+        b = batch["input_ids"].shape[0]
+        w = batch["rgb"].shape[1] if images is None else images[0][0].shape[0] // b
+        device = batch["input_ids"].device
         flat = lambda x: None if x is None else x.reshape(b * w, *x.shape[2:])  # noqa: E731
         ids = batch["input_ids"].repeat_interleave(w, dim=0)  # [B*W, L] text repeated per frame
         am = batch["attention_mask"].repeat_interleave(w, dim=0)
-        seg, seg_mask = self.segments(flat(rgb), flat(batch.get("hand_rgb")), ids, am,
-                                      flat(batch.get("state")), flat(action_part))
+        seg, seg_mask = self.segments(flat(batch.get("rgb")), flat(batch.get("hand_rgb")), ids, am,
+                                      flat(batch.get("state")), flat(action_part), images)
         s_f = seg.shape[1]
         wrapped = self.frame_end_id is not None  # each segment already starts with its BOS
         if self.config.history_type == "post":  # [B*W, 1 + S_f]
             embeds, mask = seg, seg_mask
             if not wrapped:
-                bos, bos_mask = self.bos(b * w, rgb.device)
+                bos, bos_mask = self.bos(b * w, device)
                 embeds, mask = torch.cat([bos, seg], 1), torch.cat([bos_mask, seg_mask], 1)
         else:  # [B, 1 + W*S_f]
             embeds, mask = seg.reshape(b, w * s_f, -1), seg_mask.reshape(b, w * s_f)
             if not wrapped:
-                bos, bos_mask = self.bos(b, rgb.device)
+                bos, bos_mask = self.bos(b, device)
                 embeds, mask = torch.cat([bos, embeds], 1), torch.cat([bos_mask, mask], 1)
         # every layout is "(BOS) + frame segments in order", so one view recovers the frames, without
         # the wrapping tokens
@@ -325,18 +327,19 @@ class RoboVLM(nn.Module):
     def single_frames(rgb, hand_rgb, input_ids, attention_mask, state) -> dict:
         """N one-frame windows as a batch: rgb / hand_rgb [N, 3, S, S] -> [N, 1, 3, S, S], state [N, 7] ->
         [N, 1, 7] (hand_rgb / state None: left out)."""
-        batch = {"rgb": rgb[:, None], "input_ids": input_ids, "attention_mask": attention_mask}
+        batch = {"rgb": None if rgb is None else rgb[:, None], "input_ids": input_ids, "attention_mask": attention_mask}
         batch.update({k: v[:, None] for k, v in (("hand_rgb", hand_rgb), ("state", state)) if v is not None})
         return batch
 
-    def frame_action_features(self, rgb, hand_rgb, input_ids, attention_mask, state) -> torch.Tensor:
+    def frame_action_features(self, rgb, hand_rgb, input_ids, attention_mask, state, images=None) -> torch.Tensor:
         """``action_features`` of N single frames (post history: each frame its own sequence), free of host
         synchronisation so that a CUDA graph can replay it (the window predictor's cached step; the 4-D
         mask, ``decoder_mask(explicit=True)``). rgb / hand_rgb [N, 3, S, S], input_ids / attention_mask
-        [N, L], state [N, 7] -> [N, latent_num, D]."""
-        act = self.action_tokens[None, None].expand(len(rgb), 1, -1, -1)
+        [N, L], state [N, 7] -> [N, latent_num, D]; ``images``: ``frame_images(rgb, hand_rgb)`` when
+        encoded apart (rgb, hand_rgb None)."""
+        act = self.action_tokens[None, None].expand(len(input_ids), 1, -1, -1)
         embeds, mask, unflatten = self.sequences(self.single_frames(rgb, hand_rgb, input_ids, attention_mask, state),
-                                                 act)
+                                                 act, images)
         prefix = embeds.shape[1] - self.config.latent_num - self.frame_tail
         attend = self.decoder_mask(mask, prefix, explicit=True)
         hidden, _ = self.backbone.decode(embeds, attend, self.positions(mask))

@@ -4,7 +4,9 @@
 * post history, continuous: frames are independent at the VLM stage, so the VLM runs only on frames
   it has not seen; their action-token features are kept per frame and the head re-fuses the window.
   On CUDA a new frame's pass through the VLM is one CUDA graph replay (model/cuda_graph.py), one frame
-  per replay so that one graph serves every step, and the head another.
+  per replay so that one graph serves every step, and the head another. Where the whole pass cannot be a
+  graph (Qwen's vision tower reads its grid on the host), the images are encoded apart, eagerly, and the
+  decoder's pass over them is the graph.
 * post history, discrete: only the newest frame is decoded (KV cache inside the decoding).
 * pre history: the window is one causal sequence ``[BOS] seg_1 ... seg_n``. While frames are only
   appended, the KV cache of the frames already in the sequence is reused; once the window slides
@@ -78,6 +80,11 @@ class WindowPredictor:
         self._frame_features = CapturedFunction(model.frame_action_features, "the policy step's VLM pass",
                                                 guard=model.graph_guard, enabled=lambda: model.cuda_graphs,
                                                 max_graphs=4)
+        # post continuous, where the whole pass cannot be a graph (Qwen's vision tower reads its grid on the
+        # host): the images encoded apart (eagerly), the rest of the pass (the decoder: most of its kernels) a graph
+        self._frame_decoder = CapturedFunction(self._decode_frames, "the policy step's decoder pass",
+                                               guard=model.graph_guard, enabled=lambda: model.cuda_graphs,
+                                               max_graphs=4)
         # continuous pre: a full window's one pass (nothing to reuse once it slides), a graph on CUDA
         self._window_features = CapturedFunction(self._window_pass, "the policy step's window pass",
                                                  guard=model.graph_guard, enabled=lambda: model.cuda_graphs,
@@ -140,13 +147,14 @@ class WindowPredictor:
         return snap_gripper(torch.cat([arm[0, -1], grip[0, -1, :, None]], dim=-1))
 
     def graph_report(self) -> dict:
-        """The cached step's CUDA-graphed parts (``frame``: a post frame's VLM pass, ``window``: a full continuous
-        pre window's pass, ``images``: a pre frame's image encoding, ``head``, ``prefix``: a full discrete pre
-        window's decoding prefix): ``<part>_replays``, the calls their graphs served, ``<part>_captures``, the
-        input signatures captured (or tried), and ``<part>_refused``, why the part's newest input signature runs
-        eagerly (None: it replays a graph, or nothing ran on CUDA)."""
-        parts = {"frame": self._frame_features, "window": self._window_features, "images": self._frame_encoder,
-                 "head": self._head, "prefix": self._window_prefix}
+        """The cached step's CUDA-graphed parts (``frame``: a post frame's VLM pass, ``frame_decoder``: its pass
+        after the images, where the whole pass is refused, ``window``: a full continuous pre window's pass,
+        ``images``: a frame's image encoding (pre, or post when the whole pass is refused), ``head``, ``prefix``:
+        a full discrete pre window's decoding prefix): ``<part>_replays``, the calls their graphs served,
+        ``<part>_captures``, the input signatures captured (or tried), and ``<part>_refused``, why the part's
+        newest input signature runs eagerly (None: it replays a graph, or nothing ran on CUDA)."""
+        parts = {"frame": self._frame_features, "frame_decoder": self._frame_decoder, "window": self._window_features,
+                 "images": self._frame_encoder, "head": self._head, "prefix": self._window_prefix}
         report = {}
         for name, part in parts.items():
             report[f"{name}_replays"] = 0 if part is None else part.replays
@@ -159,9 +167,13 @@ class WindowPredictor:
         ids, am = text
         for group in _per_call(new):
             n = len(group)
+            rgb = torch.stack([f.rgb for f in group])
             hand = None if group[0].hand_rgb is None else torch.stack([f.hand_rgb for f in group])
-            feats = self._frame_features(torch.stack([f.rgb for f in group]), hand, ids.expand(n, -1),
-                                         am.expand(n, -1), torch.stack([f.state for f in group]))  # [n, latent, D]
+            ids_n, am_n, states = ids.expand(n, -1), am.expand(n, -1), torch.stack([f.state for f in group])
+            if self._frame_features.refused is None:  # one graph for the whole pass, or no graphs at all
+                feats = self._frame_features(rgb, hand, ids_n, am_n, states)  # [n, latent, D]
+            else:
+                feats = self._frame_decoder(ids_n, am_n, states, *self._frame_encoder(rgb, hand))
             self._feats.update({f.serial: x for f, x in zip(group, feats)})
         keep = {f.serial for f in window}
         self._feats = {s: x for s, x in self._feats.items() if s in keep}
@@ -306,6 +318,12 @@ class WindowPredictor:
                 self._images[f.serial] = [(tokens[i], row) for tokens, row in encoded]
         kept = [self._images[f.serial] for f in frames]
         return [(torch.stack([per_frame[c][0] for per_frame in kept]), kept[0][c][1]) for c in range(len(kept[0]))]
+
+    def _decode_frames(self, input_ids, attention_mask, states, *cameras) -> torch.Tensor:
+        """``frame_action_features`` of frames whose images ``_encode`` gave (per camera tokens [n, T, D] and
+        mask row [T]) -> [n, latent, D]."""
+        images = list(zip(cameras[::2], cameras[1::2]))
+        return self.model.frame_action_features(None, None, input_ids, attention_mask, states, images=images)
 
     def _encode(self, rgb: torch.Tensor, hand_rgb: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """``RoboVLM.frame_images`` of k frames (rgb / hand_rgb [k, 3, S, S]) flat, as a graph returns them:
