@@ -392,10 +392,11 @@ def test_the_runners_graphed_step_acts_as_its_eager_step(recorded_graphs, family
     assert reports[True]["head_replays"] == 9 and reports[True]["head_refused"] is None
 
 
-@pytest.mark.parametrize("family", ["paligemma", "smolvlm"])
+@pytest.mark.parametrize("family", ["paligemma", "smolvlm", "qwen2_vl"])
 def test_graphed_discrete_decoding_acts_as_the_growing_cache(recorded_graphs, family):
     """Discrete post decoding into the preallocated cache with its prefix replayed (recorded) gives the
-    growing cache's tokens, over calls with other inputs in between."""
+    growing cache's tokens, over calls with other inputs in between. Qwen's whole prefix is refused (its
+    vision tower): its images are encoded eagerly and the decoder's pass over them into the cache replayed."""
     from test_runtime import tiny_model
 
     model = tiny_model("discrete", family=family, use_hand_rgb=True).eval()
@@ -408,8 +409,14 @@ def test_graphed_discrete_decoding_acts_as_the_growing_cache(recorded_graphs, fa
         graphed = model.predict(batch, normalized=True)
         assert torch.equal(graphed, growing)
         assert len(torch.unique(graphed)) > 5
-    assert model._static_decoder._prefix.replays == 3 and model._static_decoder._prefix.refused is None
-    assert model._static_decoder._stepper.graph is not None  # the decoding step replayed too, not eager
+    decoder = model._static_decoder
+    if family in EAGER_VISION:
+        assert decoder._prefix.replays == 0 and "vision_utils.py" in decoder._prefix.refused
+        assert decoder._prefix_decoder.replays == 2 and decoder._prefix_decoder.refused is None
+    else:
+        assert decoder._prefix.replays == 3 and decoder._prefix.refused is None
+        assert decoder._prefix_decoder.captures == 0
+    assert decoder._stepper.graph is not None  # the decoding step replayed too, not eager
 
 
 @pytest.mark.parametrize("history", ["post", "pre"])
@@ -654,7 +661,7 @@ def test_switching_between_instructions_replays_their_graphs(recorded_graphs):
 
 @pytest.mark.parametrize("space,history,family", [("continuous", "post", "llava"), ("continuous", "pre", "llava"),
                                                   ("discrete", "post", "llava"), ("discrete", "pre", "llava"),
-                                                  ("continuous", "post", "qwen2_vl")])
+                                                  ("continuous", "post", "qwen2_vl"), ("discrete", "post", "qwen2_vl")])
 def test_the_warm_up_captures_every_graph_an_episode_needs(recorded_graphs, space, history, family):
     """After ``warmup()`` the robot's steps replay graphs and capture none (at real size a capture costs several
     steps' time, and a compiled shape seconds, while the arm waits): the warm-up predicts at every window
@@ -672,8 +679,10 @@ def test_the_warm_up_captures_every_graph_an_episode_needs(recorded_graphs, spac
         stepper = runner.policy._stepper if history == "pre" else getattr(runner.model._static_decoder, "_stepper", None)
         found["decoding_step"] = None if stepper is None else id(stepper.graph)
         if space == "discrete" and history == "post":
-            prefix = runner.model._static_decoder._prefix
-            found["prefix_captures"], found["prefix_replays"] = prefix.captures, prefix.replays
+            decoder = runner.model._static_decoder
+            found["prefix_captures"], found["prefix_replays"] = decoder._prefix.captures, decoder._prefix.replays
+            found["prefix_decoder_captures"] = decoder._prefix_decoder.captures
+            found["prefix_decoder_replays"] = decoder._prefix_decoder.replays
         return found
 
     runner.warmup()

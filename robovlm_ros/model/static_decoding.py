@@ -162,6 +162,7 @@ class StaticGreedyDecoder:
         self._key: tuple | None = None
         self._stepper: GreedyStepper | None = None
         self._prefix: CapturedFunction | None = None  # frames' prefix, bound to the stepper's cache
+        self._prefix_decoder: CapturedFunction | None = None  # its decoder pass, where the whole cannot be a graph
         self._frames_key: tuple | None = None
         self._uses = 0  # calls with the current shape (__call__ captures at the second)
 
@@ -209,16 +210,29 @@ class StaticGreedyDecoder:
             self._stepper_for(embeds.shape[0], embeds.shape[1], n_tokens, embeds.dtype, embeds.device)
             self._prefix = CapturedFunction(self._frame_prefix, "the decoding prefix", guard=m.graph_guard,
                                             enabled=lambda: m.cuda_graphs)
+            # where the whole prefix cannot be a graph (Qwen's vision tower reads its grid on the host): the
+            # images encoded eagerly, the decoder's pass over them into the cache a graph
+            self._prefix_decoder = CapturedFunction(self._frame_prefix_after_images, "the decoding prefix's decoder "
+                                                    "pass", guard=m.graph_guard, enabled=lambda: m.cuda_graphs)
             self._frames_key = key
-        self._start(*self._prefix(*args))
+        if self._prefix.refused is None:
+            self._start(*self._prefix(*args))
+        else:
+            images = [x for tokens_and_row in m.frame_images(args[0], args[1]) for x in tokens_and_row]
+            self._start(*self._prefix_decoder(*args[2:], *images))
         return self._stepper
 
-    def _frame_prefix(self, rgb, hand_rgb, input_ids, attention_mask, state):
+    def _frame_prefix(self, rgb, hand_rgb, input_ids, attention_mask, state, images=None):
         """The frames' prefix into the cache, free of host syncs (a CUDA graph replays it): the last hidden
-        state [N, 1, D] and the prefix's mask [N, L]."""
+        state [N, 1, D] and the prefix's mask [N, L]. ``images``: ``frame_images(rgb, hand_rgb)`` when encoded
+        apart."""
         m = self.model
-        embeds, mask, _ = m.sequences(m.single_frames(rgb, hand_rgb, input_ids, attention_mask, state), None)
+        embeds, mask, _ = m.sequences(m.single_frames(rgb, hand_rgb, input_ids, attention_mask, state), None, images)
         return self._fill(embeds, mask, explicit=True)[:, -1:], mask
+
+    def _frame_prefix_after_images(self, input_ids, attention_mask, state, *cameras):
+        """``_frame_prefix`` of frames whose images are given: per camera tokens [N, T, D] and mask row [T]."""
+        return self._frame_prefix(None, None, input_ids, attention_mask, state, list(zip(cameras[::2], cameras[1::2])))
 
     def _prefill(self, embeds: torch.Tensor, mask: torch.Tensor) -> None:
         """The prefix into the cache (eagerly: it runs once per call), the first token into the stepper."""
