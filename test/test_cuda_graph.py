@@ -276,6 +276,40 @@ def test_on_a_device_the_graphed_passes_bring_no_host_data_in(family, monkeypatc
     assert "frame pass" in found and found == {k: [] for k in found}, found
 
 
+@pytest.mark.parametrize("family", EAGER_VISION)
+def test_on_a_device_qwens_passes_after_its_images_bring_no_host_data_in(family, monkeypatch):
+    """Qwen's vision tower reads its grid on the host, so on CUDA its images are encoded eagerly and the rest
+    is graphed: the frame's decoder pass and the decoding prefix's pass into the cache over given image
+    tokens, and the decoding step. On the meta device standing in for the GPU they bring no host data in."""
+    import robovlm_ros.model.static_decoding as static_decoding
+    from robovlm_ros.model.static_decoding import StaticGreedyDecoder
+
+    monkeypatch.setattr(static_decoding, "cache_precision", lambda device: None)  # meta has no autocast
+    found = {}
+    for space in ("continuous", "discrete"):
+        model = RoboVLM(PolicyConfig.tiny(family, action_space=space, use_hand_rgb=True)).eval()
+        (rgb, hand, ids, am, state), _ = _frame_args(model, b=2)
+        with torch.no_grad():
+            images = model.frame_images(rgb, hand)  # on the CPU: the part that stays eager
+        model.to("meta")
+        ids, am, state = ids.to("meta"), am.to("meta"), state.to("meta")
+        cameras = [x.to("meta") for tokens_and_row in images for x in tokens_and_row]
+        with torch.no_grad():
+            if space == "continuous":
+                found["frame decoder pass"] = host_syncs(
+                    lambda *a: model.frame_action_features(None, None, *a[:3], list(zip(a[3::2], a[4::2]))),
+                    ids, am, state, *cameras)[1]
+            else:
+                decoder = StaticGreedyDecoder(model)
+                embeds, _, _ = model.sequences(model.single_frames(None, None, ids, am, state), None,
+                                               list(zip(cameras[::2], cameras[1::2])))
+                stepper = decoder._stepper_for(embeds.shape[0], embeds.shape[1], 3, embeds.dtype, embeds.device)
+                decoder._start(*decoder._frame_prefix_after_images(ids, am, state, *cameras))  # the cache's first fill
+                found["prefix pass"] = host_syncs(decoder._frame_prefix_after_images, ids, am, state, *cameras)[1]
+                found["decoding step"] = host_syncs(stepper._step)[1]
+    assert len(found) == 3 and found == {k: [] for k in found}, found
+
+
 class _OpNames(TorchDispatchMode):
     """The ops a call runs and the shapes of their tensor outputs."""
 
