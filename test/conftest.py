@@ -25,6 +25,28 @@ def make_batch(model, b=2, seed=0, instructions=None):
     return synthetic_batch(model, batch_size=b, seed=seed, instructions=instructions)
 
 
+@pytest.fixture
+def eager_compile(monkeypatch):
+    """torch.compile through dynamo's ``eager`` backend: its tracing, guards and recompile limits without the C++
+    compiler (seconds, not minutes). Yields the list of graphs dynamo made; a recompile limit hit fails the
+    test; the limits compile_modules raises are restored afterwards."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, *a, mode=None, **kw: compile_module(self, *a, backend=backend, **kw))
+    dynamo = torch._dynamo.config
+    torch._dynamo.reset()
+    with dynamo.patch(recompile_limit=dynamo.recompile_limit, fail_on_recompile_limit_hit=True,
+                      accumulated_recompile_limit=dynamo.accumulated_recompile_limit):
+        yield graphs
+    torch._dynamo.reset()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -719,6 +719,9 @@ def test_the_warm_up_captures_every_graph_an_episode_needs(recorded_graphs, spac
             found["prefix_decoder_replays"] = decoder._prefix_decoder.replays
         return found
 
+    def captures(found: dict) -> dict:
+        return {k: v for k, v in found.items() if "_replays" not in k}
+
     runner.warmup()
     assert runner.instruction == "pick up the red block" and len(runner._window) == 0  # state restored
     warm = graphs()
@@ -727,11 +730,18 @@ def test_the_warm_up_captures_every_graph_an_episode_needs(recorded_graphs, spac
         for o in observations(9, seed=episode):
             runner.step(o)
     after = graphs()
-    assert {k: v for k, v in after.items() if "_replays" not in k} == {k: v for k, v in warm.items() if "_replays" not in k}
+    assert captures(after) == captures(warm)
     assert sum(v for k, v in after.items() if k.endswith("_replays")) > sum(
         v for k, v in warm.items() if k.endswith("_replays"))  # the episodes replayed graphs
     if space == "discrete":
         assert after["decoding_step"] != id(None)  # the decoding step's graph was captured in the warm-up
+    # another instruction token count: the runner warms up again before its first step (a graph per count)
+    runner.set_instruction("stack the cubes")
+    rewarmed = graphs()
+    assert runner.warmups == 2 and captures(rewarmed) != captures(after)  # new graphs, in the warm-up
+    for o in observations(9, seed=2):
+        runner.step(o)
+    assert captures(graphs()) == captures(rewarmed)
 
 
 @pytest.mark.parametrize("space,history", [("continuous", "post"), ("continuous", "pre"), ("discrete", "post"),

@@ -197,6 +197,37 @@ def test_instruction_topic_and_validation(system):
     assert not read_only.successful and node.get_parameter("checkpoint").value == node.p.checkpoint != "/other/ckpt"
 
 
+@pytest.mark.params(compile=True)
+def test_a_new_instruction_length_warms_the_policy_up_before_its_first_chunk(eager_compile, system):
+    """Compiled kernels and CUDA graphs are bound to the instruction's token count. An instruction of another
+    count warms the policy up again, in the worker before the episode's first chunk (the arm holds, as at any
+    episode start), not during its steps; the cadence report and the runtime overhead leave the warm-up out
+    (``eager_compile``: dynamo's tracing and guards, no C++ compiler)."""
+    node, robot = system
+    warmups, warm_s = node.runner.warmups, []  # the node's own warm-up (no instruction configured)
+    for instruction in ("pick up the red block", "stack the cubes"):
+        assert node.runner.needs_warmup(instruction)  # another count than the last warm-up's
+        robot.set_instruction(instruction)
+        robot.trigger("start")
+        warmups += 1
+        assert wait_for(lambda: node.runner.warmups == warmups, 30.0)
+        warm_s.append(node.runner.last_warmup_s)
+        graphs, t1 = len(eager_compile), time.monotonic()
+        assert wait_for(lambda: len(robot.since("action", t1)) >= 3, 10.0)  # three chunks of the new episode
+        assert len(eager_compile) == graphs and node.runner.instruction == instruction  # compiled nothing more
+    assert max(node.runtime_overhead_ms) < 1000 * min(warm_s) / 2
+
+
+@pytest.mark.params(compile=True, instruction="pick up the red block")
+def test_the_configured_instruction_is_the_one_the_node_warms_up_with(eager_compile, system):
+    node, robot = system
+    assert node.runner.warmups == 1 and not node.runner.needs_warmup("pick up the red block")
+    robot.trigger("start")
+    t0 = time.monotonic()
+    assert wait_for(lambda: len(robot.since("action", t0)) >= 3, 10.0)
+    assert node.runner.warmups == 1  # its first episode did not warm up again
+
+
 @pytest.mark.params(arm_command_type="joint_trajectory", gripper_command_type="joint_trajectory",
                     execute_steps=2)
 def test_joint_trajectory_commands(system):

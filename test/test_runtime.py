@@ -66,11 +66,12 @@ def test_cached_stepping_equals_recomputing_the_window(tmp_path, space, history,
 
 
 @pytest.mark.slow  # torch.compile builds its kernels with the C++ compiler: tens of seconds on 2 cores
-@pytest.mark.parametrize("space", ["continuous", "discrete"])
-def test_a_compiled_runner_acts_as_the_eager_one(tmp_path, space):
+@pytest.mark.parametrize("space,history", [("continuous", "post"), ("discrete", "post"), ("continuous", "pre")])
+def test_a_compiled_runner_acts_as_the_eager_one(tmp_path, space, history):
     """PolicyRunner(compile=True) (the node's `compile` parameter): the vision tower, decoder layers and head
-    compiled; actions equal the eager runner's, and the modules really are compiled."""
-    tiny_model(space, "post").save_pretrained(tmp_path / "ckpt")
+    compiled; actions equal the eager runner's, and the modules really are compiled. Discrete decoding into the
+    growing cache (the CPU's) and continuous ``pre`` history compile their decoder layers for dynamic shapes."""
+    tiny_model(space, history).save_pretrained(tmp_path / "ckpt")
     runs = []
     for compiled in (False, True):
         runner = PolicyRunner(tmp_path / "ckpt", device="cpu", compile=compiled)
@@ -104,6 +105,40 @@ def test_compiled_static_decoding_compiles_every_decoder_layer():
     assert counters["stats"]["unique_graphs"] >= 2 * layers
     assert torch.equal(compiled, eager)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("space,history,decoding", [
+    ("continuous", "post", "auto"), ("continuous", "pre", "auto"), ("discrete", "post", "static"),
+    ("discrete", "pre", "static"), ("discrete", "post", "dynamic"), ("discrete", "pre", "dynamic")])
+def test_a_compiled_runner_compiles_nothing_once_warm(eager_compile, space, history, decoding):
+    """torch.compile makes a graph per input shape, and per decoder layer where the layer indexes a KV cache. One
+    made during an episode stalls the arm (seconds at real size); past dynamo's recompile limit the rest run
+    eagerly without a word. After ``warmup()``: two episodes of window 8 (execute_steps 3: frames also join
+    without a prediction), a new instruction of another token count (which warms up again) and its episode
+    compile nothing, and no limit is hit (``eager_compile``: dynamo's tracing and guards, no C++ compiler)."""
+    graphs = eager_compile
+    model = tiny_model(space, history, use_hand_rgb=True, window_size=8)
+    model.decoding = decoding
+    runner = PolicyRunner(model, device="cpu", execute_steps=3, compile=True)
+    runner.set_instruction("pick up the red block")
+    runner.warmup()
+    warm = len(graphs)
+    for episode in range(2):
+        runner.reset()
+        for o in observations(12, seed=episode):
+            runner.step(o)
+    assert warm > 0 and len(graphs) == warm
+    first = runner.warm_tokens
+    runner.set_instruction("stack the cubes")
+    assert runner.warm_tokens != first and runner.warmups == 2  # warmed up for the new count
+    rewarm = len(graphs)
+    for o in observations(12, seed=2):
+        runner.step(o)
+    assert len(graphs) == rewarm
+    if decoding != "dynamic":  # static shapes: the new count made graphs of its own, in the warm-up
+        assert rewarm > warm
+    runner.set_instruction("stack the bowls")  # the same count: no warm-up
+    assert runner.warmups == 2
 
 
 def test_post_cache_runs_the_vlm_on_the_newest_frame_only():

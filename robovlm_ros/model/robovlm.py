@@ -35,7 +35,7 @@ from .heads import build_head, pack_rnn
 from .normalization import Normalizer
 from .processing import PolicyProcessor
 from .resampler import PerceiverResampler
-from .decoding import decode_chunk
+from .decoding import decode_chunk, static_decoding_on
 from .normalization import snap_gripper
 from .text_tokenizer import load_tokenizer, tiny_tokenizer
 from .window_inference import WindowPredictor
@@ -127,6 +127,7 @@ class RoboVLM(nn.Module):
         # on CUDA (not under autocast), replay the step's VLM passes, image encoding, head, decoding prefix and
         # decoding step as CUDA graphs (model/cuda_graph.py, static_decoding.py); False: eager kernels only
         self.cuda_graphs = True
+        self.compiled = False  # compile_modules() ran: new frames go through one by one, as on CUDA
         self._guard_slots: list | None = None  # graph_guard's sampled weights: (owning module, name)
         self._static_decoder = None  # decoding.greedy_tokens' StaticGreedyDecoder, made when first used
         apply_adaptation(self)
@@ -522,27 +523,44 @@ class RoboVLM(nn.Module):
                 pack_rnn(module)
 
     def compile_modules(self, mode: str | None = None) -> None:
-        """torch.compile, in place and for static shapes, what every step runs: the vision tower, each decoder
-        layer (one compiled graph serves all layers without a KV cache, one per layer with one) and the head:
-        fused kernels for the prefix, the continuous step and decoding. Compilation happens at the first call
-        per input shape (PolicyRunner.warmup); ``mode`` as torch.compile's (None: its default, no CUDA graphs,
-        which the preallocated-cache decoding captures itself; with ``cuda_graphs`` on, modes that capture
-        graphs of their own, nested in ours, are refused)."""
-        on_cuda = cuda_graph.on_cuda(next(self.parameters()).device)
+        """torch.compile, in place, what every step runs: the vision tower, each decoder layer (one compiled graph
+        serves all layers without a KV cache, one per layer with one) and the head: fused kernels for the
+        prefix, the continuous step and decoding. Compilation happens at the first call per input shape
+        (PolicyRunner.warmup); call it on the device the policy runs on. ``mode`` as torch.compile's (None: its
+        default, no CUDA graphs, which the preallocated-cache decoding captures itself; with ``cuda_graphs`` on,
+        modes that capture graphs of their own, nested in ours, are refused)."""
+        device = next(self.parameters()).device
+        on_cuda = cuda_graph.on_cuda(device)
         if self.cuda_graphs and on_cuda and mode in ("reduce-overhead", "max-autotune"):
             raise ValueError(f"compile mode {mode!r} captures CUDA graphs itself, inside the policy's own: use "
                              f"'max-autotune-no-cudagraphs', or turn the policy's cuda_graphs off")
+        c = self.config
+        # a cache that grows (a token per decoding step into the growing cache; a frame per step in continuous
+        # pre history) would make a static graph per length and layer: those layers get dynamic shapes
+        grows = (c.action_space == "discrete" and not static_decoding_on(self, device)) or \
+            (c.action_space == "continuous" and c.history_type == "pre")
         # where a KV cache is passed, dynamo specialises a decoder layer on its index (the cache is indexed by
-        # it): one graph per layer and input shape. Its default limit, 8 per function, would leave all but 8
-        # of an 18-layer decoder's graphs eager (seen in the H200 bench: compiled decoding as slow as eager)
-        n = len(self.backbone.decoder_layers)
+        # it): a graph per layer and input shape, and its default limit of 8 graphs per function leaves the rest
+        # of the layers silently eager (the H200 bench: compiled decoding as slow as eager). Room for the shapes
+        # of 10 instruction lengths: per length at most 6 graphs per layer (discrete pre, counted) and one per
+        # window length (the head)
+        n, w = len(self.backbone.decoder_layers), c.window_size
+        limit = 10 * (6 * n + w)
         dynamo = torch._dynamo.config
-        dynamo.recompile_limit = max(dynamo.recompile_limit, 4 * n)
-        dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 16 * n)
-        parts = [*self.backbone.vision_modules, *self.backbone.decoder_layers]
+        dynamo.recompile_limit = max(dynamo.recompile_limit, limit)
+        dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, limit)
+        for module in self.backbone.decoder_layers:
+            module.compile(dynamic=grows, mode=mode)
+        parts = [*self.backbone.vision_modules]
         parts += [m for m in (getattr(self, "head", None), self.resampler) if m is not None]
         for module in parts:
             module.compile(dynamic=False, mode=mode)
+        self.compiled = True
+
+    def binds_shapes(self, device: torch.device) -> bool:
+        """Whether parts of the step on ``device`` are bound to their input shapes, so that a new shape (another
+        instruction token count) costs a capture or a compile: CUDA graphs on CUDA, or compiled modules."""
+        return (cuda_graph.on_cuda(device) and self.cuda_graphs) or self.compiled
 
     def window_predictor(self, use_cache: bool = True) -> WindowPredictor:
         """The newest frame's normalised chunk from a history window, control step after control step,

@@ -55,13 +55,16 @@ class _Sequence:
     feats: list[torch.Tensor] = field(default_factory=list)  # continuous: [latent, D] per frame
 
 
-def _per_call(frames: list[Frame]) -> list[list[Frame]]:
-    """``frames`` in the groups one call takes: on CUDA one frame per call, since a CUDA graph and a compiled
-    kernel are bound to their shapes and the warm-up meets one new frame per step (frames that joined without
-    a prediction, execute_steps > 1, would make other shapes); elsewhere all at once."""
+def _per_call(frames: list[Frame], model) -> list[list[Frame]]:
+    """``frames`` in the groups one call takes: one frame per call on CUDA or when the policy is compiled, since a
+    CUDA graph and a compiled kernel are bound to their shapes (a compiled decoder layer also to its cache's
+    length) and the warm-up meets one new frame per step (frames that joined without a prediction, execute_steps
+    > 1, would make other shapes); elsewhere all at once."""
     if not frames:
         return []
-    return [[f] for f in frames] if cuda_graph.on_cuda(frames[0].rgb.device) else [frames]
+    if cuda_graph.on_cuda(frames[0].rgb.device) or model.compiled:
+        return [[f] for f in frames]
+    return [frames]
 
 
 class WindowPredictor:
@@ -165,7 +168,7 @@ class WindowPredictor:
     def _post(self, window: list[Frame], text) -> torch.Tensor:
         new = [f for f in window if f.serial not in self._feats]
         ids, am = text
-        for group in _per_call(new):
+        for group in _per_call(new, self.model):
             n = len(group)
             rgb = torch.stack([f.rgb for f in group])
             hand = None if group[0].hand_rgb is None else torch.stack([f.hand_rgb for f in group])
@@ -213,7 +216,7 @@ class WindowPredictor:
             seq = self._seq = _Sequence(cache=cache, mask=mask)
         todo = window[len(seq.serials):]
         # frames whose action part is known: one decoder pass (per frame on CUDA)
-        for given in _per_call(todo if continuous else todo[:-1]):
+        for given in _per_call(todo if continuous else todo[:-1], m):
             if continuous:
                 act = m.action_tokens[None].expand(len(given), -1, -1)
             else:
@@ -310,7 +313,7 @@ class WindowPredictor:
         """``RoboVLM.frame_images`` of ``frames`` (per camera: tokens [k, T, D], mask row [T]). Each frame's images
         are encoded once, when first needed, and kept while it is in the window (a sliding ``pre`` window runs
         every remaining frame through the decoder again, not through the vision tower)."""
-        for group in _per_call([f for f in frames if f.serial not in self._images]):
+        for group in _per_call([f for f in frames if f.serial not in self._images], self.model):
             hand = None if group[0].hand_rgb is None else torch.stack([f.hand_rgb for f in group])
             flat = self._frame_encoder(torch.stack([f.rgb for f in group]), hand)
             encoded = list(zip(flat[::2], flat[1::2]))

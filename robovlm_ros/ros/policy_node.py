@@ -73,6 +73,8 @@ class PolicyCore(PolicyInputs):
         # one action per control step from the runner's chunks, computed beside the control loop
         self.control = ChunkedControl(self.runner, p.execution, p.chunk_combine, p.execute_steps or None, p.ensemble,
                                       p.simulated_inference_delay_steps)
+        if self.instruction:  # the warm-up meets its token count (another count warms up again when it comes)
+            self.runner.set_instruction(self.instruction)
         warm_s = self.runner.warmup()  # the first inference is slow; pay for it before the robot is waiting
         self.uses_hand = self.runner.config.use_hand_rgb
         if self.uses_hand and not p.gripper_camera_topic:
@@ -309,9 +311,9 @@ class PolicyCore(PolicyInputs):
 
     def _chunk(self, job, obs: dict, stamp: int) -> None:
         """Worker: compute a chunk while the control timer keeps executing the queue."""
-        t0 = time.perf_counter()
+        t0, warmups = time.perf_counter(), self.runner.warmups
         chunk = self.control.compute(job)
-        self._chunk_done(time.perf_counter() - t0)
+        self._chunk_done(time.perf_counter() - t0, warmups)
         t_ready = time.perf_counter()
         action = self.control.deliver(job, chunk)
         with self.lock:
@@ -320,11 +322,11 @@ class PolicyCore(PolicyInputs):
 
     def _lockstep(self, obs: dict, stamp: int) -> None:
         """Worker: one step of a lockstep simulation (the simulator waits for this step's command)."""
-        t0 = time.perf_counter()
+        t0, warmups = time.perf_counter(), self.runner.warmups
         chunks_before = self.runner.last_chunk
         action = self.control.lockstep_step(obs)
         if self.runner.last_chunk is not chunks_before:
-            self._chunk_done(time.perf_counter() - t0)
+            self._chunk_done(time.perf_counter() - t0, warmups)
         t_ready = time.perf_counter()
         with self.lock:
             if not self.running:  # stopped while we were computing: the hold was already sent
@@ -334,7 +336,13 @@ class PolicyCore(PolicyInputs):
             else:
                 self._publish_hold(stamp)
 
-    def _chunk_done(self, runner_s: float) -> None:
+    def _chunk_done(self, runner_s: float, warmups: int) -> None:
+        """A chunk came out of the runner after ``runner_s`` seconds; ``warmups``: the runner's count before."""
+        if self.runner.warmups != warmups:  # a new instruction's token count: a warm-up ran first, the arm held
+            runner_s -= self.runner.last_warmup_s
+            self.get_logger().info(f"warmed up in {self.runner.last_warmup_s:.2f} s for the instruction's "
+                                   f"{self.runner.warm_tokens} tokens (graphs and compiled shapes are bound to "
+                                   f"the count), before its first chunk")
         with self.lock:
             inference = self.runner.last_inference_s or 0.0
             self.cadence.infer.append(inference)

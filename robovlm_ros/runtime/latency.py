@@ -55,8 +55,8 @@ def _steady_runner(model: RoboVLM, use_cache: bool, device: str, dtype: str, com
     """A runner whose window is full (the steady state), and the random stream of its camera frames."""
     runner = PolicyRunner(model, device=device, dtype=dtype, execute_steps=1, use_cache=use_cache, compile=compile,
                           cuda_graphs=cuda_graphs)
-    runner.warmup()
     runner.set_instruction("pick up the red block")
+    runner.warmup()
     rng = np.random.default_rng(0)
     for _ in range(model.config.window_size):
         runner.step(_obs(rng, (480, 640)))

@@ -57,6 +57,9 @@ class PolicyRunner:
         self._text = None
         self.last_chunk: np.ndarray | None = None      # newest unnormalised chunk [chunk, 7]
         self.last_inference_s: float | None = None     # wall time of the newest prediction
+        self.warm_tokens: int | None = None             # the instruction token count the last warm-up met
+        self.last_warmup_s: float | None = None         # how long the last warm-up took
+        self.warmups = 0                                # warm-ups run (set_instruction may run one)
         self.reset()
 
     def reset(self) -> None:
@@ -76,13 +79,13 @@ class PolicyRunner:
         actions it executed): every input shape an episode meets (a graph and a compiled kernel are bound to
         their shapes; the window fills first, and the node predicts whenever a chunk runs low, so at any
         length). With an instruction set it warms up with that one (a graph is bound to the instruction's
-        token count). State is restored."""
+        token count, and ``set_instruction`` warms up again for another count). State is restored."""
         t0 = time.perf_counter()
         s = self.config.image_size
         blank = {"rgb": np.zeros((s, s, 3), np.uint8), "hand_rgb": np.zeros((s, s, 3), np.uint8),
                  "state": np.zeros(self.config.action_dim)}
         saved = (self.instruction, self._text)
-        self.set_instruction(self.instruction or "warm up")
+        self._use_instruction(self.instruction or "warm up")
         for _ in range(self.config.window_size + 1):
             self.predict_chunk(blank)
         if self.config.window_size > 1:
@@ -90,13 +93,31 @@ class PolicyRunner:
             self.predict_chunk(blank)
             self.observe(blank)
             self.predict_chunk(blank)
+        self.warm_tokens = self._text[0].shape[1]
         self.instruction, self._text = saved
         self.last_chunk = self.last_inference_s = None
         self.reset()
-        return time.perf_counter() - t0
+        self.last_warmup_s = time.perf_counter() - t0
+        self.warmups += 1
+        return self.last_warmup_s
+
+    def needs_warmup(self, text: str) -> bool:
+        """Whether ``set_instruction(text)`` warms up again: the runner was warmed up, for another token count,
+        and has CUDA graphs or compiled kernels, which are bound to it (made then, at the episode's start, not
+        during its first steps while the arm waits)."""
+        if self.warm_tokens is None or not self.model.binds_shapes(self.device):
+            return False
+        return self.model.processor.text([text.strip()])[0].shape[1] != self.warm_tokens
 
     def set_instruction(self, text: str) -> None:
-        """A new task: tokenised once here; the history restarts because old frames belong to another task."""
+        """A new task: tokenised once here; the history restarts because old frames belong to another task. A
+        warmed-up runner warms up again when the instruction has another token count (``needs_warmup``)."""
+        again = self.needs_warmup(text or "")
+        self._use_instruction(text)
+        if again:
+            self.warmup()
+
+    def _use_instruction(self, text: str) -> None:
         text = (text or "").strip()
         if not text:
             raise ValueError("the instruction is empty")
