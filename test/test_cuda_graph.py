@@ -481,18 +481,22 @@ def test_moved_weights_are_never_read_through_an_old_decoding_graph(recorded_gra
 def test_the_graph_guard_sees_any_part_of_the_policy_move():
     """A graph is bound to the addresses of every weight it reads: moving one part alone (a user's
     ``policy.head.to(...)``) changes the guard, so graphs over the old addresses are dropped. Every module of
-    the policy's own, each vision module, the embeddings, first and last decoder layer and LM head."""
+    the policy's own, each vision module, the embeddings, every decoder and vision encoder layer, the LM head;
+    and a part replaced after the guard was first read."""
+    import copy
+
     from test_runtime import tiny_model
 
     model = tiny_model("continuous", family="paligemma", head="lstm", use_hand_rgb=True, resampler_latents=4,
-                       use_image_start_end=True)
+                       use_image_start_end=True, size={"base": "tiny", "layers": 3})
     bb = model.backbone
+    vision_layers = [m for m in bb.vision_modules[0].modules() if isinstance(m, torch.nn.ModuleList)][0]
     parts = {**{name: m for name, m in model.named_children() if name != "backbone"},
              **{f"vision module {i}": m for i, m in enumerate(bb.vision_modules)}, "embeddings": bb.embed_tokens,
-             "first decoder layer": bb.decoder_layers[0], "last decoder layer": bb.decoder_layers[-1],
-             "lm head": bb.lm_head}
+             **{f"decoder layer {i}": m for i, m in enumerate(bb.decoder_layers)},
+             **{f"vision layer {i}": m for i, m in enumerate(vision_layers)}, "lm head": bb.lm_head}
     parts = {name: m for name, m in parts.items() if next(m.parameters(), None) is not None}
-    assert {"head", "vision module 1", "state_arm"} <= parts.keys(), sorted(parts)  # the parts the review missed
+    assert {"head", "vision module 1", "state_arm", "decoder layer 1", "vision layer 1"} <= parts.keys(), sorted(parts)
     held = [p.data for p in model.parameters()]  # the old storages stay: the new ones get other addresses
     for name, module in [*parts.items(), *((n, None) for n, _ in model.named_parameters(recurse=False))]:
         before = model.graph_guard()
@@ -501,10 +505,17 @@ def test_the_graph_guard_sees_any_part_of_the_policy_move():
         else:
             module.to(torch.float64).to(torch.float32)
         assert model.graph_guard() != before, name
+        held += [p.data for p in model.parameters()]  # nor can a later move land where this one did
     assert len(parts) > 8
     before = model.graph_guard()  # a load with assign: new Parameter objects in the modules
     model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
     assert model.graph_guard() != before
+    before = model.graph_guard()  # a part replaced by a copy: other weights, in other places
+    model.head = copy.deepcopy(model.head)
+    assert model.graph_guard() != before
+    before = model.graph_guard()
+    torch.nn.Sequential(torch.nn.Linear(2, 2))  # a module assigned elsewhere: nothing of the policy's changed
+    assert model.graph_guard() == before
     del held
 
 

@@ -44,6 +44,18 @@ IGNORE = -100
 VL_SOURCES = ("vl", "caption", "vqa")
 
 
+# module assignments anywhere in the process (``parent.child = module``), counted: graph_guard finds its sampled
+# weights again after one, since the part it sampled may have been replaced
+_module_assignments = [0]
+
+
+def _count_module_assignment(module, name, submodule):
+    _module_assignments[0] += 1
+
+
+torch.nn.modules.module.register_module_module_registration_hook(_count_module_assignment)
+
+
 class RoboVLM(nn.Module):
     def __init__(self, config: PolicyConfig, tokenizer=None, normalizer: Normalizer | None = None,
                  *, load_backbone_weights: bool = True, backbone: Backbone | None = None):
@@ -129,6 +141,7 @@ class RoboVLM(nn.Module):
         self.cuda_graphs = True
         self.compiled = False  # compile_modules() ran: new frames go through one by one, as on CUDA
         self._guard_slots: list | None = None  # graph_guard's sampled weights: (owning module, name)
+        self._guard_modules = -1  # _module_assignments when they were found
         self._static_decoder = None  # decoding.greedy_tokens' StaticGreedyDecoder, made when first used
         apply_adaptation(self)
 
@@ -306,23 +319,29 @@ class RoboVLM(nn.Module):
         """What a CUDA graph of the policy is bound to besides its inputs' shapes (cuda_graph.CapturedFunction,
         the decoding step's graph): where the weights live (moved, cast or loaded with ``assign``: new
         addresses) and buffers the backbone may replace. Sampled, to stay cheap at every call: the first weight
-        of each part a move or a load touches (the policy's own modules and parameters, each vision module,
-        the embeddings, the first and last decoder layer, the LM head); a middle decoder layer moved alone, an
-        unsampled parameter swapped by hand (``.data =``) or a module replaced after the first call is not seen."""
-        if self._guard_slots is None:  # where each sampled weight is held: read at every call (a few us)
-            bb = self.backbone
-            parts = [*self.children(), *bb.vision_modules, bb.embed_tokens, bb.decoder_layers[0],
-                     bb.decoder_layers[-1], bb.lm_head]
-            slots = [(self, name) for name, _ in self.named_parameters(recurse=False)]  # action tokens, markers
-            for part in parts:
-                name = next((n for n, _ in part.named_parameters()), None)
-                if name is not None:
-                    path, _, leaf = name.rpartition(".")
-                    slots.append((part.get_submodule(path), leaf))
-            self._guard_slots = slots
+        of each part a move or a load touches (the policy's own modules and parameters, each vision module, the
+        embeddings, every layer of the backbone's layer lists (decoder and vision encoder), the LM head). Where
+        they are is looked up again after any module was assigned anywhere (a replaced part); a parameter
+        other than its module's first swapped by hand (``.data =``) is not seen."""
+        if self._guard_slots is None or self._guard_modules != _module_assignments[0]:
+            self._guard_modules = _module_assignments[0]
+            self._guard_slots = self._sampled_weights()
         # looked up in the owning module at every call: a move swaps .data, a load with assign the Parameter
         return (*(owner._parameters[leaf].data_ptr() for owner, leaf in self._guard_slots),
                 *self.backbone.graph_inputs())
+
+    def _sampled_weights(self) -> list[tuple[nn.Module, str]]:
+        """graph_guard's samples: (owning module, parameter name) of each part's first weight."""
+        bb = self.backbone
+        layers = [layer for m in bb.modules() if isinstance(m, nn.ModuleList) for layer in m]
+        parts = [*self.children(), *bb.vision_modules, bb.embed_tokens, *layers, bb.lm_head]
+        slots = [(self, name) for name, _ in self.named_parameters(recurse=False)]  # action tokens, markers
+        for part in parts:
+            name = next((n for n, _ in part.named_parameters()), None)
+            if name is not None:
+                path, _, leaf = name.rpartition(".")
+                slots.append((part.get_submodule(path), leaf))
+        return slots
 
     @staticmethod
     def single_frames(rgb, hand_rgb, input_ids, attention_mask, state) -> dict:
