@@ -165,6 +165,29 @@ def test_the_graphed_continuous_step_acts_as_the_eager_step(family, dtype):
     assert len(np.unique(actions[True][:, 0])) > 3  # actions vary: the comparison is not trivial
 
 
+@pytest.mark.parametrize("space", ["continuous", "discrete"])
+def test_a_new_instruction_length_is_captured_before_its_first_step(space):
+    """Graphs are bound to the instruction's token count: after the warm-up, an instruction of another count
+    warms up again in set_instruction, so its steps replay graphs and capture none."""
+    runner = PolicyRunner(tiny_model(space, use_hand_rgb=True, window_size=4), device="cuda", execute_steps=1)
+    runner.set_instruction("pick up the red block")
+    runner.warmup()
+
+    def captures() -> tuple:
+        report = runner.policy.graph_report()
+        decoder = runner.model._static_decoder
+        prefix = None if decoder is None else (decoder._prefix.captures, id(decoder._stepper.graph))
+        return tuple(v for k, v in report.items() if k.endswith("_captures")), prefix
+
+    before = captures()
+    runner.set_instruction("stack the cubes")
+    assert runner.warmups == 2 and captures() != before
+    ready = captures()
+    for o in observations(6):
+        runner.step(o)
+    assert captures() == ready
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="fewer than two CUDA devices")
 @pytest.mark.parametrize("space", ["continuous", "discrete"])
 def test_graphs_run_on_the_policys_device_not_the_current_one(space):
