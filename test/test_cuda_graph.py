@@ -516,6 +516,11 @@ def test_the_graph_guard_sees_any_part_of_the_policy_move():
     before = model.graph_guard()
     torch.nn.Sequential(torch.nn.Linear(2, 2))  # a module assigned elsewhere: nothing of the policy's changed
     assert model.graph_guard() == before
+    samples = model._guard_slots  # an eager pass (transformers slices its layer list: a new ModuleList)
+    with torch.no_grad():
+        model.action_features(make_batch(model, b=1))
+    model.graph_guard()
+    assert model._guard_slots is samples  # not looked up again (0.6 ms at real size, against 10 us)
     del held
 
 

@@ -21,6 +21,7 @@ recomputed from the mask so padding never shifts a token's position. The mask al
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ from .heads import build_head, pack_rnn
 from .normalization import Normalizer
 from .processing import PolicyProcessor
 from .resampler import PerceiverResampler
-from .decoding import decode_chunk, static_decoding_on
+from .decoding import decode_chunk
 from .normalization import snap_gripper
 from .text_tokenizer import load_tokenizer, tiny_tokenizer
 from .window_inference import WindowPredictor
@@ -44,13 +45,17 @@ IGNORE = -100
 VL_SOURCES = ("vl", "caption", "vqa")
 
 
-# module assignments anywhere in the process (``parent.child = module``), counted: graph_guard finds its sampled
-# weights again after one, since the part it sampled may have been replaced
+# assignments of a submodule into a policy's modules (``policy.head = ...``), counted: graph_guard finds its
+# sampled weights again after one, since the part it sampled may have been replaced. Only the policies' own
+# modules count: transformers builds a ModuleList per decoder pass (``self.layers[:n]``), which must not make
+# every guard call look its samples up again (0.6 ms for PaliGemma-3B against 10 us)
+_watched: weakref.WeakSet = weakref.WeakSet()
 _module_assignments = [0]
 
 
 def _count_module_assignment(module, name, submodule):
-    _module_assignments[0] += 1
+    if module in _watched:
+        _module_assignments[0] += 1
 
 
 torch.nn.modules.module.register_module_module_registration_hook(_count_module_assignment)
@@ -321,11 +326,12 @@ class RoboVLM(nn.Module):
         addresses) and buffers the backbone may replace. Sampled, to stay cheap at every call: the first weight
         of each part a move or a load touches (the policy's own modules and parameters, each vision module, the
         embeddings, every layer of the backbone's layer lists (decoder and vision encoder), the LM head). Where
-        they are is looked up again after any module was assigned anywhere (a replaced part); a parameter
-        other than its module's first swapped by hand (``.data =``) is not seen."""
+        they are is looked up again after a module was assigned into one of the policy's (a replaced part); a
+        parameter other than its module's first swapped by hand (``.data =``) is not seen."""
         if self._guard_slots is None or self._guard_modules != _module_assignments[0]:
             self._guard_modules = _module_assignments[0]
             self._guard_slots = self._sampled_weights()
+            _watched.update(self.modules())
         # looked up in the owning module at every call: a move swaps .data, a load with assign the Parameter
         return (*(owner._parameters[leaf].data_ptr() for owner, leaf in self._guard_slots),
                 *self.backbone.graph_inputs())
@@ -553,23 +559,20 @@ class RoboVLM(nn.Module):
         if self.cuda_graphs and on_cuda and mode in ("reduce-overhead", "max-autotune"):
             raise ValueError(f"compile mode {mode!r} captures CUDA graphs itself, inside the policy's own: use "
                              f"'max-autotune-no-cudagraphs', or turn the policy's cuda_graphs off")
-        c = self.config
-        # a cache that grows (a token per decoding step into the growing cache; a frame per step in continuous
-        # pre history) would make a static graph per length and layer: those layers get dynamic shapes
-        grows = (c.action_space == "discrete" and not static_decoding_on(self, device)) or \
-            (c.action_space == "continuous" and c.history_type == "pre")
         # where a KV cache is passed, dynamo specialises a decoder layer on its index (the cache is indexed by
-        # it): a graph per layer and input shape, and its default limit of 8 graphs per function leaves the rest
-        # of the layers silently eager (the H200 bench: compiled decoding as slow as eager). Room for the shapes
-        # of 10 instruction lengths: per length at most 6 graphs per layer (discrete pre, counted) and one per
-        # window length (the head)
-        n, w = len(self.backbone.decoder_layers), c.window_size
-        limit = 10 * (6 * n + w)
+        # it): a graph per layer and input shape. Shapes change with the cache's length (a token per decoding
+        # step into the growing cache, a frame per step in continuous pre history) and with the instruction's
+        # token count, so decoder layers compile with dynamo's automatic dynamic shapes: static at their first
+        # shape, then one graph for the lengths that vary (a few graphs per layer for any number of
+        # instructions; static, a graph per layer and length, went past any limit). The limits leave room for
+        # that and for the head's graph per window length; past them dynamo would run the rest eagerly
+        n, w = len(self.backbone.decoder_layers), self.config.window_size
+        limit = 8 * (n + w)
         dynamo = torch._dynamo.config
         dynamo.recompile_limit = max(dynamo.recompile_limit, limit)
         dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, limit)
         for module in self.backbone.decoder_layers:
-            module.compile(dynamic=grows, mode=mode)
+            module.compile(dynamic=None, mode=mode)
         parts = [*self.backbone.vision_modules]
         parts += [m for m in (getattr(self, "head", None), self.resampler) if m is not None]
         for module in parts:

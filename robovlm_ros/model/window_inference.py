@@ -363,4 +363,5 @@ class WindowPredictor:
         hidden, _ = m.backbone.decode(embeds, m.decoder_mask(mask, None, explicit=True), m.positions(mask))
         frames = hidden[:, lead:].reshape(w, -1, hidden.shape[-1])  # [W, S_f, D]
         end = frames.shape[1] - m.frame_tail
-        return frames[None, :, end - m.config.latent_num: end]
+        # contiguous: a view's strides follow the instruction's length, and a compiled head is bound to them
+        return frames[None, :, end - m.config.latent_num: end].contiguous()

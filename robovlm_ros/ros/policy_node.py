@@ -311,9 +311,13 @@ class PolicyCore(PolicyInputs):
 
     def _chunk(self, job, obs: dict, stamp: int) -> None:
         """Worker: compute a chunk while the control timer keeps executing the queue."""
-        t0, warmups = time.perf_counter(), self.runner.warmups
+        t0 = time.perf_counter()
         chunk = self.control.compute(job)
-        self._chunk_done(time.perf_counter() - t0, warmups)
+        if chunk is None:  # the runner warmed up for a new instruction first: the next step asks with fresh inputs
+            self.control.deliver(job, None)
+            self._log_warmup()
+            return
+        self._chunk_done(time.perf_counter() - t0)
         t_ready = time.perf_counter()
         action = self.control.deliver(job, chunk)
         with self.lock:
@@ -325,8 +329,12 @@ class PolicyCore(PolicyInputs):
         t0, warmups = time.perf_counter(), self.runner.warmups
         chunks_before = self.runner.last_chunk
         action = self.control.lockstep_step(obs)
+        runner_s = time.perf_counter() - t0
+        if self.runner.warmups != warmups:  # a new instruction's warm-up ran first (the simulator waited for it)
+            runner_s -= self.runner.last_warmup_s
+            self._log_warmup()
         if self.runner.last_chunk is not chunks_before:
-            self._chunk_done(time.perf_counter() - t0, warmups)
+            self._chunk_done(runner_s)
         t_ready = time.perf_counter()
         with self.lock:
             if not self.running:  # stopped while we were computing: the hold was already sent
@@ -336,13 +344,12 @@ class PolicyCore(PolicyInputs):
             else:
                 self._publish_hold(stamp)
 
-    def _chunk_done(self, runner_s: float, warmups: int) -> None:
-        """A chunk came out of the runner after ``runner_s`` seconds; ``warmups``: the runner's count before."""
-        if self.runner.warmups != warmups:  # a new instruction's token count: a warm-up ran first, the arm held
-            runner_s -= self.runner.last_warmup_s
-            self.get_logger().info(f"warmed up in {self.runner.last_warmup_s:.2f} s for the instruction's "
-                                   f"{self.runner.warm_tokens} tokens (graphs and compiled shapes are bound to "
-                                   f"the count), before its first chunk")
+    def _log_warmup(self) -> None:
+        self.get_logger().info(f"warmed up in {self.runner.last_warmup_s:.2f} s for the instruction's "
+                               f"{self.runner.warm_tokens} tokens (graphs and compiled shapes are bound to the "
+                               f"count), before its first chunk")
+
+    def _chunk_done(self, runner_s: float) -> None:
         with self.lock:
             inference = self.runner.last_inference_s or 0.0
             self.cadence.infer.append(inference)

@@ -91,9 +91,15 @@ class ChunkedControl:
                 self.starved += 1
             return action, job
 
-    def compute(self, job: ChunkJob) -> np.ndarray:
-        """Worker thread: the job's observations join the window, the chunk of the newest (unnormalised)."""
+    def compute(self, job: ChunkJob) -> np.ndarray | None:
+        """Worker thread: the job's observations join the window, the chunk of the newest (unnormalised). None
+        when a new instruction made the runner warm up first (another token count: PolicyRunner.needs_warmup):
+        the job's observations are then as old as the warm-up, so ``deliver(job, None)`` and the next control
+        step asks again with fresh ones."""
+        warmups = self.runner.warmups
         self._prepare_runner()
+        if self.runner.warmups != warmups:
+            return None
         for observation in job.observations[:-1]:
             self.runner.observe(observation)
         return self.runner.predict_chunk(job.observations[-1])

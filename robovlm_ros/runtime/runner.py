@@ -85,18 +85,20 @@ class PolicyRunner:
         blank = {"rgb": np.zeros((s, s, 3), np.uint8), "hand_rgb": np.zeros((s, s, 3), np.uint8),
                  "state": np.zeros(self.config.action_dim)}
         saved = (self.instruction, self._text)
-        self._use_instruction(self.instruction or "warm up")
-        for _ in range(self.config.window_size + 1):
-            self.predict_chunk(blank)
-        if self.config.window_size > 1:
+        try:
+            self._use_instruction(self.instruction or "warm up")
+            for _ in range(self.config.window_size + 1):
+                self.predict_chunk(blank)
+            if self.config.window_size > 1:
+                self.reset()
+                self.predict_chunk(blank)
+                self.observe(blank)
+                self.predict_chunk(blank)
+            self.warm_tokens = self._text[0].shape[1]
+        finally:  # also when it fails: no blank frame stays in the window of the instruction's episode
+            self.instruction, self._text = saved
+            self.last_chunk = self.last_inference_s = None
             self.reset()
-            self.predict_chunk(blank)
-            self.observe(blank)
-            self.predict_chunk(blank)
-        self.warm_tokens = self._text[0].shape[1]
-        self.instruction, self._text = saved
-        self.last_chunk = self.last_inference_s = None
-        self.reset()
         self.last_warmup_s = time.perf_counter() - t0
         self.warmups += 1
         return self.last_warmup_s
