@@ -69,8 +69,11 @@ def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype
     with the cache, ``graph``: per graphed part of the step (WindowPredictor.graph_report) how many of the
     timed steps' calls replayed a CUDA graph, and why a part did not (a row measured without its graph says
     so, rather than passing for one). Discrete decoding's own graphs (the step, a post prefix) are not
-    counted here."""
+    counted here. ``warmup_s``: the runner's warm-up; ``new_instruction_s``: set_instruction of another token
+    count afterwards (what the arm holds for at the start of such a task: a warm-up where graphs or compiled
+    kernels are bound to the count)."""
     runner, rng = _steady_runner(model, use_cache, device, dtype, compile, cuda_graphs)
+    warmup_s = runner.last_warmup_s
     before = runner.policy.graph_report()
     times = []
     for _ in range(steps):
@@ -83,6 +86,9 @@ def step_latency(model: RoboVLM, use_cache: bool, steps: int, device: str, dtype
         report = runner.policy.graph_report()
         result["graph"] = {k: report[k] - before[k] for k in report if k.endswith("_replays") and report[k] > before[k]}
         result["graph"]["refused"] = next((v for k, v in report.items() if k.endswith("_refused") and v), None)
+    t0 = time.perf_counter()
+    runner.set_instruction("stack the green block on the blue one")
+    result.update(warmup_s=warmup_s, new_instruction_s=time.perf_counter() - t0)
     return result
 
 
