@@ -785,6 +785,32 @@ def test_the_warm_up_meets_every_input_shape_an_episode_has(recorded_graphs, spa
     assert len(warm) >= 2 and set(seen) <= warm, sorted(set(seen) - warm)  # (a graph replay runs no module)
 
 
+@pytest.mark.parametrize("space,history", [("continuous", "post"), ("continuous", "pre"), ("discrete", "pre")])
+def test_graphs_captured_over_compiled_modules_act_as_the_eager_runner(recorded_graphs, eager_compile, space,
+                                                                       history):
+    """``compile`` on CUDA: the graphs are captured over compiled modules (decoder layers with dynamic shapes,
+    dynamo's guards run at every call). The scan refuses none of them, the stand-in's replays give the
+    uncompiled, ungraphed runner's actions, and once warm nothing compiles."""
+    from test_runtime import observations, tiny_model
+
+    actions = {}
+    for compiled in (True, False):
+        model = tiny_model(space, history, use_hand_rgb=True, window_size=4)
+        model.decoding = "static"  # the CUDA default
+        runner = PolicyRunner(model, device="cpu", execute_steps=2, compile=compiled, cuda_graphs=compiled)
+        runner.set_instruction("pick up the red block")
+        runner.warmup()
+        warm = len(eager_compile)
+        actions[compiled] = np.stack([runner.step(o) for o in observations(9)])
+        if compiled:
+            report = runner.policy.graph_report()
+            assert warm > 0 and len(eager_compile) == warm
+            assert not any(v for k, v in report.items() if k.endswith("_refused")), report
+            assert sum(v for k, v in report.items() if k.endswith("_replays")) >= 9, report
+    np.testing.assert_allclose(actions[True], actions[False], rtol=0, atol=1e-5)
+    assert len(np.unique(actions[True][:, 0])) > 3  # actions vary: the comparison is not trivial
+
+
 @pytest.mark.parametrize("layout", [{}, {"frame_end": "<eos>"}], ids=["bos", "wrapped"])
 def test_a_full_pre_window_is_one_graphed_pass(recorded_graphs, layout):
     """Continuous ``pre``: once the window is full every step slides it, nothing cached can be reused, and the
