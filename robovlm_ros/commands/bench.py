@@ -193,8 +193,9 @@ def run(args) -> int:
     report["compiled"] = args.compile
 
     def progress(name: str, result: dict) -> None:
-        warm = (f"; warm-up {result['warmup_s']:.2f} s, a new instruction's {result['new_instruction_s']:.2f} s"
-                if "warmup_s" in result else "")
+        warm = f"; warm-up {result['warmup_s']:.2f} s" if "warmup_s" in result else ""
+        if "new_instruction_s" in result:
+            warm += f", a new instruction's {result['new_instruction_s']:.2f} s"
         print(f"  {name}: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms{_graph_note(result)}{warm}",
               file=sys.stderr, flush=True)
 
