@@ -524,6 +524,22 @@ def test_the_graph_guard_sees_any_part_of_the_policy_move():
     del held
 
 
+def test_the_guards_module_hook_leaves_other_modules_alone():
+    """graph_guard's registration hook sees every module assignment in the process: one whose class defines
+    ``__eq__`` and no ``__hash__`` (a dataclass module) still builds."""
+    import dataclasses
+
+    @dataclasses.dataclass(eq=True)
+    class Unhashable(torch.nn.Module):
+        width: int = 2
+
+        def __post_init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(self.width, self.width)
+
+    assert Unhashable().inner.in_features == 2
+
+
 def test_a_failed_capture_turns_graphs_off_and_leaves_the_thread_on_its_stream(recorded_graphs, monkeypatch,
                                                                               caplog):
     """torch.cuda.graph ends a capture before it leaves the capture's stream: when ending fails (an op the

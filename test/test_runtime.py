@@ -363,27 +363,36 @@ def test_a_chunk_computed_for_the_old_instruction_is_never_executed():
     assert lockstep.starved == 3 and runner.instruction == "pick up the green block"
 
 
-def test_no_chunk_comes_from_observations_older_than_a_warm_up(eager_compile):
+@pytest.mark.parametrize("space,history", [("continuous", "post"), ("discrete", "pre")])
+def test_no_chunk_comes_from_observations_older_than_a_warm_up(eager_compile, space, history):
     """Compiled (or on CUDA), a new instruction of another token count warms the runner up in the worker before
     the episode's first chunk. The job that brought the instruction computes nothing, since its observations
-    are as old as the warm-up; the next control step asks again with its own. A warm-up that fails leaves no
-    blank frame in the new episode's window."""
+    are as old as the warm-up; the next control step asks again with its own and those seen meanwhile
+    (discrete ``pre``: frames before the episode's first chunk carry no actions and stay out). A warm-up that
+    fails leaves no blank frame in the new episode's window."""
     from robovlm_ros.runtime.control import ChunkedControl
 
-    runner = PolicyRunner(tiny_model(fwd_pred_next_n=5), device="cpu", compile=True)
+    runner = PolicyRunner(tiny_model(space, history, fwd_pred_next_n=5), device="cpu", compile=True)
     runner.set_instruction("pick up the red block")
     runner.warmup()
     control = ChunkedControl(runner, execution="async", execute_steps=2)
-    obs = observations(3)
+    obs = observations(6)
     control.clear("stack the cubes")
     action, job = control.control_step(obs[0])
     assert action is None and job.owed
     assert control.compute(job) is None and runner.warmups == 2 and runner.instruction == "stack the cubes"
+    for o in obs[1:4]:  # control steps while the worker warmed up: the arm holds
+        assert control.control_step(o) == (None, None)
     assert control.deliver(job, None) is None and control.schedule.wants_chunk()
-    action, job = control.control_step(obs[1])
-    assert action is None and job.observations == [obs[1]]
-    action = control.deliver(job, control.compute(job))
-    assert action is not None and len(runner._window) == 1  # obs[0] never joined: it predates the warm-up
+    action, job = control.control_step(obs[4])
+    assert action is None and job.observations == obs[1:5]
+    chunk = control.compute(job)
+    assert chunk is not None and np.isfinite(chunk).all()
+    control.deliver(job, chunk)
+    # obs[0] predates the warm-up and never joined
+    assert len(runner._window) == (1 if history == "pre" else 4)
+    action, job = control.control_step(obs[5])
+    assert action is not None
 
     predict = runner.predict_chunk
     calls = []
@@ -398,6 +407,30 @@ def test_no_chunk_comes_from_observations_older_than_a_warm_up(eager_compile):
     with pytest.raises(RuntimeError, match="out of memory"):
         runner.set_instruction("put it down")  # another count: warms up, and fails in it
     assert runner.instruction == "put it down" and len(runner._window) == 0 and len(calls) == 3
+
+
+@pytest.mark.parametrize("space,history", [("continuous", "post"), ("discrete", "pre")])
+def test_a_failed_prediction_leaves_the_window_as_it_was(space, history):
+    """A prediction that fails (out of memory, say) takes its frame out of the window again: in discrete ``pre``
+    history a frame without actions to carry would make every later prediction fail."""
+    runner = PolicyRunner(tiny_model(space, history, fwd_pred_next_n=5), device="cpu", execute_steps=2)
+    runner.set_instruction("pick up the red block")
+    obs = observations(4)
+    runner.step(obs[0])
+    runner.step(obs[1])
+    predict, failures = runner.policy.predict, []
+
+    def out_of_memory_once(window, text):
+        if not failures:
+            failures.append(len(window))
+            raise RuntimeError("CUDA out of memory")
+        return predict(window, text)
+
+    runner.policy.predict = out_of_memory_once
+    with pytest.raises(RuntimeError, match="out of memory"):
+        runner.predict_chunk(obs[2])
+    assert failures == [3] and len(runner._window) == 2
+    assert np.isfinite(runner.predict_chunk(obs[3])).all() and len(runner._window) == 3
 
 
 def test_a_failed_inference_does_not_leave_the_schedule_waiting_forever():

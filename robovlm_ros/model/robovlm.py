@@ -54,8 +54,11 @@ _module_assignments = [0]
 
 
 def _count_module_assignment(module, name, submodule):
-    if module in _watched:
-        _module_assignments[0] += 1
+    try:
+        if module in _watched:
+            _module_assignments[0] += 1
+    except TypeError:  # a module class with __eq__ but no __hash__ (a dataclass module): never a policy's
+        pass
 
 
 torch.nn.modules.module.register_module_module_registration_hook(_count_module_assignment)

@@ -160,7 +160,11 @@ class PolicyRunner:
         not yet safety-limited (``limits.apply`` each action before it is sent)."""
         self._append(observation)
         t0 = time.perf_counter()
-        chunk = self.policy.predict(list(self._window), self._text)
+        try:
+            chunk = self.policy.predict(list(self._window), self._text)
+        except BaseException:  # the frame leaves again: discrete pre history needs every frame to carry actions
+            self._window.pop()
+            raise
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.last_inference_s = time.perf_counter() - t0
@@ -169,7 +173,13 @@ class PolicyRunner:
         return self.last_chunk
 
     def observe(self, observation: dict) -> None:
-        """The frame joins the window without a prediction (a control step that executes queued actions)."""
+        """The frame joins the window without a prediction (a control step that executes queued actions). In
+        discrete ``pre`` history a frame carries the actions executed from it on: before the episode's first
+        chunk there are none, so such a frame does not join (the node's first chunk after a warm-up comes with
+        the frames seen meanwhile)."""
+        c = self.config
+        if self._chunk_norm is None and c.action_space == "discrete" and c.history_type == "pre":
+            return
         frame = self._append(observation)
         self._since_chunk += 1
         if self._chunk_norm is not None:  # discrete pre: the frame carries the actions executed from it on
