@@ -107,16 +107,16 @@ class PolicyRunner:
         """Whether ``set_instruction(text)`` warms up again: the runner was warmed up, for another token count,
         and has CUDA graphs or compiled kernels, which are bound to it (made then, at the episode's start, not
         during its first steps while the arm waits)."""
-        if self.warm_tokens is None or not self.model.binds_shapes(self.device):
-            return False
-        return self.model.processor.text([text.strip()])[0].shape[1] != self.warm_tokens
+        return self._needs_warmup(self.model.processor.text([text.strip()])[0].shape[1])
+
+    def _needs_warmup(self, tokens: int) -> bool:
+        return self.warm_tokens is not None and self.model.binds_shapes(self.device) and tokens != self.warm_tokens
 
     def set_instruction(self, text: str) -> None:
         """A new task: tokenised once here; the history restarts because old frames belong to another task. A
         warmed-up runner warms up again when the instruction has another token count (``needs_warmup``)."""
-        again = self.needs_warmup(text or "")
         self._use_instruction(text)
-        if again:
+        if self._needs_warmup(self._text[0].shape[1]):
             self.warmup()
 
     def _use_instruction(self, text: str) -> None:
