@@ -69,8 +69,9 @@ def test_cached_stepping_equals_recomputing_the_window(tmp_path, space, history,
 @pytest.mark.parametrize("space,history", [("continuous", "post"), ("discrete", "post"), ("continuous", "pre")])
 def test_a_compiled_runner_acts_as_the_eager_one(tmp_path, space, history):
     """PolicyRunner(compile=True) (the node's `compile` parameter): the vision tower, decoder layers and head
-    compiled; actions equal the eager runner's, and the modules really are compiled. Discrete decoding into the
-    growing cache (the CPU's) and continuous ``pre`` history compile their decoder layers for dynamic shapes."""
+    compiled; actions equal the eager runner's, and the modules really are compiled. Decoder layers take
+    dynamo's automatic dynamic shapes: exercised by discrete decoding into the growing cache (the CPU's) and
+    continuous ``pre`` history, whose cache lengths vary."""
     tiny_model(space, history).save_pretrained(tmp_path / "ckpt")
     runs = []
     for compiled in (False, True):
